@@ -1,0 +1,43 @@
+"""labstream: stream lab instrument time series to Atomscale (and ATLAS) without losing a point.
+
+A drop-in for the official Atomscale SDK's ``TimeseriesStreamer``::
+
+    from labstream import TimeseriesStreamer
+"""
+
+from .clock import ClockStatus
+from .errors import (
+    DeliveryError,
+    DeliveryTimeoutError,
+    DestinationError,
+    LabstreamError,
+    RejectedError,
+    StreamStateError,
+    TransientDestinationError,
+)
+from .report import DestinationReport, Rejection, StreamReport
+from .retry import RetryPolicy
+from .streamer import AsyncStreamHandle, AsyncTimeseriesStreamer
+from .sync import StreamHandle, TimeseriesStreamer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AsyncStreamHandle",
+    "AsyncTimeseriesStreamer",
+    "ClockStatus",
+    "DeliveryError",
+    "DeliveryTimeoutError",
+    "DestinationError",
+    "DestinationReport",
+    "LabstreamError",
+    "RejectedError",
+    "Rejection",
+    "RetryPolicy",
+    "StreamHandle",
+    "StreamReport",
+    "StreamStateError",
+    "TimeseriesStreamer",
+    "TransientDestinationError",
+    "__version__",
+]

@@ -1,0 +1,297 @@
+"""The validated, immutable chunk: the one unit of data every destination receives.
+
+``push()``/``push_multi()`` turn user input (lists, numpy arrays, anything array-like) into a
+:class:`Chunk` here, on the caller's thread, before anything is stored or sent. Everything that can
+be wrong with the input is caught here and named (data_id, channel, chunk_index), so a destination
+never sees a point that a user would not recognise. Timestamps are converted once, exactly, to
+integer nanoseconds with the clock correction in effect, so every destination gets the same
+instant.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import operator
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .timebase import Float64Array, Int64Array, ns_to_seconds, seconds_to_ns
+
+# Plausible epoch-second range: anything outside is almost always a unit mistake.
+EARLIEST_S = 631_152_000.0  # 1990-01-01T00:00:00Z
+LATEST_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+_UNIT_HINTS = ((1e17, "nanoseconds", 1e9), (1e14, "microseconds", 1e6), (1e11, "milliseconds", 1e3))
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ChannelSeries:
+    """One channel's points in one chunk. Arrays are read-only copies of the user's input.
+
+    Attributes:
+        name: channel name as the user gave it.
+        units: units string, or None when the user gave none.
+        timestamps_ns: clock-corrected epoch nanoseconds (int64), non-decreasing.
+        values: float64 values; NaN/inf allowed (a gap, or a sensor fault).
+    """
+
+    name: str
+    units: str | None
+    timestamps_ns: Int64Array
+    values: Float64Array
+
+    @property
+    def size(self) -> int:
+        return int(self.values.shape[0])
+
+    def timestamps_s(self) -> Float64Array:
+        """Clock-corrected epoch seconds as float64, as Atomscale expects them."""
+        return ns_to_seconds(self.timestamps_ns)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Chunk:
+    """A validated chunk of one stream, ready for every destination.
+
+    Attributes:
+        data_id: the stream.
+        chunk_index: zero-based index given by the user (Atomscale positions data by it).
+        channels: one or more channels; several when pushed with ``push_multi``.
+        multi: True when pushed with ``push_multi`` (Atomscale then gets one multi-channel request).
+        offset_ns: the clock correction that was added to every timestamp.
+    """
+
+    data_id: str
+    chunk_index: int
+    channels: tuple[ChannelSeries, ...]
+    multi: bool
+    offset_ns: int = 0
+
+    @property
+    def points(self) -> int:
+        return sum(c.size for c in self.channels)
+
+    def describe(self) -> str:
+        names = ",".join(c.name for c in self.channels)
+        return f"data_id={self.data_id} chunk_index={self.chunk_index} channels={names}"
+
+
+def where(data_id: str, channel: str | None, chunk_index: object) -> str:
+    """The prefix every input error starts with, so the user knows which push was wrong."""
+    ch = f" channel={channel!r}" if channel is not None else ""
+    return f"data_id={data_id}{ch} chunk_index={chunk_index}"
+
+
+def check_chunk_index(data_id: str, chunk_index: object) -> int:
+    """Return ``chunk_index`` as an int, or raise if it is not a non-negative integer.
+
+    Raises:
+        TypeError: not an integer (bools are refused too).
+        ValueError: negative.
+    """
+    if isinstance(chunk_index, bool):
+        raise TypeError(
+            f"{where(data_id, None, chunk_index)}: chunk_index must be an int, not bool"
+        )
+    try:
+        index = operator.index(chunk_index)  # type: ignore[arg-type]
+    except TypeError:
+        raise TypeError(
+            f"{where(data_id, None, chunk_index)}: chunk_index must be an int, "
+            f"not {type(chunk_index).__name__}"
+        ) from None
+    if index < 0:
+        raise ValueError(f"{where(data_id, None, index)}: chunk_index must be >= 0")
+    return index
+
+
+def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
+    try:
+        arr = np.asarray(obj)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{ctx}: {what} must be a sequence of numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise TypeError(
+            f"{ctx}: {what} must be a one-dimensional sequence of numbers, got shape {arr.shape}"
+        )
+    # 'U'/'S' (strings) and 'O' (None, mixed objects) are not numbers; numpy would happily parse
+    # "1.5" into a float, which hides a bug in the caller's parsing.
+    if arr.dtype.kind not in "biuf":
+        bad = next((v for v in arr if not isinstance(v, int | float | np.number)), arr[0])
+        raise TypeError(f"{ctx}: {what} must be numbers; found {bad!r} ({type(bad).__name__})")
+    return arr.astype(np.float64)  # always a copy: the caller may reuse its buffer
+
+
+def _check_timestamps(ts: Float64Array, ctx: str) -> None:
+    finite = np.isfinite(ts)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise ValueError(f"{ctx}: timestamps[{i}] is {ts[i]!r}; timestamps must be finite")
+    lo, hi = float(ts.min()), float(ts.max())
+    if lo < EARLIEST_S or hi > LATEST_S:
+        bad = hi if hi > LATEST_S else lo
+        for threshold, unit, factor in _UNIT_HINTS:
+            if bad >= threshold:
+                raise ValueError(
+                    f"{ctx}: timestamp {bad!r} looks like {unit}; labstream expects Unix epoch "
+                    f"seconds (divide by {factor:.0e})"
+                )
+        raise ValueError(
+            f"{ctx}: timestamp {bad!r} is outside 1990..2100 in Unix epoch seconds; "
+            "labstream expects Unix epoch seconds (float)"
+        )
+    if ts.shape[0] > 1:
+        steps = np.diff(ts)
+        if (steps < 0).any():
+            i = int(np.argmax(steps < 0))
+            raise ValueError(
+                f"{ctx}: timestamps decrease at index {i + 1} ({ts[i]!r} -> {ts[i + 1]!r}); "
+                "they must be in time order"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class RawSeries:
+    """One channel's input after validation, before the clock correction is applied."""
+
+    name: str
+    units: str | None
+    timestamps_s: Float64Array
+    values: Float64Array
+    digest: bytes  # identifies the content, to tell an idempotent re-push from a conflicting one
+
+    def corrected(self, offset_ns: int) -> ChannelSeries:
+        ts_ns = seconds_to_ns(self.timestamps_s)
+        if offset_ns:
+            ts_ns += offset_ns
+        ts_ns.flags.writeable = False
+        return ChannelSeries(self.name, self.units, ts_ns, self.values)
+
+
+def validate_series(
+    data_id: str,
+    chunk_index: int,
+    channel_name: object,
+    timestamps: object,
+    values: object,
+    units: object,
+    *,
+    max_points: int,
+) -> RawSeries:
+    """Validate one channel of one chunk.
+
+    Raises:
+        TypeError: channel name or units not strings, timestamps/values not numeric sequences.
+        ValueError: empty, mismatched lengths, too many points, non-finite or decreasing
+            timestamps, or timestamps that are not epoch seconds.
+    """
+    if not isinstance(channel_name, str):
+        raise TypeError(
+            f"{where(data_id, None, chunk_index)}: channel_name must be a str, "
+            f"not {type(channel_name).__name__}"
+        )
+    ctx = where(data_id, channel_name, chunk_index)
+    if not channel_name.strip():
+        raise ValueError(f"{ctx}: channel_name must not be empty")
+    if units is not None and not isinstance(units, str):
+        raise TypeError(f"{ctx}: units must be a str or None, not {type(units).__name__}")
+    ts = _as_float_array(timestamps, "timestamps", ctx)
+    vals = _as_float_array(values, "values", ctx)
+    if ts.shape[0] != vals.shape[0]:
+        raise ValueError(
+            f"{ctx}: {ts.shape[0]} timestamps but {vals.shape[0]} values; they must match"
+        )
+    if ts.shape[0] == 0:
+        raise ValueError(f"{ctx}: empty chunk (no points); Atomscale rejects empty chunks")
+    if ts.shape[0] > max_points:
+        raise ValueError(
+            f"{ctx}: {ts.shape[0]} points is more than points_per_chunk={max_points}; "
+            "Atomscale places chunk N at points N*points_per_chunk.., so a longer chunk would "
+            "overwrite the next one. Raise points_per_chunk or split the chunk."
+        )
+    _check_timestamps(ts, ctx)
+    ts.flags.writeable = False
+    vals.flags.writeable = False
+    h = hashlib.blake2b(ts.tobytes(), digest_size=16)
+    h.update(vals.tobytes())
+    h.update((units or "\0").encode())
+    return RawSeries(channel_name, units, ts, vals, h.digest())
+
+
+def validate_multi(
+    data_id: str, chunk_index: int, channels: object, *, max_points: int
+) -> list[RawSeries]:
+    """Validate a ``push_multi`` channels mapping; channels with no points are left out.
+
+    Raises:
+        TypeError: ``channels`` is not a mapping of name -> {"timestamps", "values", "units"?}.
+        ValueError: any channel is invalid (see :func:`validate_series`), or no channel has points.
+    """
+    ctx = where(data_id, None, chunk_index)
+    if not isinstance(channels, Mapping):
+        raise TypeError(
+            f"{ctx}: channels must be a dict of name -> "
+            '{"timestamps": [...], "values": [...], "units": str}, '
+            f"not {type(channels).__name__}"
+        )
+    out: list[RawSeries] = []
+    for name, spec in channels.items():
+        if not isinstance(spec, Mapping):
+            raise TypeError(
+                f"{where(data_id, str(name), chunk_index)}: each channel must be a dict with "
+                f'"timestamps" and "values", not {type(spec).__name__}'
+            )
+        missing = [k for k in ("timestamps", "values") if k not in spec]
+        if missing:
+            raise ValueError(
+                f"{where(data_id, str(name), chunk_index)}: channel is missing {missing}"
+            )
+        unknown = set(spec) - {"timestamps", "values", "units"}
+        if unknown:
+            raise ValueError(
+                f"{where(data_id, str(name), chunk_index)}: unknown keys {sorted(unknown)}; "
+                'expected "timestamps", "values" and optionally "units"'
+            )
+        if _is_empty(spec["timestamps"]) and _is_empty(spec["values"]):
+            continue  # the official SDK leaves empty channels out of a multi chunk
+        out.append(
+            validate_series(
+                data_id,
+                chunk_index,
+                name,
+                spec["timestamps"],
+                spec["values"],
+                spec.get("units"),
+                max_points=max_points,
+            )
+        )
+    if not out:
+        raise ValueError(f"{ctx}: empty chunk (no channel has points)")
+    return out
+
+
+def _is_empty(obj: Any) -> bool:
+    try:
+        return len(obj) == 0
+    except TypeError:
+        return False
+
+
+def make_chunk(
+    data_id: str,
+    chunk_index: int,
+    series: Sequence[RawSeries],
+    *,
+    multi: bool,
+    offset_ns: int,
+) -> Chunk:
+    """Apply the clock correction and freeze the chunk."""
+    return Chunk(
+        data_id=data_id,
+        chunk_index=chunk_index,
+        channels=tuple(s.corrected(offset_ns) for s in series),
+        multi=multi,
+        offset_ns=offset_ns,
+    )

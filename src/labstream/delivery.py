@@ -1,0 +1,263 @@
+"""One delivery runner per destination: its own queue, workers, retries and counters.
+
+The streamer hands every accepted chunk to each runner and returns; a runner delivers at its own
+pace, so a slow or dead destination holds back neither the caller nor the other destination. A
+transient failure is retried with the shared policy; a chunk that uses up its attempts is set aside
+for ``cooldown_s`` and tried again (never dropped while the streamer runs); a rejection is final
+and counted with the server's reason. Everything runs on the streamer's event loop, in tasks owned
+by the runner's task group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
+from .chunk import Chunk
+from .errors import DestinationError, RejectedError, TransientDestinationError
+from .report import DestinationReport, Rejection
+from .retry import RetryPolicy, Sleep
+from .sinks.base import Sink, StreamInfo
+
+log = logging.getLogger("labstream.delivery")
+
+
+@dataclass(eq=False)
+class _StreamDelivery:
+    """A runner's mutable view of one stream."""
+
+    info: StreamInfo
+    report: DestinationReport
+    opened: anyio.Event = field(default_factory=anyio.Event)
+    changed: anyio.Event = field(default_factory=anyio.Event)
+    open_failed: str | None = None
+
+    def update(self, **changes: object) -> None:
+        self.report = replace(self.report, **changes)  # type: ignore[arg-type]
+        # Wake whoever waits on this stream (finalize, run back-pressure), then re-arm.
+        self.changed.set()
+        self.changed = anyio.Event()
+
+
+class DeliveryRunner:
+    """Delivers chunks to one sink.
+
+    Args:
+        sink: the destination.
+        policy: retry policy.
+        sleep: injected sleep (tests pass one that does not wait).
+    """
+
+    def __init__(self, sink: Sink, policy: RetryPolicy, *, sleep: Sleep) -> None:
+        self.sink = sink
+        self._policy = policy
+        self._sleep = sleep
+        self._streams: dict[str, _StreamDelivery] = {}
+        self._send: MemoryObjectSendStream[Chunk | StreamInfo]
+        self._receive: MemoryObjectReceiveStream[Chunk | StreamInfo]
+        # Unbounded in memory for now: the durable journal will bound it on disk.
+        self._send, self._receive = anyio.create_memory_object_stream[Chunk | StreamInfo](math.inf)
+        self._tg: TaskGroup | None = None
+
+    @property
+    def name(self) -> str:
+        return self.sink.name
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run the workers until cancelled (the streamer's host task group owns this task)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for _ in range(max(1, self.sink.max_concurrency)):
+                tg.start_soon(self._worker)
+            task_status.started()
+            await anyio.sleep_forever()
+
+    # -- called by the streamer (event-loop thread) --------------------------------------------
+
+    def open(self, info: StreamInfo) -> None:
+        """Start delivering a stream: its opening request goes ahead of its chunks."""
+        self._streams[info.data_id] = _StreamDelivery(info, DestinationReport(self.name))
+        self._send.send_nowait(info)
+
+    def submit(self, chunk: Chunk) -> None:
+        st = self._streams[chunk.data_id]
+        st.update(
+            chunks_accepted=st.report.chunks_accepted + 1,
+            points_accepted=st.report.points_accepted + chunk.points,
+        )
+        self._send.send_nowait(chunk)
+
+    def report(self, data_id: str) -> DestinationReport:
+        return self._streams[data_id].report
+
+    def pending_chunks(self, data_id: str) -> int:
+        return self._streams[data_id].report.chunks_pending
+
+    async def wait_pending_at_most(self, data_id: str, limit: int) -> None:
+        """Wait until the stream has at most ``limit`` chunks pending (back-pressure, drain)."""
+        st = self._streams[data_id]
+        while st.report.chunks_pending > limit:
+            await st.changed.wait()
+
+    async def finalize(self, data_id: str, deadline: float) -> DestinationReport:
+        """Wait for the stream's chunks until ``deadline`` (anyio clock), then close it.
+
+        The close request is attempted whatever happened before, including when chunks are still
+        pending (they stay pending and keep being retried; the report says so).
+        """
+        st = self._streams[data_id]
+        with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            await self.wait_pending_at_most(data_id, 0)
+        if st.report.chunks_pending:
+            log.warning(
+                "%s: finalizing data_id=%s with %d chunk(s) still pending",
+                self.name,
+                data_id,
+                st.report.chunks_pending,
+            )
+        # The close gets at least one full round of attempts even when the deadline is spent.
+        try:
+            async for attempt in self._policy.retrying(
+                sleep=self._sleep, on_retry=self._retried(st)
+            ):
+                with attempt:
+                    await self.sink.close_stream(st.info)
+        except DestinationError as exc:
+            log.error("%s: could not close data_id=%s: %s", self.name, data_id, exc)
+            st.update(close_error=str(exc), last_error=str(exc))
+        else:
+            st.update(closed=True)
+        return st.report
+
+    def count_undelivered_as_dropped(self) -> None:
+        """After the workers stopped: whatever was not delivered is dropped, counted, and logged."""
+        self._send.close()
+        reason = "streamer closed before the destination confirmed them (no durable journal yet)"
+        for st in self._streams.values():
+            r = st.report
+            if r.chunks_pending:
+                log.error(
+                    "%s: data_id=%s: %d chunk(s) / %d point(s) dropped: %s",
+                    self.name,
+                    st.info.data_id,
+                    r.chunks_pending,
+                    r.points_pending,
+                    reason,
+                )
+                st.update(
+                    chunks_dropped=r.chunks_dropped + r.chunks_pending,
+                    points_dropped=r.points_dropped + r.points_pending,
+                    drop_reason=reason,
+                )
+
+    def streams(self) -> Iterator[str]:
+        return iter(self._streams)
+
+    # -- workers -------------------------------------------------------------------------------
+
+    def _retried(self, st: _StreamDelivery) -> _OnRetry:
+        return _OnRetry(self.name, st)
+
+    async def _worker(self) -> None:
+        async for item in self._receive:
+            if isinstance(item, StreamInfo):
+                await self._open(item)
+            else:
+                await self._deliver(item)
+
+    async def _open(self, info: StreamInfo) -> None:
+        st = self._streams[info.data_id]
+        while True:
+            try:
+                async for attempt in self._policy.retrying(
+                    sleep=self._sleep, on_retry=self._retried(st)
+                ):
+                    with attempt:
+                        await self.sink.open_stream(info)
+            except TransientDestinationError as exc:
+                st.update(last_error=str(exc))
+                await self._sleep(self._policy.cooldown_s)
+                continue
+            except DestinationError as exc:
+                # Cannot open: every chunk of the stream will be rejected with this reason.
+                log.error("%s: cannot open data_id=%s: %s", self.name, info.data_id, exc)
+                st.open_failed = str(exc)
+                st.update(last_error=str(exc))
+            else:
+                st.update(opened=True)
+            st.opened.set()
+            return
+
+    async def _deliver(self, chunk: Chunk) -> None:
+        st = self._streams[chunk.data_id]
+        await st.opened.wait()
+        if st.open_failed is not None:
+            self._reject(st, chunk, None, f"stream could not be opened: {st.open_failed}")
+            return
+        try:
+            async for attempt in self._policy.retrying(
+                sleep=self._sleep, on_retry=self._retried(st)
+            ):
+                with attempt:
+                    await self.sink.send_chunk(chunk)
+        except TransientDestinationError as exc:
+            # Out of attempts: set the chunk aside and put it back in the queue later.
+            log.warning(
+                "%s: %s still failing after %d attempts, retrying in %.1f s: %s",
+                self.name,
+                chunk.describe(),
+                self._policy.attempts,
+                self._policy.cooldown_s,
+                exc,
+            )
+            st.update(last_error=str(exc))
+            assert self._tg is not None
+            self._tg.start_soon(self._requeue_later, chunk)
+        except RejectedError as exc:
+            self._reject(st, chunk, exc.status, exc.detail or str(exc))
+        except DestinationError as exc:
+            self._reject(st, chunk, exc.status, str(exc))
+        else:
+            st.update(
+                chunks_delivered=st.report.chunks_delivered + 1,
+                points_delivered=st.report.points_delivered + chunk.points,
+            )
+
+    def _reject(
+        self, st: _StreamDelivery, chunk: Chunk, status: int | str | None, reason: str
+    ) -> None:
+        log.error("%s: %s rejected (%s): %s", self.name, chunk.describe(), status, reason)
+        rejection = Rejection(
+            chunk.chunk_index, tuple(c.name for c in chunk.channels), chunk.points, status, reason
+        )
+        st.update(
+            chunks_rejected=st.report.chunks_rejected + 1,
+            points_rejected=st.report.points_rejected + chunk.points,
+            rejections=(*st.report.rejections, rejection),
+            last_error=reason,
+        )
+
+    async def _requeue_later(self, chunk: Chunk) -> None:
+        await self._sleep(self._policy.cooldown_s)
+        # If the runner is closing, aclose() counts the chunk as dropped.
+        with contextlib.suppress(anyio.ClosedResourceError):
+            self._send.send_nowait(chunk)
+
+
+class _OnRetry:
+    """Counts retries on the stream's report and logs them."""
+
+    def __init__(self, destination: str, st: _StreamDelivery) -> None:
+        self._destination = destination
+        self._st = st
+
+    def __call__(self, exc: TransientDestinationError, wait_s: float) -> None:
+        log.info("%s: retrying in %.2f s: %s", self._destination, wait_s, exc)
+        self._st.update(retries=self._st.report.retries + 1, last_error=str(exc))

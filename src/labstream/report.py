@@ -1,0 +1,108 @@
+"""What each destination did with a stream: the answer ``finalize()`` returns.
+
+Counts are kept per stream and per destination by the delivery runners; a report is a frozen
+snapshot of them. Nothing is ever dropped without showing up here with a reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A chunk a destination refused for good, with the server's reason."""
+
+    chunk_index: int
+    channels: tuple[str, ...]
+    points: int
+    status: int | str | None
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class DestinationReport:
+    """One destination's account of one stream.
+
+    ``pending`` chunks were accepted but not yet confirmed by the destination: they are still held
+    and retried. ``dropped`` chunks were given up (only when the streamer is closed while the
+    destination is unreachable); ``drop_reason`` says why.
+    """
+
+    destination: str
+    chunks_accepted: int = 0
+    points_accepted: int = 0
+    chunks_delivered: int = 0
+    points_delivered: int = 0
+    chunks_rejected: int = 0
+    points_rejected: int = 0
+    chunks_dropped: int = 0
+    points_dropped: int = 0
+    drop_reason: str | None = None
+    retries: int = 0
+    opened: bool = False
+    closed: bool = False
+    close_error: str | None = None
+    last_error: str | None = None
+    rejections: tuple[Rejection, ...] = ()
+
+    @property
+    def chunks_pending(self) -> int:
+        return (
+            self.chunks_accepted
+            - self.chunks_delivered
+            - self.chunks_rejected
+            - self.chunks_dropped
+        )
+
+    @property
+    def points_pending(self) -> int:
+        return (
+            self.points_accepted
+            - self.points_delivered
+            - self.points_rejected
+            - self.points_dropped
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Everything accepted was delivered and the stream was closed at the destination."""
+        return self.closed and self.chunks_delivered == self.chunks_accepted
+
+
+@dataclass(frozen=True, slots=True)
+class StreamReport:
+    """The outcome of one stream across every destination."""
+
+    data_id: str
+    destinations: dict[str, DestinationReport] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        """True when every destination received everything and closed the stream."""
+        return all(d.complete for d in self.destinations.values())
+
+    def __getitem__(self, destination: str) -> DestinationReport:
+        return self.destinations[destination]
+
+    def __str__(self) -> str:
+        head = (
+            f"{'destination':<12}{'accepted':>10}{'delivered':>11}{'retries':>9}"
+            f"{'rejected':>10}{'pending':>9}{'dropped':>9}  closed"
+        )
+        lines = [f"stream {self.data_id}: {'complete' if self.ok else 'INCOMPLETE'}", head]
+        for d in self.destinations.values():
+            lines.append(
+                f"{d.destination:<12}{d.points_accepted:>10}{d.points_delivered:>11}"
+                f"{d.retries:>9}{d.points_rejected:>10}{d.points_pending:>9}"
+                f"{d.points_dropped:>9}  {'yes' if d.closed else 'NO'}"
+            )
+            for r in d.rejections:
+                lines.append(f"  rejected chunk {r.chunk_index} ({r.status}): {r.reason}")
+            if d.drop_reason:
+                lines.append(f"  dropped: {d.drop_reason}")
+            if d.close_error:
+                lines.append(f"  close failed: {d.close_error}")
+            elif d.last_error and not d.complete:
+                lines.append(f"  last error: {d.last_error}")
+        return "\n".join(lines)

@@ -1,0 +1,379 @@
+"""The Atomscale destination: the same HTTP requests the official SDK sends.
+
+Every path, header and JSON key here follows ``specs/atomscale-http-api.md`` so labstream can be
+pointed at the real service. Bodies are serialised with orjson straight from numpy arrays (NaN/inf
+become ``null``, as the SDK writes them). httpx errors and HTTP statuses are translated here into
+labstream's errors, with the response body as the reason and the API key scrubbed from anything that
+could echo it.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import httpx
+import orjson
+
+from ..chunk import Chunk
+from ..clock import TimeSample
+from ..errors import DestinationError, RejectedError, TransientDestinationError
+from ..retry import RetryPolicy, Sleep
+from .base import StreamInfo
+
+log = logging.getLogger("labstream.atomscale")
+
+DEFAULT_ENDPOINT = "https://api.atomscale.ai"
+NAME = "atomscale"
+_TRANSIENT_STATUSES = frozenset({408, 429})
+_MAX_DETAIL = 2000
+
+
+def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
+    """The aiohttp-backed transport: ~4x httpx's default async rate here (docs/performance.md)."""
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(
+        max_connections=max_connections, max_keepalive_connections=max_connections
+    )
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
+    return transport
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Parse ``Retry-After`` (delta seconds or an HTTP date) into seconds from now."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def chunk_body(chunk: Chunk) -> dict[str, Any]:
+    """The JSON body of a chunk upload, keys as the SDK writes them (``units`` left out if None)."""
+    if chunk.multi:
+        channels: dict[str, dict[str, Any]] = {}
+        for ch in chunk.channels:
+            spec: dict[str, Any] = {"timestamps": ch.timestamps_s(), "values": ch.values}
+            if ch.units is not None:
+                spec["units"] = ch.units
+            channels[ch.name] = spec
+        return {"data_id": chunk.data_id, "chunk_index": chunk.chunk_index, "channels": channels}
+    (ch,) = chunk.channels
+    body: dict[str, Any] = {
+        "data_id": chunk.data_id,
+        "chunk_index": chunk.chunk_index,
+        "channel_name": ch.name,
+        "timestamps": ch.timestamps_s(),
+        "values": ch.values,
+    }
+    if ch.units is not None:
+        body["units"] = ch.units
+    return body
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
+def normalise_tags(tags: Iterable[str]) -> list[str]:
+    """Trim, drop empties, drop case-insensitive duplicates (keeping the first spelling)."""
+    seen: set[str] = set()
+    out: list[str] = []
+    for tag in tags:
+        name = tag.strip()
+        if name and name.casefold() not in seen:
+            seen.add(name.casefold())
+            out.append(name)
+    return out
+
+
+class AtomscaleSink:
+    """HTTP client for Atomscale's streaming endpoints.
+
+    Args:
+        api_key: sent as ``X-API-KEY``; kept out of every repr, log line and error.
+        endpoint: base URL.
+        policy: retry policy for the control requests made here (create, link, finalize); chunk
+            uploads are retried by the delivery runner with the same policy.
+        sleep: injected sleep for those retries.
+        transport: an httpx transport (tests pass ``httpx.MockTransport``); default aiohttp-backed.
+        max_concurrency: parallel chunk uploads (and pooled connections).
+        timeout_s: per-request timeout (the SDK uses 30 s).
+        now: wall clock, injected for the clock-exchange tests.
+    """
+
+    name = NAME
+
+    def __init__(
+        self,
+        api_key: str,
+        endpoint: str = DEFAULT_ENDPOINT,
+        *,
+        policy: RetryPolicy | None = None,
+        sleep: Sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+        max_concurrency: int = 8,
+        timeout_s: float = 30.0,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self._api_key = api_key
+        self.endpoint = endpoint.rstrip("/")
+        self._policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self.max_concurrency = max_concurrency
+        self._now = now
+        self._client = httpx.AsyncClient(
+            base_url=self.endpoint,
+            headers={"X-API-KEY": api_key},
+            timeout=timeout_s,
+            transport=transport or make_transport(max_concurrency + 2),
+        )
+
+    def __repr__(self) -> str:
+        return f"AtomscaleSink(endpoint={self.endpoint!r}, api_key=***)"
+
+    # -- one request, translated ---------------------------------------------------------------
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._api_key, "***") if self._api_key else text
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: object = None,
+        data_id: str | None = None,
+        chunk_index: int | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> httpx.Response:
+        """Send one request; raise labstream errors for anything but a 2xx.
+
+        Raises:
+            TransientDestinationError: transport error, timeout, 5xx, 408, 429.
+            RejectedError: any other non-2xx answer.
+        """
+        what = f"{method} {path}"
+        req_headers = dict(headers or {})
+        content = None
+        if body is not None:
+            content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+            req_headers["Content-Type"] = "application/json"
+        ctx: dict[str, Any] = {"destination": NAME, "data_id": data_id, "chunk_index": chunk_index}
+        try:
+            resp = await self._client.request(method, path, content=content, headers=req_headers)
+        except httpx.TimeoutException as exc:
+            raise TransientDestinationError(
+                f"{what} timed out", detail=self._scrub(f"{type(exc).__name__}: {exc}"), **ctx
+            ) from None
+        except httpx.HTTPError as exc:  # connection refused/reset, protocol errors...
+            raise TransientDestinationError(
+                f"{what} failed", detail=self._scrub(f"{type(exc).__name__}: {exc}"), **ctx
+            ) from None
+        status = resp.status_code
+        if status < 300:
+            return resp
+        detail = self._scrub(resp.text[:_MAX_DETAIL])
+        if status >= 500 or status in _TRANSIENT_STATUSES:
+            raise TransientDestinationError(
+                f"{what} answered {status}",
+                status=status,
+                detail=detail,
+                retry_after=_retry_after(resp.headers.get("Retry-After")),
+                **ctx,
+            )
+        raise RejectedError(f"{what} was refused", status=status, detail=detail, **ctx)
+
+    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """A control request, retried with the policy (chunks are retried by the runner)."""
+        async for attempt in self._policy.retrying(sleep=self._sleep):
+            with attempt:
+                return await self._request(method, path, **kw)
+        raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
+
+    @staticmethod
+    def _json(resp: httpx.Response, what: str) -> Any:
+        try:
+            return orjson.loads(resp.content)
+        except orjson.JSONDecodeError:
+            raise RejectedError(
+                f"{what} answered something that is not JSON",
+                destination=NAME,
+                status=resp.status_code,
+                detail=resp.text[:200],
+            ) from None
+
+    # -- stream lifecycle ----------------------------------------------------------------------
+
+    async def create_stream(
+        self,
+        *,
+        stream_name: str | None,
+        synth_source_id: int | None,
+        points_per_chunk: int,
+        project_id: str | None,
+        physical_sample: str | None,
+        tags: Sequence[str],
+    ) -> str:
+        """Create the stream and make its links; return its data_id.
+
+        The sample and tags are resolved (and created if new) before the stream exists, so a bad one
+        creates nothing. If a link fails after creation, the new stream is finalized and the error
+        names its data_id, as the SDK does.
+
+        Raises:
+            DestinationError: the stream could not be created or linked.
+        """
+        sample_id = await self._resolve_sample(physical_sample) if physical_sample else None
+        tag_ids = await self._resolve_tags(tags) if tags else []
+        body: dict[str, Any] = {"stream_name": stream_name}
+        if synth_source_id is not None:
+            body["synth_source_id"] = synth_source_id
+        body["points_per_chunk"] = points_per_chunk
+        body["project_id"] = project_id
+        resp = await self._call("POST", "/tool-state/stream/initialize", body=body)
+        answer = self._json(resp, "initialize")
+        data_id = answer.get("data_id") if isinstance(answer, dict) else None
+        if not isinstance(data_id, str) or not data_id:
+            raise RejectedError(
+                "initialize answered without a data_id", destination=NAME, detail=resp.text[:200]
+            )
+        try:
+            if sample_id is not None:
+                await self._call(
+                    "POST",
+                    "/data_entries/physical_sample",
+                    body={"data_ids": [data_id], "physical_sample_id": sample_id},
+                    data_id=data_id,
+                )
+                if project_id:
+                    await self._call(
+                        "POST",
+                        f"/projects/{project_id}/configuration/tracking_samples",
+                        body={"physical_sample_id": sample_id, "set_active": True},
+                        data_id=data_id,
+                    )
+            if tag_ids:
+                await self._call(
+                    "POST",
+                    "/tags/data-items/",
+                    body={"data_ids": [data_id], "tag_ids": tag_ids},
+                    data_id=data_id,
+                )
+        except DestinationError as exc:
+            try:
+                await self._call("POST", f"/tool-state/stream/{data_id}/finalize", data_id=data_id)
+            except DestinationError as fin_exc:
+                log.error("could not finalize stream %s after a failed link: %s", data_id, fin_exc)
+            raise DestinationError(
+                f"stream {data_id} was created but linking failed, so it was finalized",
+                destination=NAME,
+                data_id=data_id,
+                detail=str(exc),
+            ) from exc
+        return data_id
+
+    async def _resolve_sample(self, sample: str) -> str:
+        wanted = sample.strip()
+        listing = self._json(await self._call("GET", "/physical_samples/"), "list physical samples")
+        known = listing if isinstance(listing, list) else []
+        if _is_uuid(wanted):
+            for item in known:
+                if str(item.get("id", "")).lower() == wanted.lower():
+                    return str(item["id"])
+            raise RejectedError(
+                f"physical sample {wanted} does not exist", destination=NAME, status=404
+            )
+        for item in known:
+            if str(item.get("name", "")).strip().casefold() == wanted.casefold():
+                return str(item["id"])
+        try:
+            resp = await self._call("POST", "/physical_samples/", body={"name": wanted})
+        except RejectedError as exc:
+            if exc.status == 409 and exc.detail:
+                existing = orjson.loads(exc.detail).get("detail", {})
+                if isinstance(existing, dict) and existing.get("physical_sample_id"):
+                    return str(existing["physical_sample_id"])
+            raise
+        created = self._json(resp, "create physical sample")
+        sample_id = created.get("physical_sample_id") or created.get("id")
+        if not sample_id:
+            raise RejectedError("physical sample created without an id", destination=NAME)
+        return str(sample_id)
+
+    async def _resolve_tags(self, tags: Sequence[str]) -> list[str]:
+        names = normalise_tags(tags)
+        if not names:
+            return []
+        listing = self._json(await self._call("GET", "/tags/"), "list tags")
+        known = listing if isinstance(listing, list) else []
+        by_id = {str(t.get("id", "")).lower(): str(t.get("id")) for t in known}
+        by_name = {str(t.get("name", "")).strip().casefold(): str(t.get("id")) for t in known}
+        ids: list[str] = []
+        for name in names:
+            if _is_uuid(name):
+                if name.lower() not in by_id:
+                    raise RejectedError(f"tag {name} does not exist", destination=NAME, status=404)
+                ids.append(by_id[name.lower()])
+            elif name.casefold() in by_name:
+                ids.append(by_name[name.casefold()])
+            else:
+                created = self._json(
+                    await self._call("POST", "/tags/", body={"name": name}), "create tag"
+                )
+                ids.append(str(created["id"]))
+        return ids
+
+    async def open_stream(self, stream: StreamInfo) -> None:
+        """Nothing to do: the stream was created by :meth:`create_stream` in ``initialize``."""
+
+    async def send_chunk(self, chunk: Chunk) -> None:
+        path = "/tool-state/stream/chunk/multi" if chunk.multi else "/tool-state/stream/chunk"
+        await self._request(
+            "POST",
+            path,
+            body=chunk_body(chunk),
+            data_id=chunk.data_id,
+            chunk_index=chunk.chunk_index,
+        )
+
+    async def close_stream(self, stream: StreamInfo) -> None:
+        await self._request(
+            "POST", f"/tool-state/stream/{stream.data_id}/finalize", data_id=stream.data_id
+        )
+
+    async def time_exchange(self) -> TimeSample:
+        """One NTP-style exchange with ``GET /gateway/time`` (seconds)."""
+        sent = self._now()
+        resp = await self._request("GET", "/gateway/time", headers={"Cache-Control": "no-store"})
+        received = self._now()
+        answer = self._json(resp, "gateway time")
+        return (
+            sent,
+            float(answer["receivedAtUnixMs"]) / 1000.0,
+            float(answer["transmittedAtUnixMs"]) / 1000.0,
+            received,
+        )
+
+    async def list_growth_instruments(self) -> list[dict[str, Any]]:
+        """``GET /instruments/synthesis``: the instruments a stream's synth_source_id can name."""
+        answer = self._json(await self._call("GET", "/instruments/synthesis"), "list instruments")
+        return list(answer) if isinstance(answer, list) else []
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

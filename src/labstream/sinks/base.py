@@ -1,0 +1,59 @@
+"""What the delivery runner needs from a destination.
+
+A sink performs one request at a time and says how it went by raising
+:class:`~labstream.errors.TransientDestinationError` (retry it) or
+:class:`~labstream.errors.RejectedError` (never retry). Retrying, counting and ordering belong to
+the runner, so a sink stays a thin translation of labstream's operations to one wire protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..chunk import Chunk
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """Everything known about a stream when it is initialized."""
+
+    data_id: str
+    stream_name: str | None = None
+    points_per_chunk: int = 100
+    synth_source_id: int | None = None
+    physical_sample: str | None = None
+    project_id: str | None = None
+    tags: tuple[str, ...] = ()
+    created_at_ns: int = 0
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Sink(Protocol):
+    """A destination, as seen by its delivery runner."""
+
+    @property
+    def name(self) -> str:
+        """Short destination name used in reports and errors ("atomscale", "atlas")."""
+        ...
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many requests may be in flight at once (1 keeps chunks in order)."""
+        ...
+
+    async def open_stream(self, stream: StreamInfo) -> None:
+        """Start the stream at the destination (may be a no-op)."""
+        ...
+
+    async def send_chunk(self, chunk: Chunk) -> None:
+        """Deliver one chunk. Must be safe to repeat after a failure."""
+        ...
+
+    async def close_stream(self, stream: StreamInfo) -> None:
+        """Finish the stream at the destination."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections."""
+        ...

@@ -1,0 +1,657 @@
+"""The core: validation, the stream registry, fan-out to one runner per destination, finalize.
+
+``AsyncTimeseriesStreamer`` is the whole library for asyncio programs; the synchronous
+``TimeseriesStreamer`` drives it from a background event-loop thread. Accepting a chunk
+(validation, duplicate and state checks, clock correction) is plain synchronous code guarded by a
+lock, so the sync facade can run it on the caller's thread and raise input errors there, then hand
+the frozen chunk to the loop without waiting for it. Nothing here waits on the network except
+``initialize`` (which must return the destination's data_id), ``finalize`` and ``run`` (which are
+documented to wait).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import httpx
+import numpy as np
+
+from .chunk import (
+    Chunk,
+    RawSeries,
+    check_chunk_index,
+    make_chunk,
+    validate_multi,
+    validate_series,
+    where,
+)
+from .clock import ClockCorrection, ClockStatus, skip_requested
+from .delivery import DeliveryRunner
+from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
+from .report import StreamReport
+from .retry import RetryPolicy, Sleep
+from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink
+from .sinks.base import StreamInfo
+from .timebase import seconds_to_ns_scalar
+
+log = logging.getLogger("labstream")
+
+CLOCK_MAX_AGE_S = 600.0  # re-measure the clock at initialize when the last round is older
+
+
+def resolve_api_key(api_key: str | None) -> str | None:
+    """The key from the argument, else ``AS_API_KEY``, else ``ATOMSCALE_API_KEY``."""
+    return api_key or os.environ.get("AS_API_KEY") or os.environ.get("ATOMSCALE_API_KEY") or None
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    return endpoint or os.environ.get("AS_API_ENDPOINT") or DEFAULT_ENDPOINT
+
+
+def configure_verbosity(verbosity: int | None) -> None:
+    """Map the SDK's ``verbosity`` (0 quiet .. 4 detailed) onto the ``labstream`` logger."""
+    if verbosity is None:
+        return
+    level = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.INFO}.get(
+        verbosity, logging.DEBUG
+    )
+    logger = logging.getLogger("labstream")
+    logger.setLevel(level)
+    if not any(getattr(h, "_labstream", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        handler._labstream = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+
+
+@dataclass(eq=False)
+class _Stream:
+    info: StreamInfo
+    finalized: bool = False
+    # (channel, chunk_index) -> content digest: tells an idempotent re-push from a conflicting one
+    digests: dict[tuple[str, int], bytes] = field(default_factory=dict)
+    report: StreamReport | None = None
+
+
+def split_run_item(
+    data_id: str, channel: str, item: object, first_index: int, max_points: int
+) -> Iterator[tuple[int, Any, Any]]:
+    """Turn one ``(timestamps, values)`` item of ``run()`` into chunks of at most ``max_points``.
+
+    Raises:
+        TypeError: the item is not a (timestamps, values) pair.
+        ValueError: the two have different lengths.
+    """
+    ctx = where(data_id, channel, first_index)
+    if not isinstance(item, tuple | list) or len(item) != 2:
+        raise TypeError(f"{ctx}: run() items must be (timestamps, values) pairs, got {item!r:.80}")
+    ts, vals = item
+    try:
+        n_ts, n_vals = len(ts), len(vals)
+    except TypeError:
+        raise TypeError(f"{ctx}: timestamps and values must be sequences") from None
+    if n_ts != n_vals:
+        raise ValueError(f"{ctx}: {n_ts} timestamps but {n_vals} values; they must match")
+    if n_ts <= max_points:
+        yield first_index, ts, vals
+        return
+    ts_arr, vals_arr = np.asarray(ts), np.asarray(vals)
+    for k, start in enumerate(range(0, n_ts, max_points)):
+        yield (
+            first_index + k,
+            ts_arr[start : start + max_points],
+            vals_arr[start : start + max_points],
+        )
+
+
+class AsyncTimeseriesStreamer:
+    """Stream time series to Atomscale (and later ATLAS) from asyncio code.
+
+    The same methods as the official SDK's ``TimeseriesStreamer``, as coroutines. Use it as
+    ``async with AsyncTimeseriesStreamer(...) as s:`` so every stream is finalized on the way out.
+
+    Args:
+        api_key: Atomscale API key; default ``AS_API_KEY``, then ``ATOMSCALE_API_KEY``.
+        endpoint: Atomscale base URL; default ``AS_API_ENDPOINT``, then the public service.
+        points_per_chunk: the most points one chunk may hold (Atomscale places chunk N at
+            ``N * points_per_chunk``).
+        verbosity: 0 (errors only) to 4 (debug) on the ``labstream`` logger; None leaves logging
+            alone.
+        retry: retry policy shared by every destination.
+        finalize_timeout: default seconds ``finalize()``/``run()`` wait for pending deliveries.
+        max_concurrency: parallel Atomscale uploads.
+        http_transport: an httpx async transport (tests use ``httpx.MockTransport``).
+        clock_sync: False turns clock correction off (so does ``ATOMSCALE_SKIP_CLOCK_SYNC``).
+        sleep: injected async sleep for back-off (tests pass one that returns at once).
+        max_pending_chunks: ``run()`` waits while a destination has more chunks pending than this.
+
+    Raises:
+        ValueError: no destination configured, or a bad option.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        endpoint: str | None = None,
+        points_per_chunk: int = 100,
+        verbosity: int | None = None,
+        *,
+        retry: RetryPolicy | None = None,
+        finalize_timeout: float = 60.0,
+        max_concurrency: int = 8,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        clock_sync: bool | None = None,
+        sleep: Sleep | None = None,
+        max_pending_chunks: int = 64,
+    ) -> None:
+        if isinstance(points_per_chunk, bool) or not isinstance(points_per_chunk, int):
+            raise TypeError("points_per_chunk must be an int")
+        if points_per_chunk < 1:
+            raise ValueError("points_per_chunk must be >= 1")
+        configure_verbosity(verbosity)
+        self._api_key = resolve_api_key(api_key)
+        if self._api_key is None:
+            raise ValueError(
+                "no destination configured: give api_key= (or set AS_API_KEY / ATOMSCALE_API_KEY)"
+            )
+        self.endpoint = resolve_endpoint(endpoint)
+        self.points_per_chunk = points_per_chunk
+        self.finalize_timeout = finalize_timeout
+        self._policy = retry or RetryPolicy()
+        self._sleep: Sleep = sleep or anyio.sleep
+        self._max_concurrency = max_concurrency
+        self._http_transport = http_transport
+        self._max_pending_chunks = max_pending_chunks
+        self._clock = ClockCorrection(enabled=clock_sync is not False and not skip_requested())
+        self._lock = threading.Lock()
+        self._streams: dict[str, _Stream] = {}
+        self._atomscale: AtomscaleSink | None = None
+        self._runners: list[DeliveryRunner] = []
+        self._host: asyncio.Task[None] | None = None
+        self._stop: anyio.Event | None = None
+        self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._handoff: deque[Chunk] = deque()
+        self._handoff_scheduled = False
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(endpoint={self.endpoint!r}, api_key=***, "
+            f"points_per_chunk={self.points_per_chunk})"
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AsyncTimeseriesStreamer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Start the delivery machinery (done on first use; idempotent)."""
+        if self._host is not None:
+            return
+        if self._closed:
+            raise StreamStateError("this streamer is closed")
+        self._loop = asyncio.get_running_loop()
+        assert self._api_key is not None
+        self._atomscale = AtomscaleSink(
+            self._api_key,
+            self.endpoint,
+            policy=self._policy,
+            sleep=self._sleep,
+            transport=self._http_transport,
+            max_concurrency=self._max_concurrency,
+        )
+        self._runners = [DeliveryRunner(self._atomscale, self._policy, sleep=self._sleep)]
+        self._stop = anyio.Event()
+        ready = anyio.Event()
+        # The runners' task groups live in one host task, so they are entered and exited by the
+        # same task whichever task later calls aclose().
+        self._host = self._loop.create_task(self._run_host(ready), name="labstream-host")
+        await ready.wait()
+
+    async def _run_host(self, ready: anyio.Event) -> None:
+        assert self._stop is not None
+        try:
+            async with anyio.create_task_group() as tg:
+                for runner in self._runners:
+                    await tg.start(runner.serve)
+                ready.set()
+                await self._stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            for runner in self._runners:
+                runner.count_undelivered_as_dropped()
+
+    async def aclose(self, timeout: float | None = None) -> None:
+        """Finalize every stream still open (each waits up to ``timeout``), then stop.
+
+        Chunks still undelivered after that are counted as dropped in the reports and logged.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._host is None:
+            return
+        with anyio.CancelScope(shield=True):
+            open_ids = [d for d, s in self._streams.items() if not s.finalized]
+            for data_id in open_ids:
+                await self._finalize(data_id, timeout)
+            assert self._stop is not None
+            self._stop.set()
+            await self._host
+            if self._atomscale is not None:
+                await self._atomscale.aclose()
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        return tuple(r.name for r in self._runners)
+
+    def clock_status(self) -> ClockStatus:
+        """The clock correction in effect (see :class:`~labstream.clock.ClockStatus`)."""
+        return self._clock.status
+
+    # -- initialize ----------------------------------------------------------------------------
+
+    async def initialize(
+        self,
+        stream_name: str | None = None,
+        synth_source_id: int | None = None,
+        physical_sample: str | None = None,
+        project_id: str | None = None,
+        tags: Sequence[str] | str | None = None,
+    ) -> str:
+        """Create a stream on every destination; return its data_id.
+
+        Raises:
+            TypeError: an argument of the wrong type.
+            DestinationError: Atomscale could not create or link the stream.
+        """
+        _check_optional(stream_name, str, "stream_name")
+        _check_optional(physical_sample, str, "physical_sample")
+        _check_optional(project_id, str, "project_id")
+        if synth_source_id is not None and (
+            isinstance(synth_source_id, bool) or not isinstance(synth_source_id, int)
+        ):
+            raise TypeError("synth_source_id must be an int or None")
+        tag_list = _tag_list(tags)
+        await self.start()
+        if self._atomscale is not None:
+            if self._clock.is_stale(CLOCK_MAX_AGE_S):
+                await self._clock.measure(self._atomscale.time_exchange)
+            data_id = await self._atomscale.create_stream(
+                stream_name=stream_name,
+                synth_source_id=synth_source_id,
+                points_per_chunk=self.points_per_chunk,
+                project_id=project_id,
+                physical_sample=physical_sample,
+                tags=tag_list,
+            )
+        else:  # pragma: no cover - every streamer has Atomscale until ATLAS lands
+            data_id = str(uuid.uuid4())
+        info = StreamInfo(
+            data_id=data_id,
+            stream_name=stream_name,
+            points_per_chunk=self.points_per_chunk,
+            synth_source_id=synth_source_id,
+            physical_sample=physical_sample,
+            project_id=project_id,
+            tags=tuple(tag_list),
+            created_at_ns=seconds_to_ns_scalar(time.time()) + self._clock.offset_ns,
+        )
+        with self._lock:
+            self._streams[data_id] = _Stream(info)
+        for runner in self._runners:
+            runner.open(info)
+        log.info("initialized stream %s (%s)", data_id, stream_name)
+        return data_id
+
+    # -- accepting chunks (any thread) ---------------------------------------------------------
+
+    def _open_stream(self, data_id: object) -> _Stream:
+        if not isinstance(data_id, str):
+            raise TypeError(f"data_id must be a str, not {type(data_id).__name__}")
+        stream = self._streams.get(data_id)
+        if stream is None:
+            raise StreamStateError(
+                f"data_id={data_id}: unknown stream; call initialize() first and use the data_id "
+                "it returns"
+            )
+        if stream.finalized:
+            raise StreamStateError(f"data_id={data_id}: stream already finalized; no more pushes")
+        return stream
+
+    def accept_push(
+        self,
+        data_id: str,
+        chunk_index: int,
+        channel_name: str,
+        timestamps: object,
+        values: object,
+        units: str | None = None,
+    ) -> Chunk | None:
+        """Validate one channel's chunk and register it; None for an identical re-push.
+
+        Thread-safe; does no I/O. Raises the errors documented on :meth:`push`.
+        """
+        stream = self._open_stream(data_id)
+        index = check_chunk_index(data_id, chunk_index)
+        raw = validate_series(
+            data_id,
+            index,
+            channel_name,
+            timestamps,
+            values,
+            units,
+            max_points=self.points_per_chunk,
+        )
+        return self._admit(stream, index, [raw], multi=False)
+
+    def accept_push_multi(self, data_id: str, chunk_index: int, channels: object) -> Chunk | None:
+        """Like :meth:`accept_push` for a ``push_multi`` channels mapping."""
+        stream = self._open_stream(data_id)
+        index = check_chunk_index(data_id, chunk_index)
+        raws = validate_multi(data_id, index, channels, max_points=self.points_per_chunk)
+        return self._admit(stream, index, raws, multi=True)
+
+    def _admit(
+        self, stream: _Stream, index: int, raws: Sequence[RawSeries], *, multi: bool
+    ) -> Chunk | None:
+        data_id = stream.info.data_id
+        with self._lock:
+            if stream.finalized:
+                raise StreamStateError(
+                    f"data_id={data_id}: stream already finalized; no more pushes"
+                )
+            repeats = 0
+            for raw in raws:
+                seen = stream.digests.get((raw.name, index))
+                if seen is None:
+                    continue
+                if seen != raw.digest:
+                    raise ValueError(
+                        f"{where(data_id, raw.name, index)}: this chunk was already pushed with "
+                        "different data; chunk indexes must not be reused"
+                    )
+                repeats += 1
+            if repeats == len(raws):
+                log.debug("ignoring identical re-push of %s chunk %d", data_id, index)
+                return None
+            for raw in raws:
+                stream.digests[(raw.name, index)] = raw.digest
+            offset_ns = self._clock.offset_ns
+        return make_chunk(data_id, index, raws, multi=multi, offset_ns=offset_ns)
+
+    def dispatch(self, chunk: Chunk) -> None:
+        """Hand an accepted chunk to every runner (event-loop thread only)."""
+        for runner in self._runners:
+            runner.submit(chunk)
+
+    def dispatch_threadsafe(self, chunk: Chunk) -> None:
+        """Hand an accepted chunk to the runners from another thread, without waiting.
+
+        Chunks are queued and drained by one loop callback, so a burst of pushes costs one wake-up.
+        """
+        self._handoff.append(chunk)
+        if not self._handoff_scheduled:
+            self._handoff_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon_threadsafe(self._drain_handoff)
+
+    def _drain_handoff(self) -> None:
+        self._handoff_scheduled = False
+        while self._handoff:
+            self.dispatch(self._handoff.popleft())
+
+    def over_capacity(self, data_id: str) -> bool:
+        """True when a destination holds more pending chunks of this stream than allowed."""
+        return any(r.pending_chunks(data_id) > self._max_pending_chunks for r in self._runners)
+
+    async def wait_for_capacity(self, data_id: str, timeout: float | None = None) -> None:
+        """Back-pressure for ``run()``: wait until every destination is under the pending cap.
+
+        Raises:
+            DeliveryTimeoutError: no room within ``timeout`` seconds.
+        """
+        self._drain_handoff()
+        limit = self._max_pending_chunks
+        try:
+            with anyio.fail_after(self.finalize_timeout if timeout is None else timeout):
+                for runner in self._runners:
+                    await runner.wait_pending_at_most(data_id, limit)
+        except TimeoutError:
+            raise DeliveryTimeoutError(
+                f"data_id={data_id}: destinations stopped taking chunks; "
+                f"{self._pending_text(data_id)} (still held, not lost)"
+            ) from None
+
+    def _pending_text(self, data_id: str) -> str:
+        return ", ".join(f"{r.name}: {r.pending_chunks(data_id)} pending" for r in self._runners)
+
+    # -- the SDK's calls -----------------------------------------------------------------------
+
+    async def push(
+        self,
+        data_id: str,
+        chunk_index: int,
+        channel_name: str,
+        timestamps: object,
+        values: object,
+        units: str | None = None,
+    ) -> None:
+        """Queue one channel's chunk for every destination; returns without network I/O.
+
+        Raises:
+            TypeError: non-numeric timestamps/values, wrong argument types.
+            ValueError: empty or mismatched arrays, bad timestamps, negative or conflicting
+                chunk index, more than ``points_per_chunk`` points.
+            StreamStateError: unknown data_id, or the stream is finalized.
+        """
+        chunk = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
+        if chunk is not None:
+            self.dispatch(chunk)
+
+    async def push_multi(self, data_id: str, chunk_index: int, channels: object) -> None:
+        """Queue a multi-channel chunk: ``{name: {"timestamps", "values", "units"?}}``.
+
+        Raises:
+            TypeError, ValueError, StreamStateError: as :meth:`push`, naming the channel.
+        """
+        chunk = self.accept_push_multi(data_id, chunk_index, channels)
+        if chunk is not None:
+            self.dispatch(chunk)
+
+    async def run(
+        self,
+        data_id: str,
+        channel_name: str,
+        data_iter: Iterable[object] | AsyncIterable[object],
+        units: str | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> None:
+        """Generator mode: push every ``(timestamps, values)`` item as chunks 0, 1, 2, …, then
+        wait until every destination has them.
+
+        Items longer than ``points_per_chunk`` are split. Memory stays bounded: iteration pauses
+        while a destination has too many chunks pending.
+
+        Raises:
+            DeliveryError: a destination rejected some of the chunks (the report names them).
+            DeliveryTimeoutError: delivery did not finish within ``timeout`` (default
+                ``finalize_timeout``); the chunks are still held and retried.
+        """
+        before = self._rejected(data_id)
+        index = 0
+        async for item in _aiter(data_iter):
+            for idx, ts, vals in split_run_item(
+                data_id, channel_name, item, index, self.points_per_chunk
+            ):
+                await self.push(data_id, idx, channel_name, ts, vals, units)
+                index = idx + 1
+            if self.over_capacity(data_id):
+                await self.wait_for_capacity(data_id, timeout)
+        await self.wait_delivered(data_id, timeout)
+        self._raise_if_rejected(data_id, before)
+
+    async def wait_delivered(self, data_id: str, timeout: float | None = None) -> None:
+        """Wait until every destination has confirmed or rejected every chunk of the stream.
+
+        Raises:
+            DeliveryTimeoutError: not done within ``timeout`` (default ``finalize_timeout``).
+        """
+        self._drain_handoff()
+        try:
+            with anyio.fail_after(self.finalize_timeout if timeout is None else timeout):
+                for runner in self._runners:
+                    await runner.wait_pending_at_most(data_id, 0)
+        except TimeoutError:
+            raise DeliveryTimeoutError(
+                f"data_id={data_id}: not delivered in time; {self._pending_text(data_id)} "
+                "(still held and retried, not lost)"
+            ) from None
+
+    def _rejected(self, data_id: str) -> dict[str, int]:
+        return {r.name: r.report(data_id).chunks_rejected for r in self._runners}
+
+    def _raise_if_rejected(self, data_id: str, before: dict[str, int]) -> None:
+        problems = []
+        for r in self._runners:
+            rep = r.report(data_id)
+            for rej in rep.rejections[before[r.name] :]:
+                problems.append(f"{r.name} chunk {rej.chunk_index} ({rej.status}): {rej.reason}")
+        if problems:
+            raise DeliveryError(
+                f"data_id={data_id}: {len(problems)} chunk(s) rejected: " + "; ".join(problems[:5])
+            )
+
+    async def finalize(self, data_id: str, timeout: float | None = None) -> StreamReport:
+        """Wait for the stream's pending chunks (up to ``timeout`` s), then close it everywhere.
+
+        Every destination is closed whatever happened to the others. Calling it again returns
+        the same report.
+
+        Returns:
+            What each destination accepted, delivered, retried, rejected and still holds.
+
+        Raises:
+            StreamStateError: unknown data_id.
+        """
+        with anyio.CancelScope(shield=True):
+            report = await self._finalize(data_id, timeout)
+        return report
+
+    async def _finalize(self, data_id: str, timeout: float | None) -> StreamReport:
+        with self._lock:
+            stream = self._streams.get(data_id)
+            if stream is None:
+                raise StreamStateError(f"data_id={data_id}: unknown stream")
+            if stream.report is not None:
+                return stream.report
+            stream.finalized = True
+        self._drain_handoff()
+        deadline = anyio.current_time() + (self.finalize_timeout if timeout is None else timeout)
+        async with anyio.create_task_group() as tg:
+            for runner in self._runners:
+                tg.start_soon(runner.finalize, data_id, deadline)
+        report = StreamReport(data_id, {r.name: r.report(data_id) for r in self._runners})
+        stream.report = report
+        (log.info if report.ok else log.warning)("finalized:\n%s", report)
+        return report
+
+    def report(self, data_id: str) -> StreamReport:
+        """A snapshot of the stream's delivery so far (also after finalize)."""
+        if data_id not in self._streams:
+            raise StreamStateError(f"data_id={data_id}: unknown stream")
+        return StreamReport(data_id, {r.name: r.report(data_id) for r in self._runners})
+
+    @asynccontextmanager
+    async def stream(
+        self,
+        stream_name: str | None = None,
+        synth_source_id: int | None = None,
+        physical_sample: str | None = None,
+        project_id: str | None = None,
+        tags: Sequence[str] | str | None = None,
+        *,
+        finalize_timeout: float | None = None,
+    ) -> AsyncIterator[AsyncStreamHandle]:
+        """``async with streamer.stream(...) as s:`` initializes, and finalizes on any exit."""
+        data_id = await self.initialize(
+            stream_name, synth_source_id, physical_sample, project_id, tags
+        )
+        handle = AsyncStreamHandle(self, data_id)
+        try:
+            yield handle
+        finally:
+            handle.report = await self.finalize(data_id, finalize_timeout)
+
+
+class AsyncStreamHandle:
+    """One stream of an :class:`AsyncTimeseriesStreamer`, with data_id bound."""
+
+    def __init__(self, streamer: AsyncTimeseriesStreamer, data_id: str) -> None:
+        self.streamer = streamer
+        self.data_id = data_id
+        self.report: StreamReport | None = None
+
+    async def push(
+        self,
+        chunk_index: int,
+        channel_name: str,
+        timestamps: object,
+        values: object,
+        units: str | None = None,
+    ) -> None:
+        await self.streamer.push(self.data_id, chunk_index, channel_name, timestamps, values, units)
+
+    async def push_multi(self, chunk_index: int, channels: object) -> None:
+        await self.streamer.push_multi(self.data_id, chunk_index, channels)
+
+    async def run(
+        self,
+        channel_name: str,
+        data_iter: Iterable[object] | AsyncIterable[object],
+        units: str | None = None,
+    ) -> None:
+        await self.streamer.run(self.data_id, channel_name, data_iter, units)
+
+
+async def _aiter(items: Iterable[object] | AsyncIterable[object]) -> AsyncIterator[object]:
+    if isinstance(items, AsyncIterable):
+        async for item in items:
+            yield item
+    else:
+        for item in items:
+            yield item
+
+
+def _check_optional(value: object, kind: type, name: str) -> None:
+    if value is not None and not isinstance(value, kind):
+        raise TypeError(f"{name} must be a {kind.__name__} or None, not {type(value).__name__}")
+
+
+def _tag_list(tags: Sequence[str] | str | None) -> list[str]:
+    if tags is None:
+        return []
+    if isinstance(tags, str):
+        return [tags]
+    out = list(tags)
+    for tag in out:
+        if not isinstance(tag, str):
+            raise TypeError(f"tags must be strings, got {tag!r}")
+    return out
