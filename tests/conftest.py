@@ -2,10 +2,51 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from typing import Any
+
 import pytest
+
+from labstream import TimeseriesStreamer
+
+from .fakes import API_KEY, FakeAtomscale, RecordingSleep
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     # grpc.aio needs asyncio; labstream runs on asyncio everywhere.
     return "asyncio"
+
+
+@pytest.fixture
+def fake() -> FakeAtomscale:
+    return FakeAtomscale()
+
+
+@pytest.fixture
+def sleeper() -> RecordingSleep:
+    return RecordingSleep()
+
+
+@pytest.fixture
+def streamer_factory(
+    fake: FakeAtomscale, sleeper: RecordingSleep, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., TimeseriesStreamer]]:
+    """Build sync streamers wired to the fake Atomscale; every one is closed after the test."""
+    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY", "AS_API_ENDPOINT", "ATOMSCALE_SKIP_CLOCK_SYNC"):
+        monkeypatch.delenv(var, raising=False)
+    made: list[TimeseriesStreamer] = []
+
+    def make(**kw: Any) -> TimeseriesStreamer:
+        kw.setdefault("api_key", API_KEY)
+        kw.setdefault("endpoint", "http://atomscale.test")
+        kw.setdefault("http_transport", fake.transport())
+        kw.setdefault("sleep", sleeper)
+        kw.setdefault("handle_sigterm", False)
+        s = TimeseriesStreamer(**kw)
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close(timeout=5)

@@ -119,7 +119,8 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
     # 'U'/'S' (strings) and 'O' (None, mixed objects) are not numbers; numpy would happily parse
     # "1.5" into a float, which hides a bug in the caller's parsing.
     if arr.dtype.kind not in "biuf":
-        bad = next((v for v in arr if not isinstance(v, int | float | np.number)), arr[0])
+        items = arr.tolist()  # plain Python objects, so the message shows what the caller passed
+        bad = next((v for v in items if not isinstance(v, int | float)), items[0])
         raise TypeError(f"{ctx}: {what} must be numbers; found {bad!r} ({type(bad).__name__})")
     return arr.astype(np.float64)  # always a copy: the caller may reuse its buffer
 
@@ -128,7 +129,7 @@ def _check_timestamps(ts: Float64Array, ctx: str) -> None:
     finite = np.isfinite(ts)
     if not finite.all():
         i = int(np.argmin(finite))
-        raise ValueError(f"{ctx}: timestamps[{i}] is {ts[i]!r}; timestamps must be finite")
+        raise ValueError(f"{ctx}: timestamps[{i}] is {float(ts[i])!r}; timestamps must be finite")
     lo, hi = float(ts.min()), float(ts.max())
     if lo < EARLIEST_S or hi > LATEST_S:
         bad = hi if hi > LATEST_S else lo
@@ -146,8 +147,9 @@ def _check_timestamps(ts: Float64Array, ctx: str) -> None:
         steps = np.diff(ts)
         if (steps < 0).any():
             i = int(np.argmax(steps < 0))
+            before, after = float(ts[i]), float(ts[i + 1])
             raise ValueError(
-                f"{ctx}: timestamps decrease at index {i + 1} ({ts[i]!r} -> {ts[i + 1]!r}); "
+                f"{ctx}: timestamps decrease at index {i + 1} ({before!r} -> {after!r}); "
                 "they must be in time order"
             )
 

@@ -129,7 +129,7 @@ class DeliveryRunner:
             ):
                 with attempt:
                     await self.sink.close_stream(st.info)
-        except DestinationError as exc:
+        except Exception as exc:  # reported in the stream's report, never raised past finalize
             log.error("%s: could not close data_id=%s: %s", self.name, data_id, exc)
             st.update(close_error=str(exc), last_error=str(exc))
         else:
@@ -185,7 +185,7 @@ class DeliveryRunner:
                 st.update(last_error=str(exc))
                 await self._sleep(self._policy.cooldown_s)
                 continue
-            except DestinationError as exc:
+            except Exception as exc:
                 # Cannot open: every chunk of the stream will be rejected with this reason.
                 log.error("%s: cannot open data_id=%s: %s", self.name, info.data_id, exc)
                 st.open_failed = str(exc)
@@ -224,6 +224,9 @@ class DeliveryRunner:
             self._reject(st, chunk, exc.status, exc.detail or str(exc))
         except DestinationError as exc:
             self._reject(st, chunk, exc.status, str(exc))
+        except Exception as exc:  # a bug must not kill the worker; count and show it instead
+            log.exception("%s: unexpected error delivering %s", self.name, chunk.describe())
+            self._reject(st, chunk, "internal error", f"{type(exc).__name__}: {exc}")
         else:
             st.update(
                 chunks_delivered=st.report.chunks_delivered + 1,

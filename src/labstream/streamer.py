@@ -574,7 +574,8 @@ class AsyncTimeseriesStreamer:
         return report
 
     def report(self, data_id: str) -> StreamReport:
-        """A snapshot of the stream's delivery so far (also after finalize)."""
+        """A snapshot of the stream's delivery so far (also after finalize); loop thread only."""
+        self._drain_handoff()
         if data_id not in self._streams:
             raise StreamStateError(f"data_id={data_id}: unknown stream")
         return StreamReport(data_id, {r.name: r.report(data_id) for r in self._runners})

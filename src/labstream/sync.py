@@ -81,6 +81,15 @@ def _install_sigterm_handler() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+def _as_coroutine(func: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+    """Run a plain function on the loop thread through the portal."""
+
+    async def call(*args: Any) -> T:
+        return func(*args)
+
+    return call
+
+
 def _close_at_exit(ref: weakref.ref[TimeseriesStreamer]) -> None:
     streamer = ref()
     if streamer is not None:
@@ -217,7 +226,9 @@ class TimeseriesStreamer:
 
     def report(self, data_id: str) -> StreamReport:
         """A snapshot of the stream's delivery so far."""
-        return self._core.report(data_id)
+        if self._closed:
+            return self._core.report(data_id)
+        return self._thread.call(_as_coroutine(self._core.report), data_id)
 
     def clock_status(self) -> ClockStatus:
         return self._core.clock_status()

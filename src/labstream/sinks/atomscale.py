@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 
@@ -181,7 +182,7 @@ class AtomscaleSink:
             raise TransientDestinationError(
                 f"{what} timed out", detail=self._scrub(f"{type(exc).__name__}: {exc}"), **ctx
             ) from None
-        except httpx.HTTPError as exc:  # connection refused/reset, protocol errors...
+        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:  # refused, reset, ...
             raise TransientDestinationError(
                 f"{what} failed", detail=self._scrub(f"{type(exc).__name__}: {exc}"), **ctx
             ) from None

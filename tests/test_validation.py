@@ -1,0 +1,179 @@
+"""Bad input is refused on the caller's thread, with the data_id, channel and chunk named, and
+nothing reaches the destination."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from labstream import StreamStateError, TimeseriesStreamer
+
+from .fakes import FakeAtomscale
+
+T0 = 1_760_000_000.0
+TS = [T0 + i * 0.1 for i in range(10)]
+VS = [20.0 + i for i in range(10)]
+
+
+@pytest.fixture
+def streamer(streamer_factory: Callable[..., TimeseriesStreamer]) -> TimeseriesStreamer:
+    return streamer_factory(points_per_chunk=10, clock_sync=False)
+
+
+@pytest.mark.parametrize(
+    ("timestamps", "values", "error", "message"),
+    [
+        (TS[:5], VS, ValueError, "5 timestamps but 10 values"),
+        ([], [], ValueError, "empty chunk"),
+        ([*TS[:9], math.nan], VS, ValueError, r"timestamps\[9\] is nan"),
+        ([*TS[:9], math.inf], VS, ValueError, r"timestamps\[9\] is inf"),
+        ([TS[1], TS[0], *TS[2:]], VS, ValueError, "timestamps decrease at index 1"),
+        ([t * 1e3 for t in TS], VS, ValueError, "looks like milliseconds"),
+        ([t * 1e6 for t in TS], VS, ValueError, "looks like microseconds"),
+        ([t * 1e9 for t in TS], VS, ValueError, "looks like nanoseconds"),
+        ([100.0 + i for i in range(10)], VS, ValueError, "outside 1990..2100"),
+        ([4.2e9 + i for i in range(10)], VS, ValueError, "outside 1990..2100"),
+        (TS, ["1.5"] * 10, TypeError, "values must be numbers; found '1.5'"),
+        (TS, [1.0, None, *VS[2:]], TypeError, "values must be numbers; found None"),
+        (TS, [[1.0, 2.0]] * 10, TypeError, "one-dimensional"),
+        (TS, 5.0, TypeError, "one-dimensional"),
+        ([T0 + i for i in range(11)], list(range(11)), ValueError, "more than points_per_chunk=10"),
+    ],
+)
+def test_bad_push_is_refused_and_named(
+    streamer: TimeseriesStreamer,
+    fake: FakeAtomscale,
+    timestamps: object,
+    values: object,
+    error: type[Exception],
+    message: str,
+) -> None:
+    data_id = streamer.initialize(stream_name="bad input")
+    with pytest.raises(error, match=message) as info:
+        streamer.push(data_id, 3, "substrate_temp", timestamps, values, units="C")
+    assert f"data_id={data_id} channel='substrate_temp' chunk_index=3" in str(info.value)
+    report = streamer.finalize(data_id)
+    assert fake.chunk_requests() == []
+    assert report["atomscale"].chunks_accepted == 0
+
+
+def test_nan_and_inf_values_are_legal_and_sent_as_null(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    data_id = streamer.initialize()
+    values = [1.0, math.nan, math.inf, -math.inf, *VS[4:]]
+    streamer.push(data_id, 0, "pressure", TS, values)
+    assert streamer.finalize(data_id).ok
+    (req,) = fake.chunk_requests()
+    assert req.body["values"][:4] == [1.0, None, None, None]
+
+
+@pytest.mark.parametrize(
+    ("chunk_index", "error", "message"),
+    [(-1, ValueError, "must be >= 0"), (1.0, TypeError, "not float"), (True, TypeError, "bool")],
+)
+def test_bad_chunk_index(
+    streamer: TimeseriesStreamer, chunk_index: object, error: type[Exception], message: str
+) -> None:
+    data_id = streamer.initialize()
+    with pytest.raises(error, match=message):
+        streamer.push(data_id, chunk_index, "t", TS, VS)  # type: ignore[arg-type]
+
+
+def test_numpy_integer_chunk_index_and_arrays_are_accepted(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    data_id = streamer.initialize()
+    streamer.push(data_id, np.int64(2), "t", np.array(TS), np.array(VS, dtype=np.float32))
+    assert streamer.finalize(data_id).ok
+    assert fake.chunk_requests()[0].body["chunk_index"] == 2
+
+
+def test_reusing_a_chunk_index_with_other_data_is_refused(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    data_id = streamer.initialize()
+    streamer.push(data_id, 0, "t", TS, VS)
+    streamer.push(data_id, 0, "t", TS, VS)  # identical re-push: harmless, sent once
+    with pytest.raises(ValueError, match="already pushed with different data"):
+        streamer.push(data_id, 0, "t", TS, [v + 1 for v in VS])
+    streamer.push(data_id, 0, "other_channel", TS, VS)  # same index, other channel: fine
+    report = streamer.finalize(data_id)
+    assert report["atomscale"].chunks_delivered == 2
+    assert len(fake.chunk_requests()) == 2
+
+
+def test_caller_mutating_its_buffer_after_push_changes_nothing(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    data_id = streamer.initialize()
+    values = np.array(VS)
+    streamer.push(data_id, 0, "t", np.array(TS), values)
+    values[:] = -1.0
+    streamer.finalize(data_id)
+    assert fake.chunk_requests()[0].body["values"] == VS
+
+
+def test_unknown_data_id_and_push_after_finalize(streamer: TimeseriesStreamer) -> None:
+    with pytest.raises(StreamStateError, match="data_id=nope: unknown stream"):
+        streamer.push("nope", 0, "t", TS, VS)
+    data_id = streamer.initialize()
+    streamer.finalize(data_id)
+    with pytest.raises(StreamStateError, match="already finalized"):
+        streamer.push(data_id, 1, "t", TS, VS)
+    with pytest.raises(StreamStateError, match="already finalized"):
+        streamer.push_multi(data_id, 1, {"t": {"timestamps": TS, "values": VS}})
+
+
+@pytest.mark.parametrize(
+    ("channels", "error", "message"),
+    [
+        ([1, 2], TypeError, "channels must be a dict"),
+        ({"a": [1]}, TypeError, "each channel must be a dict"),
+        ({"a": {"values": VS}}, ValueError, r"channel='a'.*missing \['timestamps'\]"),
+        ({"a": {"timestamps": TS, "values": VS, "unit": "C"}}, ValueError, "unknown keys"),
+        ({"a": {"timestamps": [], "values": []}}, ValueError, "no channel has points"),
+        (
+            {"a": {"timestamps": TS, "values": VS}, "b": {"timestamps": TS, "values": VS[:3]}},
+            ValueError,
+            "channel='b' chunk_index=0: 10 timestamps but 3 values",
+        ),
+        ({"a": {"timestamps": TS, "values": VS, "units": 3}}, TypeError, "units must be a str"),
+    ],
+)
+def test_bad_push_multi(
+    streamer: TimeseriesStreamer,
+    fake: FakeAtomscale,
+    channels: object,
+    error: type[Exception],
+    message: str,
+) -> None:
+    data_id = streamer.initialize()
+    with pytest.raises(error, match=message):
+        streamer.push_multi(data_id, 0, channels)
+    streamer.finalize(data_id)
+    assert fake.chunk_requests() == []
+
+
+def test_bad_channel_name(streamer: TimeseriesStreamer) -> None:
+    data_id = streamer.initialize()
+    with pytest.raises(TypeError, match="channel_name must be a str"):
+        streamer.push(data_id, 0, 7, TS, VS)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="channel_name must not be empty"):
+        streamer.push(data_id, 0, "  ", TS, VS)
+
+
+def test_bad_constructor_and_initialize_arguments(
+    streamer_factory: Callable[..., TimeseriesStreamer], streamer: TimeseriesStreamer
+) -> None:
+    with pytest.raises(ValueError, match="no destination configured"):
+        streamer_factory(api_key=None)
+    with pytest.raises(ValueError, match="points_per_chunk must be >= 1"):
+        streamer_factory(points_per_chunk=0)
+    with pytest.raises(TypeError, match="synth_source_id must be an int"):
+        streamer.initialize(synth_source_id="42")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="tags must be strings"):
+        streamer.initialize(tags=["ok", 3])  # type: ignore[list-item]
