@@ -1,0 +1,143 @@
+"""``labstream demo``: a simulated MBE growth streamed through the real client to local emulators.
+
+It is the project's "main job": one command, no account, no Docker. The emulator injects faults
+(503s, dropped connections) so the run shows what labstream is for: every point pushed arrives,
+exactly once, and the stream is finalized. It prints what was pushed next to what the destination
+stored, and exits non-zero if they differ.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from .emulators.atomscale import FaultPlan, run_in_thread
+from .report import StreamReport
+from .retry import RetryPolicy
+from .sync import TimeseriesStreamer
+
+FloatArray = npt.NDArray[np.float64]
+DEMO_KEY = "demo-key"  # the emulator accepts any key; this one is not a secret
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A simulated growth: one timeline and a few instrument channels."""
+
+    timestamps: FloatArray
+    channels: dict[str, tuple[FloatArray, str]]  # name -> (values, units)
+
+
+def simulate_growth(seconds: float, rate_hz: float, start: float, seed: int = 7) -> Growth:
+    """Substrate ramp and hold, two effusion cells, chamber pressure rising when shutters open."""
+    rng = np.random.default_rng(seed)
+    n = int(seconds * rate_hz)
+    t = np.arange(n) / rate_hz
+    ramp = np.clip(t / (0.3 * seconds), 0.0, 1.0)
+    substrate = 200.0 + 430.0 * ramp + rng.normal(0, 0.3, n)
+    ga_cell = 950.0 + 2.0 * np.sin(t / 17.0) + rng.normal(0, 0.05, n)
+    as_cell = 340.0 + rng.normal(0, 0.05, n)
+    shutter_open = (t > 0.4 * seconds) & (t < 0.9 * seconds)
+    pressure = np.where(shutter_open, 4.0e-6, 2.0e-9) * (1 + rng.normal(0, 0.02, n))
+    pressure[rng.choice(n, size=max(1, n // 500), replace=False)] = math.nan  # gauge dropouts
+    return Growth(
+        timestamps=start + t,
+        channels={
+            "substrate_temperature": (substrate, "C"),
+            "ga_cell_temperature": (ga_cell, "C"),
+            "as_cell_temperature": (as_cell, "C"),
+            "chamber_pressure": (pressure, "mbar"),
+        },
+    )
+
+
+def _same(sent: FloatArray, received: list[float]) -> bool:
+    got = np.asarray(received, dtype=np.float64)
+    return sent.shape == got.shape and bool(np.array_equal(sent, got, equal_nan=True))
+
+
+def run_demo(
+    *,
+    seconds: float = 300.0,
+    rate_hz: float = 10.0,
+    points_per_chunk: int = 100,
+    fail_fraction: float = 0.25,
+    drop_fraction: float = 0.05,
+    pace_s: float = 0.01,
+    out: Callable[[str], None] = print,
+) -> bool:
+    """Run the demo; return True when the destination stored exactly what was pushed."""
+    faults = FaultPlan(
+        fail_fraction=fail_fraction, drop_connection_fraction=drop_fraction, seed=2024
+    )
+    growth = simulate_growth(seconds, rate_hz, start=time.time() - seconds)
+    n = growth.timestamps.shape[0]
+    n_chunks = math.ceil(n / points_per_chunk)
+    out(
+        f"labstream demo: simulated MBE growth, {seconds:.0f} s at {rate_hz:g} Hz, "
+        f"{len(growth.channels)} channels, {n_chunks} chunks of {points_per_chunk} points"
+    )
+    with run_in_thread(faults=faults) as emulator:
+        out(
+            f"Atomscale emulator at {emulator.url}: failing {fail_fraction:.0%} of chunk uploads "
+            f"with 503 and dropping {drop_fraction:.0%} of connections"
+        )
+        started = time.perf_counter()
+        # Short back-off so the demo takes seconds; production defaults start at 0.5 s.
+        policy = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, jitter_s=0.05)
+        with TimeseriesStreamer(
+            api_key=DEMO_KEY, endpoint=emulator.url, points_per_chunk=points_per_chunk, retry=policy
+        ) as streamer:
+            with streamer.stream(stream_name="MBE growth (demo)", tags=["demo"]) as stream:
+                for c in range(n_chunks):
+                    sl = slice(c * points_per_chunk, (c + 1) * points_per_chunk)
+                    ts = growth.timestamps[sl]
+                    stream.push_multi(
+                        c,
+                        {
+                            name: {"timestamps": ts, "values": values[sl], "units": units}
+                            for name, (values, units) in growth.channels.items()
+                        },
+                    )
+                    time.sleep(pace_s)  # the acquisition loop's own pace, compressed
+            offset = streamer.clock_status().offset_s
+        elapsed = time.perf_counter() - started
+        report = stream.report
+        assert report is not None
+        stored = emulator.streams[stream.data_id]
+        out(f"streamed and finalized in {elapsed:.1f} s; clock offset {offset * 1e3:+.3f} ms\n")
+        out(str(report) + "\n")
+        out(f"{'channel':<24}{'pushed':>8}{'stored':>8}  identical")
+        all_same = True
+        for name, (values, _units) in growth.channels.items():
+            ts_got, vals_got = emulator.points(stream.data_id, name)
+            same_values = _same(values, vals_got)
+            shifted = np.asarray(ts_got) - offset
+            same_times = len(ts_got) == n and bool(
+                np.allclose(shifted, growth.timestamps, rtol=0, atol=1e-6)
+            )
+            ok = same_values and same_times
+            all_same &= ok
+            out(f"{name:<24}{n:>8}{len(vals_got):>8}  {'yes' if ok else 'NO'}")
+        faults_seen = {k: v for k, v in emulator.fault_counts.items() if v}
+        out(f"\nfaults injected by the emulator: {faults_seen or 'none'}")
+        return _verdict(report, all_same, stored.finalized, out)
+
+
+def _verdict(
+    report: StreamReport, all_same: bool, finalized: bool, out: Callable[[str], None]
+) -> bool:
+    dest = report["atomscale"]
+    if report.ok and all_same and finalized:
+        out(
+            f"All {dest.points_delivered} points stored exactly as pushed, through "
+            f"{dest.retries} retries; stream finalized."
+        )
+        return True
+    out("Something was not delivered; see the report above.")
+    return False
