@@ -262,3 +262,18 @@ def test_push_returns_while_the_destination_hangs(
     assert (report.chunks_accepted, report.chunks_delivered) == (200, 0)
     hang.set()
     assert streamer.finalize(data_id).ok
+
+
+def test_sync_api_inside_a_running_event_loop(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    """Jupyter runs cells inside an event loop; the sync API must not need that loop."""
+    import asyncio
+
+    async def cell() -> bool:
+        streamer = streamer_factory(clock_sync=False)
+        data_id = streamer.initialize()
+        streamer.push(data_id, 0, "T", *series(10))
+        return streamer.finalize(data_id).ok
+
+    assert asyncio.run(cell())
