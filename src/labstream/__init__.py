@@ -5,6 +5,8 @@ A drop-in for the official Atomscale SDK's ``TimeseriesStreamer``::
     from labstream import TimeseriesStreamer
 """
 
+from .atlas.config import Atlas
+from .atlas.session import ChannelOptions
 from .clock import ClockStatus
 from .errors import (
     DeliveryError,
@@ -25,6 +27,8 @@ __version__ = "0.1.0"
 __all__ = [
     "AsyncStreamHandle",
     "AsyncTimeseriesStreamer",
+    "Atlas",
+    "ChannelOptions",
     "ClockStatus",
     "DeliveryError",
     "DeliveryTimeoutError",

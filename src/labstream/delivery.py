@@ -24,6 +24,7 @@ from .chunk import Chunk
 from .errors import DestinationError, RejectedError, TransientDestinationError
 from .report import DestinationReport, Rejection
 from .retry import RetryPolicy, Sleep
+from .sinks.atlas import Marker
 from .sinks.base import Sink, StreamInfo
 
 log = logging.getLogger("labstream.delivery")
@@ -38,6 +39,7 @@ class _StreamDelivery:
     opened: anyio.Event = field(default_factory=anyio.Event)
     changed: anyio.Event = field(default_factory=anyio.Event)
     open_failed: str | None = None
+    markers_in_flight: int = 0  # queued, not yet handed to the sink: finalize waits for them
 
     def update(self, **changes: object) -> None:
         self.report = replace(self.report, **changes)  # type: ignore[arg-type]
@@ -60,10 +62,12 @@ class DeliveryRunner:
         self._policy = policy
         self._sleep = sleep
         self._streams: dict[str, _StreamDelivery] = {}
-        self._send: MemoryObjectSendStream[Chunk | StreamInfo]
-        self._receive: MemoryObjectReceiveStream[Chunk | StreamInfo]
+        self._send: MemoryObjectSendStream[Chunk | StreamInfo | Marker]
+        self._receive: MemoryObjectReceiveStream[Chunk | StreamInfo | Marker]
         # Unbounded in memory for now: the durable journal will bound it on disk.
-        self._send, self._receive = anyio.create_memory_object_stream[Chunk | StreamInfo](math.inf)
+        self._send, self._receive = anyio.create_memory_object_stream[Chunk | StreamInfo | Marker](
+            math.inf
+        )
         self._tg: TaskGroup | None = None
 
     @property
@@ -94,6 +98,16 @@ class DeliveryRunner:
         )
         self._send.send_nowait(chunk)
 
+    @property
+    def takes_markers(self) -> bool:
+        return hasattr(self.sink, "send_marker")
+
+    def submit_marker(self, marker: Marker) -> None:
+        st = self._streams[marker.data_id]
+        st.markers_in_flight += 1
+        st.update(markers_accepted=st.report.markers_accepted + 1)
+        self._send.send_nowait(marker)
+
     def report(self, data_id: str) -> DestinationReport:
         return self._streams[data_id].report
 
@@ -101,9 +115,12 @@ class DeliveryRunner:
         return self._streams[data_id].report.chunks_pending
 
     async def wait_pending_at_most(self, data_id: str, limit: int) -> None:
-        """Wait until the stream has at most ``limit`` chunks pending (back-pressure, drain)."""
+        """Wait until the stream has at most ``limit`` chunks pending (back-pressure, drain).
+
+        With ``limit=0`` (drain) queued markers are waited for too, so none comes after the close.
+        """
         st = self._streams[data_id]
-        while st.report.chunks_pending > limit:
+        while st.report.chunks_pending > limit or (limit == 0 and st.markers_in_flight):
             await st.changed.wait()
 
     async def finalize(self, data_id: str, deadline: float) -> DestinationReport:
@@ -134,6 +151,9 @@ class DeliveryRunner:
             st.update(close_error=str(exc), last_error=str(exc))
         else:
             st.update(closed=True)
+        late = getattr(self.sink, "marker_rejections", None)
+        if late is not None:
+            st.update(marker_rejections=(*st.report.marker_rejections, *late(data_id)))
         return st.report
 
     def count_undelivered_as_dropped(self) -> None:
@@ -169,6 +189,8 @@ class DeliveryRunner:
         async for item in self._receive:
             if isinstance(item, StreamInfo):
                 await self._open(item)
+            elif isinstance(item, Marker):
+                await self._mark(item)
             else:
                 await self._deliver(item)
 
@@ -232,6 +254,37 @@ class DeliveryRunner:
                 chunks_delivered=st.report.chunks_delivered + 1,
                 points_delivered=st.report.points_delivered + chunk.points,
             )
+
+    async def _mark(self, marker: Marker) -> None:
+        st = self._streams[marker.data_id]
+        try:
+            await self._send_marker(st, marker)
+        finally:
+            st.markers_in_flight -= 1
+            st.update()
+
+    async def _send_marker(self, st: _StreamDelivery, marker: Marker) -> None:
+        await st.opened.wait()
+        send_marker = getattr(self.sink, "send_marker", None)
+        if st.open_failed is not None or send_marker is None:
+            reason = st.open_failed or "not supported"
+            st.update(marker_rejections=(*st.report.marker_rejections, reason))
+            return
+        while True:
+            try:
+                async for attempt in self._policy.retrying(
+                    sleep=self._sleep, on_retry=self._retried(st)
+                ):
+                    with attempt:
+                        await send_marker(marker)
+            except TransientDestinationError as exc:
+                st.update(last_error=str(exc))
+                await self._sleep(self._policy.cooldown_s)
+                continue
+            except Exception as exc:
+                reason = f"marker {marker.label!r}: {exc}"
+                st.update(marker_rejections=(*st.report.marker_rejections, reason))
+            return
 
     def _reject(
         self, st: _StreamDelivery, chunk: Chunk, status: int | str | None, reason: str

@@ -45,6 +45,8 @@ class DestinationReport:
     close_error: str | None = None
     last_error: str | None = None
     rejections: tuple[Rejection, ...] = ()
+    markers_accepted: int = 0
+    marker_rejections: tuple[str, ...] = ()
 
     @property
     def chunks_pending(self) -> int:
@@ -99,6 +101,8 @@ class StreamReport:
             )
             for r in d.rejections:
                 lines.append(f"  rejected chunk {r.chunk_index} ({r.status}): {r.reason}")
+            for reason in d.marker_rejections:
+                lines.append(f"  marker not written: {reason}")
             if d.drop_reason:
                 lines.append(f"  dropped: {d.drop_reason}")
             if d.close_error:

@@ -27,7 +27,10 @@ import anyio
 import httpx
 import numpy as np
 
+from .atlas.config import Atlas
 from .chunk import (
+    EARLIEST_S,
+    LATEST_S,
     Chunk,
     RawSeries,
     check_chunk_index,
@@ -41,8 +44,9 @@ from .delivery import DeliveryRunner
 from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
+from .sinks.atlas import AtlasSink, Marker
 from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink
-from .sinks.base import StreamInfo
+from .sinks.base import Sink, StreamInfo
 from .timebase import seconds_to_ns_scalar
 
 log = logging.getLogger("labstream")
@@ -135,6 +139,9 @@ class AsyncTimeseriesStreamer:
         clock_sync: False turns clock correction off (so does ``ATOMSCALE_SKIP_CLOCK_SYNC``).
         sleep: injected async sleep for back-off (tests pass one that returns at once).
         max_pending_chunks: ``run()`` waits while a destination has more chunks pending than this.
+        atlas: ``"host:port"`` of an ATLAS Stream API, or :class:`~labstream.Atlas` settings, to
+            stream to ATLAS too (default ``LABSTREAM_ATLAS``). With ``api_key=None`` and no key in
+            the environment, the streamer streams to ATLAS alone.
 
     Raises:
         ValueError: no destination configured, or a bad option.
@@ -154,6 +161,7 @@ class AsyncTimeseriesStreamer:
         clock_sync: bool | None = None,
         sleep: Sleep | None = None,
         max_pending_chunks: int = 64,
+        atlas: str | Atlas | None = None,
     ) -> None:
         if isinstance(points_per_chunk, bool) or not isinstance(points_per_chunk, int):
             raise TypeError("points_per_chunk must be an int")
@@ -161,9 +169,11 @@ class AsyncTimeseriesStreamer:
             raise ValueError("points_per_chunk must be >= 1")
         configure_verbosity(verbosity)
         self._api_key = resolve_api_key(api_key)
-        if self._api_key is None:
+        self._atlas_settings = Atlas.resolve(atlas)
+        if self._api_key is None and self._atlas_settings is None:
             raise ValueError(
-                "no destination configured: give api_key= (or set AS_API_KEY / ATOMSCALE_API_KEY)"
+                "no destination configured: give api_key= (or set AS_API_KEY / "
+                "ATOMSCALE_API_KEY) for Atomscale, and/or atlas= (or LABSTREAM_ATLAS) for ATLAS"
             )
         self.endpoint = resolve_endpoint(endpoint)
         self.points_per_chunk = points_per_chunk
@@ -173,7 +183,10 @@ class AsyncTimeseriesStreamer:
         self._max_concurrency = max_concurrency
         self._http_transport = http_transport
         self._max_pending_chunks = max_pending_chunks
-        self._clock = ClockCorrection(enabled=clock_sync is not False and not skip_requested())
+        # The reference clock is Atomscale's gateway; without Atomscale there is nothing to correct.
+        self._clock = ClockCorrection(
+            enabled=self._api_key is not None and clock_sync is not False and not skip_requested()
+        )
         self._lock = threading.Lock()
         self._streams: dict[str, _Stream] = {}
         self._atomscale: AtomscaleSink | None = None
@@ -182,14 +195,16 @@ class AsyncTimeseriesStreamer:
         self._stop: anyio.Event | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handoff: deque[Chunk] = deque()
+        self._handoff: deque[Chunk | Marker] = deque()
         self._handoff_scheduled = False
 
     def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}(endpoint={self.endpoint!r}, api_key=***, "
-            f"points_per_chunk={self.points_per_chunk})"
-        )
+        parts = [f"points_per_chunk={self.points_per_chunk}"]
+        if self._api_key is not None:
+            parts.insert(0, f"endpoint={self.endpoint!r}, api_key=***")
+        if self._atlas_settings is not None:
+            parts.append(f"atlas={self._atlas_settings.address!r}")
+        return f"{type(self).__name__}({', '.join(parts)})"
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -207,16 +222,20 @@ class AsyncTimeseriesStreamer:
         if self._closed:
             raise StreamStateError("this streamer is closed")
         self._loop = asyncio.get_running_loop()
-        assert self._api_key is not None
-        self._atomscale = AtomscaleSink(
-            self._api_key,
-            self.endpoint,
-            policy=self._policy,
-            sleep=self._sleep,
-            transport=self._http_transport,
-            max_concurrency=self._max_concurrency,
-        )
-        self._runners = [DeliveryRunner(self._atomscale, self._policy, sleep=self._sleep)]
+        sinks: list[Sink] = []
+        if self._api_key is not None:
+            self._atomscale = AtomscaleSink(
+                self._api_key,
+                self.endpoint,
+                policy=self._policy,
+                sleep=self._sleep,
+                transport=self._http_transport,
+                max_concurrency=self._max_concurrency,
+            )
+            sinks.append(self._atomscale)
+        if self._atlas_settings is not None:
+            sinks.append(AtlasSink(self._atlas_settings))
+        self._runners = [DeliveryRunner(sink, self._policy, sleep=self._sleep) for sink in sinks]
         self._stop = anyio.Event()
         ready = anyio.Event()
         # The runners' task groups live in one host task, so they are entered and exited by the
@@ -254,8 +273,8 @@ class AsyncTimeseriesStreamer:
             assert self._stop is not None
             self._stop.set()
             await self._host
-            if self._atomscale is not None:
-                await self._atomscale.aclose()
+            for runner in self._runners:
+                await runner.sink.aclose()
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -301,7 +320,7 @@ class AsyncTimeseriesStreamer:
                 physical_sample=physical_sample,
                 tags=tag_list,
             )
-        else:  # pragma: no cover - every streamer has Atomscale until ATLAS lands
+        else:  # ATLAS alone: the data_id is ours
             data_id = str(uuid.uuid4())
         info = StreamInfo(
             data_id=data_id,
@@ -396,12 +415,78 @@ class AsyncTimeseriesStreamer:
             offset_ns = self._clock.offset_ns
         return make_chunk(data_id, index, raws, multi=multi, offset_ns=offset_ns)
 
-    def dispatch(self, chunk: Chunk) -> None:
-        """Hand an accepted chunk to every runner (event-loop thread only)."""
+    def dispatch(self, item: Chunk | Marker) -> None:
+        """Hand an accepted chunk or marker to every runner (event-loop thread only)."""
         for runner in self._runners:
-            runner.submit(chunk)
+            if isinstance(item, Marker):
+                if runner.takes_markers:
+                    runner.submit_marker(item)
+            else:
+                runner.submit(item)
 
-    def dispatch_threadsafe(self, chunk: Chunk) -> None:
+    def accept_mark(
+        self,
+        data_id: str,
+        label: str,
+        timestamp: float | None = None,
+        end_time: float | None = None,
+        type: str = "Marker",
+        description: str = "",
+    ) -> Marker:
+        """Validate a marker; times in epoch seconds, corrected like the data. Thread-safe.
+
+        Raises:
+            TypeError: label, type or description not strings; times not numbers.
+            ValueError: empty label, times outside 1990..2100, end_time before timestamp.
+            StreamStateError: unknown or finalized stream.
+        """
+        self._open_stream(data_id)
+        ctx = f"data_id={data_id} marker={label!r}"
+        for what, value in (("label", label), ("type", type), ("description", description)):
+            if not isinstance(value, str):
+                raise TypeError(f"{ctx}: {what} must be a str, not {value.__class__.__name__}")
+        if not label.strip():
+            raise ValueError(f"data_id={data_id}: marker label must not be empty")
+        start = time.time() if timestamp is None else timestamp
+        times = [start] if end_time is None else [start, end_time]
+        for t in times:
+            if isinstance(t, bool) or not isinstance(t, int | float):
+                raise TypeError(f"{ctx}: marker times must be epoch seconds (float)")
+            if not EARLIEST_S <= t <= LATEST_S:
+                raise ValueError(f"{ctx}: {t!r} is not Unix epoch seconds between 1990 and 2100")
+        if end_time is not None and end_time < start:
+            raise ValueError(f"{ctx}: end_time {end_time!r} is before timestamp {start!r}")
+        offset = self._clock.offset_ns
+        return Marker(
+            data_id,
+            label,
+            seconds_to_ns_scalar(start) + offset,
+            None if end_time is None else seconds_to_ns_scalar(end_time) + offset,
+            type,
+            description,
+        )
+
+    async def mark(
+        self,
+        data_id: str,
+        label: str,
+        timestamp: float | None = None,
+        end_time: float | None = None,
+        type: str = "Marker",
+        description: str = "",
+    ) -> None:
+        """Mark an instant (or a span, with ``end_time``) of the stream: a growth step, a shutter.
+
+        Sent to ATLAS as a MarkerPacket on both streams, once data covers its time (a marker
+        outside the data's time range would be dropped by ATLAS, so it is held until then, and
+        reported if it never is). Atomscale has no markers: it does not receive them.
+
+        Raises:
+            TypeError, ValueError, StreamStateError: see :meth:`accept_mark`.
+        """
+        self.dispatch(self.accept_mark(data_id, label, timestamp, end_time, type, description))
+
+    def dispatch_threadsafe(self, chunk: Chunk | Marker) -> None:
         """Hand an accepted chunk to the runners from another thread, without waiting.
 
         Chunks are queued and drained by one loop callback, so a burst of pushes costs one wake-up.
@@ -622,6 +707,16 @@ class AsyncStreamHandle:
 
     async def push_multi(self, chunk_index: int, channels: object) -> None:
         await self.streamer.push_multi(self.data_id, chunk_index, channels)
+
+    async def mark(
+        self,
+        label: str,
+        timestamp: float | None = None,
+        end_time: float | None = None,
+        type: str = "Marker",
+        description: str = "",
+    ) -> None:
+        await self.streamer.mark(self.data_id, label, timestamp, end_time, type, description)
 
     async def run(
         self,

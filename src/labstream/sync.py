@@ -187,6 +187,24 @@ class TimeseriesStreamer:
         if chunk is not None:
             self._core.dispatch_threadsafe(chunk)
 
+    def mark(
+        self,
+        data_id: str,
+        label: str,
+        timestamp: float | None = None,
+        end_time: float | None = None,
+        type: str = "Marker",
+        description: str = "",
+    ) -> None:
+        """Mark an instant or span of the stream (ATLAS MarkerPacket); never waits on the network.
+
+        Raises:
+            TypeError, ValueError, StreamStateError: see
+            :meth:`AsyncTimeseriesStreamer.accept_mark`.
+        """
+        marker = self._core.accept_mark(data_id, label, timestamp, end_time, type, description)
+        self._core.dispatch_threadsafe(marker)
+
     def run(
         self,
         data_id: str,
@@ -284,6 +302,16 @@ class StreamHandle:
 
     def push_multi(self, chunk_index: int, channels: object) -> None:
         self.streamer.push_multi(self.data_id, chunk_index, channels)
+
+    def mark(
+        self,
+        label: str,
+        timestamp: float | None = None,
+        end_time: float | None = None,
+        type: str = "Marker",
+        description: str = "",
+    ) -> None:
+        self.streamer.mark(self.data_id, label, timestamp, end_time, type, description)
 
     def run(self, channel_name: str, data_iter: Iterable[object], units: str | None = None) -> None:
         self.streamer.run(self.data_id, channel_name, data_iter, units)

@@ -1,0 +1,345 @@
+"""The ATLAS destination: performs what the session state machine decides, over grpc.aio.
+
+All protocol rules live in :mod:`labstream.atlas.session`; this sink only turns its actions into
+RPCs and feeds the answers back. Every operation is resumable: an event is fed to the session once,
+and the actions it produced are performed in order and removed only once done, so when the runner
+retries after a transient failure the sink continues where it stopped, never writing a packet twice
+and never reordering. gRPC errors are translated here: UNAVAILABLE, DEADLINE_EXCEEDED and
+RESOURCE_EXHAUSTED are transient; anything else is final.
+
+Packets are written with unary ``WriteDataPacket``: each call's OK is an acknowledgement, order is
+kept by awaiting each one, and no call is left waiting for the answer that the streaming
+``WriteDataPackets`` never sends after half-close (server 1.3.5).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import anyio
+import grpc
+import grpc.aio
+
+from ..atlas import encoding as enc
+from ..atlas.config import Atlas
+from ..atlas.session import (
+    Action,
+    Answer,
+    AtlasSession,
+    CallFailed,
+    ChunkDone,
+    ChunkReady,
+    Closed,
+    CreateSessionCall,
+    EndSessionCall,
+    Event,
+    Finalize,
+    FormatIdReceived,
+    GenerateKeyCall,
+    GetFormatIdCall,
+    KeyGenerated,
+    MarkerAdded,
+    Opened,
+    Rejected,
+    SessionCreated,
+    SessionEnded,
+    WritePacket,
+)
+from ..chunk import Chunk
+from ..errors import RejectedError, TransientDestinationError
+from ..timebase import seconds_to_ns_scalar
+from .base import StreamInfo
+
+log = logging.getLogger("labstream.atlas")
+
+NAME = "atlas"
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+_WRITE_PATH = "/ma.streaming.api.v1.PacketWriterService/WriteDataPacket"
+_CHANNEL_OPTIONS = [
+    ("grpc.max_send_message_length", enc.MAX_REQUEST_BYTES),
+    ("grpc.max_receive_message_length", enc.MAX_REQUEST_BYTES),
+]
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A marker as the streamer accepted it (times in clock-corrected epoch ns)."""
+
+    data_id: str
+    label: str
+    timestamp_ns: int
+    end_time_ns: int | None = None
+    marker_type: str = "Marker"
+    description: str = ""
+
+
+@dataclass(eq=False)
+class _Run:
+    """One ATLAS session in progress: the state machine and the actions it still owes."""
+
+    session: AtlasSession
+    pending: deque[Action] = field(default_factory=deque)
+    fed: set[int] = field(default_factory=set)  # ids of the events already fed
+    keep: list[object] = field(default_factory=list)  # keeps fed objects alive: ids stay unique
+    rejected: dict[int, str] = field(default_factory=dict)  # chunk_index -> reason
+    marker_rejections: list[str] = field(default_factory=list)
+    closed: Closed | None = None
+    formats_seen: int = 0
+    # finalize() closes from its own task while the runner's worker may be mid-chunk: one at a time
+    lock: anyio.Lock = field(default_factory=anyio.Lock)
+
+
+class AtlasSink:
+    """grpc.aio client of the Stream API and the key generator for one streamer."""
+
+    name = NAME
+    max_concurrency = 1  # one writer per streamer keeps packets in order
+
+    def __init__(self, settings: Atlas, *, now: Callable[[], float] = time.time) -> None:
+        # Deferred import: generated code is only loaded when ATLAS is configured.
+        from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
+        from .._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
+
+        self._api = api_pb2
+        self._keys = key_generator_pb2
+        self.settings = settings
+        self._now = now
+        self._channel = self._open_channel(settings.address)
+        assert settings.key_generator_address is not None
+        self._key_channel = self._open_channel(settings.key_generator_address)
+        self._sessions = api_pb2_grpc.SessionManagementServiceStub(self._channel)
+        self._formats = api_pb2_grpc.DataFormatManagerServiceStub(self._channel)
+        self._key_gen = key_generator_pb2_grpc.UniqueKeyGeneratorServiceStub(self._key_channel)
+        # Writes send bytes the encoder built, without a protobuf object per packet.
+        self._write = self._channel.unary_unary(
+            _WRITE_PATH,
+            request_serializer=None,
+            response_deserializer=api_pb2.WriteDataPacketResponse.FromString,
+        )
+        self._runs: dict[str, _Run] = {}
+
+    def __repr__(self) -> str:
+        return f"AtlasSink(address={self.settings.address!r})"
+
+    def _open_channel(self, address: str) -> grpc.aio.Channel:
+        if self.settings.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=self.settings.root_certificates)
+            return grpc.aio.secure_channel(address, creds, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+
+    # -- Sink ----------------------------------------------------------------------------------
+
+    def _run(self, data_id: str) -> _Run:
+        run = self._runs.get(data_id)
+        if run is None:
+            run = self._runs[data_id] = _Run(AtlasSession(self.settings.protocol_options))
+        return run
+
+    async def open_stream(self, stream: StreamInfo) -> None:
+        run = self._run(stream.data_id)
+        await self._drive(run, stream.data_id, stream, lambda: self._opened(stream))
+
+    async def send_chunk(self, chunk: Chunk) -> None:
+        run = self._runs[chunk.data_id]
+        await self._drive(run, chunk.data_id, chunk, lambda: ChunkReady(chunk))
+        reason = run.rejected.pop(chunk.chunk_index, None)
+        if reason is not None:
+            raise RejectedError(
+                reason, destination=NAME, data_id=chunk.data_id, chunk_index=chunk.chunk_index
+            )
+
+    async def send_marker(self, marker: Marker) -> None:
+        run = self._runs[marker.data_id]
+        event = MarkerAdded(
+            marker.label,
+            marker.timestamp_ns,
+            marker.end_time_ns,
+            marker.marker_type,
+            marker.description,
+        )
+        await self._drive(run, marker.data_id, marker, lambda: event)
+
+    async def close_stream(self, stream: StreamInfo) -> None:
+        run = self._run(stream.data_id)
+        termination = seconds_to_ns_scalar(self._now())
+        await self._drive(run, stream.data_id, run.session, lambda: Finalize(termination))
+        if run.closed is not None and not run.closed.ended:
+            raise RejectedError(
+                f"the ATLAS session was not ended: {run.closed.reason}",
+                destination=NAME,
+                data_id=stream.data_id,
+            )
+
+    def marker_rejections(self, data_id: str) -> list[str]:
+        run = self._runs.get(data_id)
+        return list(run.marker_rejections) if run else []
+
+    async def aclose(self) -> None:
+        await self._channel.close()
+        await self._key_channel.close()
+
+    # -- driving the state machine -------------------------------------------------------------
+
+    def _opened(self, stream: StreamInfo) -> Opened:
+        details = {"labstream_data_id": stream.data_id, **self.settings.session_details}
+        if stream.physical_sample:
+            details["physical_sample"] = stream.physical_sample
+        if stream.project_id:
+            details["project_id"] = stream.project_id
+        if stream.tags:
+            details["tags"] = ", ".join(stream.tags)
+        if stream.synth_source_id is not None:
+            details["synth_source_id"] = str(stream.synth_source_id)
+        return Opened(
+            data_source=self.settings.data_source,
+            stream=self.settings.stream,
+            identifier=stream.stream_name or stream.data_id,
+            details=details,
+            creation_time_ns=stream.created_at_ns,
+            utc_offset_ns=_utc_offset_ns(),
+        )
+
+    async def _drive(
+        self, run: _Run, data_id: str, origin: object, make_event: Callable[[], Event]
+    ) -> None:
+        """Feed the event for ``origin`` once, then perform every action owed, in order."""
+        async with run.lock:
+            if id(origin) not in run.fed:
+                run.fed.add(id(origin))
+                run.keep.append(origin)
+                run.pending.extend(run.session.handle(make_event()))
+            while run.pending:
+                action = run.pending[0]
+                follow_up = await self._perform(run, data_id, action)
+                run.pending.popleft()
+                if follow_up is not None:
+                    run.pending.extend(run.session.handle(follow_up))
+
+    async def _perform(self, run: _Run, data_id: str, action: Action) -> Answer | None:
+        """Perform one action; return the answer to feed back for calls.
+
+        Raises:
+            TransientDestinationError: try again later (the action stays at the head).
+        """
+        if isinstance(action, WritePacket):
+            request = enc.encode_write_data_packet_request(action.details_bytes())
+            try:
+                await self._rpc(
+                    data_id, action.packet_type, lambda t: self._write(request, timeout=t)
+                )
+            except RejectedError as exc:
+                # A write the server refuses for good: the rest of the session can still go on.
+                log.error("ATLAS refused a %s packet: %s", action.packet_type, exc)
+                if action.chunk_index is not None:
+                    run.rejected[action.chunk_index] = str(exc)
+            return None
+        if isinstance(
+            action, CreateSessionCall | GenerateKeyCall | GetFormatIdCall | EndSessionCall
+        ):
+            try:
+                return await self._call(run, data_id, action)
+            except RejectedError as exc:
+                return CallFailed(str(exc))
+        if isinstance(action, Rejected):
+            log.error("ATLAS: %s", action.reason)
+            if action.chunk_index is not None:
+                run.rejected[action.chunk_index] = action.reason
+            if action.marker_label is not None:
+                run.marker_rejections.append(f"marker {action.marker_label!r}: {action.reason}")
+        elif isinstance(action, Closed):
+            run.closed = action
+        elif not isinstance(action, ChunkDone):  # pragma: no cover - exhaustive above
+            raise AssertionError(f"unknown action {action!r}")
+        return None
+
+    async def _call(self, run: _Run, data_id: str, call: Any) -> Answer:
+        api, s = self._api, self.settings
+        if isinstance(call, CreateSessionCall):
+            request = api.CreateSessionRequest(
+                data_source=call.data_source,
+                type=call.session_type,
+                version=call.version,
+                identifier=call.identifier,
+                details=dict(call.details),
+            )
+            request.utc_offset.FromNanoseconds(call.utc_offset_ns)
+            request.creation_time.FromNanoseconds(call.creation_time_ns)
+            reply = await self._rpc(
+                data_id, "CreateSession", lambda t: self._sessions.CreateSession(request, timeout=t)
+            )
+            if not reply.success or not reply.session_key:
+                return CallFailed("CreateSession answered success=false")
+            return SessionCreated(reply.session_key)
+        if isinstance(call, GenerateKeyCall):
+            key_request = self._keys.GenerateUniqueKeyRequest(type=self._keys.KEY_TYPE_STRING)
+            key_reply = await self._rpc(
+                data_id,
+                "GenerateUniqueKey",
+                lambda t: self._key_gen.GenerateUniqueKey(key_request, timeout=t),
+            )
+            if not key_reply.string_key:
+                return CallFailed("the key generator answered no string key")
+            return KeyGenerated(key_reply.string_key)
+        if isinstance(call, GetFormatIdCall):
+            format_request = api.GetParameterDataFormatIdRequest(
+                data_source=call.data_source, parameters=list(call.parameters)
+            )
+            # The first call for a data source can stall while the server loads its essentials.
+            deadline = s.first_format_timeout_s if run.formats_seen == 0 else s.rpc_timeout_s
+            format_reply = await self._rpc(
+                data_id,
+                "GetParameterDataFormatId",
+                lambda t: self._formats.GetParameterDataFormatId(format_request, timeout=t),
+                timeout=deadline,
+            )
+            run.formats_seen += 1
+            return FormatIdReceived(format_reply.data_format_identifier)
+        end_request = api.EndSessionRequest(
+            data_source=call.data_source, session_key=call.session_key
+        )
+        end_request.termination_time.FromNanoseconds(call.termination_time_ns)
+        end_reply = await self._rpc(
+            data_id, "EndSession", lambda t: self._sessions.EndSession(end_request, timeout=t)
+        )
+        return SessionEnded(bool(end_reply.success))
+
+    async def _rpc(
+        self,
+        data_id: str,
+        what: str,
+        invoke: Callable[[float], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+    ) -> T:
+        """Run one RPC with a deadline, translating gRPC errors into labstream's.
+
+        Raises:
+            TransientDestinationError: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED.
+            RejectedError: any other gRPC status.
+        """
+        try:
+            return await invoke(timeout or self.settings.rpc_timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            kind = TransientDestinationError if code in _TRANSIENT else RejectedError
+            raise kind(
+                f"{what} failed", destination=NAME, data_id=data_id, status=code.name,
+                detail=exc.details() or None,
+            ) from None  # fmt: skip
+
+
+def _utc_offset_ns() -> int:
+    """Local standard time minus UTC (the session's ``utc_offset``)."""
+    return -time.timezone * 1_000_000_000
