@@ -223,3 +223,29 @@ def test_connection_errors_are_transient(
     report = streamer.finalize(data_id)
     assert report.ok
     assert report["atomscale"].retries == 1
+
+
+def test_attempts_are_counted_since_the_last_progress() -> None:
+    """A multi-step operation that advances between failures is not given up on."""
+    from labstream import TransientDestinationError
+
+    policy = RetryPolicy(attempts=2, initial_backoff_s=1, multiplier=2, jitter_s=0)
+    sleeper = RecordingSleep()
+    outcomes = iter([True, True, True, False, False])  # progress, progress, progress, stuck...
+
+    async def operation() -> None:
+        exc = TransientDestinationError("step failed", destination="atlas")
+        exc.made_progress = next(outcomes)
+        raise exc
+
+    async def main() -> None:
+        with pytest.raises(TransientDestinationError):
+            async for attempt in policy.retrying(sleep=sleeper):
+                with attempt:
+                    await operation()
+
+    anyio.run(main)
+    # Each failure after progress starts a fresh budget of 2 (so the back-off restarts at 1 s);
+    # the failure after the third progress plus one stuck attempt use it up.
+    assert sleeper.waits == [1.0, 1.0, 1.0]
+    assert next(outcomes) is False  # the fifth attempt was never made

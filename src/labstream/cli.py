@@ -1,4 +1,4 @@
-"""The ``labstream`` command: the demo and the local emulators.
+"""The ``labstream`` command: the demo, the local emulators and the ATLAS protocol report.
 
 argparse keeps the CLI dependency-free; each subcommand is a thin call into the library.
 """
@@ -39,6 +39,30 @@ def _atomscale_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _atlas_serve(args: argparse.Namespace) -> int:
+    from .emulators.atlas import AtlasFaultPlan, serve
+
+    faults = AtlasFaultPlan(
+        unavailable_fraction=args.unavailable_fraction, latency_s=args.latency, seed=args.seed
+    )
+    serve(args.host, args.port, args.key_generator_port, args.record, faults=faults)
+    return 0
+
+
+def _atlas_report(args: argparse.Namespace) -> int:
+    import json
+
+    from .emulators.atlas import load_record
+    from .emulators.atlas_checker import check_sessions, format_report
+
+    reports = check_sessions(load_record(args.file))
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=2))
+    else:
+        print(format_report(reports, verbose=args.verbose))
+    return 0 if all(r.ok for r in reports) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labstream",
@@ -72,6 +96,25 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--drop-fraction", type=float, default=0.0)
     serve.add_argument("--seed", type=int, default=0)
     serve.set_defaults(func=_atomscale_serve)
+
+    atlas = sub.add_parser("atlas", help="the local ATLAS Stream API and its protocol checker")
+    atlas_sub = atlas.add_subparsers(dest="action", required=True)
+    aserve = atlas_sub.add_parser(
+        "serve", help="run a Stream API + key generator; print protocol reports on Ctrl-C"
+    )
+    aserve.add_argument("--host", default="127.0.0.1")
+    aserve.add_argument("--port", type=int, default=13579)
+    aserve.add_argument("--key-generator-port", type=int, default=15379)
+    aserve.add_argument("--record", default=None, help="append every packet to this JSONL file")
+    aserve.add_argument("--unavailable-fraction", type=float, default=0.0)
+    aserve.add_argument("--latency", type=float, default=0.0)
+    aserve.add_argument("--seed", type=int, default=0)
+    aserve.set_defaults(func=_atlas_serve)
+    areport = atlas_sub.add_parser("report", help="check the sessions of a --record file")
+    areport.add_argument("file")
+    areport.add_argument("--json", action="store_true", help="machine-readable report")
+    areport.add_argument("--verbose", action="store_true", help="also list passed checks")
+    areport.set_defaults(func=_atlas_report)
     return parser
 
 

@@ -1,9 +1,10 @@
 """``labstream demo``: a simulated MBE growth streamed through the real client to local emulators.
 
-It is the project's "main job": one command, no account, no Docker. The emulator injects faults
-(503s, dropped connections) so the run shows what labstream is for: every point pushed arrives,
-exactly once, and the stream is finalized. It prints what was pushed next to what the destination
-stored, and exits non-zero if they differ.
+It is the project's "main job": one command, no account, no Docker. Both destinations run locally:
+the Atomscale emulator injects faults (503s, dropped connections), the ATLAS Stream API emulator
+fails some RPCs with UNAVAILABLE and checks the protocol. The run shows what labstream is for: every
+point pushed arrives in both, the ATLAS session is clean, and both streams are finalized. It prints
+what was pushed next to what each destination stored, and exits non-zero if anything differs.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from .atlas.config import Atlas
+from .emulators import atlas as atlas_emulator
+from .emulators.atlas_checker import check_session, format_report
 from .emulators.atomscale import FaultPlan, run_in_thread
 from .report import StreamReport
 from .retry import RetryPolicy
 from .sync import TimeseriesStreamer
+from .timebase import ns_to_seconds
 
 FloatArray = npt.NDArray[np.float64]
 DEMO_KEY = "demo-key"  # the emulator accepts any key; this one is not a secret
@@ -31,6 +36,7 @@ class Growth:
 
     timestamps: FloatArray
     channels: dict[str, tuple[FloatArray, str]]  # name -> (values, units)
+    shutter_open_at: float
 
 
 def simulate_growth(seconds: float, rate_hz: float, start: float, seed: int = 7) -> Growth:
@@ -53,6 +59,7 @@ def simulate_growth(seconds: float, rate_hz: float, start: float, seed: int = 7)
             "as_cell_temperature": (as_cell, "C"),
             "chamber_pressure": (pressure, "mbar"),
         },
+        shutter_open_at=start + 0.4 * seconds,
     )
 
 
@@ -68,12 +75,16 @@ def run_demo(
     points_per_chunk: int = 100,
     fail_fraction: float = 0.25,
     drop_fraction: float = 0.05,
+    atlas_unavailable_fraction: float = 0.1,
     pace_s: float = 0.01,
     out: Callable[[str], None] = print,
 ) -> bool:
-    """Run the demo; return True when the destination stored exactly what was pushed."""
+    """Run the demo; return True when both destinations stored exactly what was pushed."""
     faults = FaultPlan(
         fail_fraction=fail_fraction, drop_connection_fraction=drop_fraction, seed=2024
+    )
+    atlas_faults = atlas_emulator.AtlasFaultPlan(
+        unavailable_fraction=atlas_unavailable_fraction, seed=7
     )
     growth = simulate_growth(seconds, rate_hz, start=time.time() - seconds)
     n = growth.timestamps.shape[0]
@@ -82,18 +93,36 @@ def run_demo(
         f"labstream demo: simulated MBE growth, {seconds:.0f} s at {rate_hz:g} Hz, "
         f"{len(growth.channels)} channels, {n_chunks} chunks of {points_per_chunk} points"
     )
-    with run_in_thread(faults=faults) as emulator:
+    with (
+        run_in_thread(faults=faults) as emulator,
+        atlas_emulator.run_in_thread(faults=atlas_faults) as atlas,
+    ):
         out(
             f"Atomscale emulator at {emulator.url}: failing {fail_fraction:.0%} of chunk uploads "
             f"with 503 and dropping {drop_fraction:.0%} of connections"
         )
+        out(
+            f"ATLAS Stream API emulator at {atlas.address} (key generator "
+            f"{atlas.key_generator_address}): failing {atlas_unavailable_fraction:.0%} of RPCs "
+            "with UNAVAILABLE"
+        )
         started = time.perf_counter()
         # Short back-off so the demo takes seconds; production defaults start at 0.5 s.
-        policy = RetryPolicy(initial_backoff_s=0.05, max_backoff_s=0.5, jitter_s=0.05)
+        policy = RetryPolicy(
+            initial_backoff_s=0.05, max_backoff_s=0.5, jitter_s=0.05, cooldown_s=0.2
+        )
+        destination = Atlas(
+            address=atlas.address, key_generator_address=atlas.key_generator_address
+        )
         with TimeseriesStreamer(
-            api_key=DEMO_KEY, endpoint=emulator.url, points_per_chunk=points_per_chunk, retry=policy
+            api_key=DEMO_KEY,
+            endpoint=emulator.url,
+            points_per_chunk=points_per_chunk,
+            retry=policy,
+            atlas=destination,
         ) as streamer:
-            with streamer.stream(stream_name="MBE growth (demo)", tags=["demo"]) as stream:
+            with streamer.stream(stream_name="MBE-growth-demo", tags=["demo"]) as stream:
+                shutter_marked = False
                 for c in range(n_chunks):
                     sl = slice(c * points_per_chunk, (c + 1) * points_per_chunk)
                     ts = growth.timestamps[sl]
@@ -104,40 +133,61 @@ def run_demo(
                             for name, (values, units) in growth.channels.items()
                         },
                     )
+                    if not shutter_marked and ts[-1] > growth.shutter_open_at:
+                        stream.mark("Ga shutter open", timestamp=growth.shutter_open_at)
+                        shutter_marked = True
                     time.sleep(pace_s)  # the acquisition loop's own pace, compressed
             offset = streamer.clock_status().offset_s
         elapsed = time.perf_counter() - started
         report = stream.report
         assert report is not None
         stored = emulator.streams[stream.data_id]
+        (session,) = atlas.sessions.values()
+        atlas_report = check_session(session)
         out(f"streamed and finalized in {elapsed:.1f} s; clock offset {offset * 1e3:+.3f} ms\n")
         out(str(report) + "\n")
-        out(f"{'channel':<24}{'pushed':>8}{'stored':>8}  identical")
+        out(f"{'channel':<24}{'pushed':>8}{'Atomscale':>11}{'ATLAS':>8}  identical")
         all_same = True
         for name, (values, _units) in growth.channels.items():
             ts_got, vals_got = emulator.points(stream.data_id, name)
-            same_values = _same(values, vals_got)
-            shifted = np.asarray(ts_got) - offset
-            same_times = len(ts_got) == n and bool(
-                np.allclose(shifted, growth.timestamps, rtol=0, atol=1e-6)
+            same = (
+                _same(values, vals_got)
+                and len(ts_got) == n
+                and bool(
+                    np.allclose(np.asarray(ts_got) - offset, growth.timestamps, rtol=0, atol=1e-6)
+                )
             )
-            ok = same_values and same_times
-            all_same &= ok
-            out(f"{name:<24}{n:>8}{len(vals_got):>8}  {'yes' if ok else 'NO'}")
+            param = atlas_report.parameters.get(f"{name}:labstream")
+            atlas_n = len(param.values) if param else 0
+            if param is not None:
+                atlas_s = ns_to_seconds(np.asarray(param.timestamps_ns, dtype=np.int64))
+                same = (
+                    same
+                    and _same(values, param.values)
+                    and bool(np.allclose(atlas_s - offset, growth.timestamps, rtol=0, atol=1e-6))
+                )
+            else:
+                same = False
+            all_same &= same
+            out(f"{name:<24}{n:>8}{len(vals_got):>11}{atlas_n:>8}  {'yes' if same else 'NO'}")
         faults_seen = {k: v for k, v in emulator.fault_counts.items() if v}
-        out(f"\nfaults injected by the emulator: {faults_seen or 'none'}")
-        return _verdict(report, all_same, stored.finalized, out)
+        out(f"\nfaults injected by the Atomscale emulator: {faults_seen or 'none'}")
+        atlas_seen = {k: v for k, v in atlas.fault_counts.items() if v}
+        out(f"faults injected by the ATLAS emulator: {atlas_seen or 'none'}")
+        out("\nATLAS protocol report:\n" + format_report(atlas_report))
+        return _verdict(report, all_same and atlas_report.clean, stored.finalized, out)
 
 
 def _verdict(
     report: StreamReport, all_same: bool, finalized: bool, out: Callable[[str], None]
 ) -> bool:
-    dest = report["atomscale"]
     if report.ok and all_same and finalized:
+        points = report["atomscale"].points_delivered
+        retries = sum(d.retries for d in report.destinations.values())
         out(
-            f"All {dest.points_delivered} points stored exactly as pushed, through "
-            f"{dest.retries} retries; stream finalized."
+            f"All {points} points stored exactly as pushed in both destinations, through "
+            f"{retries} retries; both streams finalized, ATLAS session clean."
         )
         return True
-    out("Something was not delivered; see the report above.")
+    out("Something was not delivered; see the reports above.")
     return False

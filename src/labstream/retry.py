@@ -63,12 +63,27 @@ class RetryPolicy:
         on_retry: Callable[[TransientDestinationError, float], None] | None = None,
         attempts: int | None = None,
     ) -> tenacity.AsyncRetrying:
-        """A tenacity controller for one request; re-raises the last error when attempts run out."""
+        """A tenacity controller for one operation; re-raises the last error when attempts run out.
+
+        Attempts are counted since the operation last made progress, so a multi-step operation
+        that keeps advancing between failures is not given up on.
+        """
+        limit = attempts or self.attempts
+        since = [0]  # attempt number at the last failure that followed progress
+
+        def failures(state: tenacity.RetryCallState) -> int:
+            exc = state.outcome.exception() if state.outcome else None
+            if getattr(exc, "made_progress", False):
+                since[0] = state.attempt_number - 1
+            return state.attempt_number - since[0]
+
+        def stop(state: tenacity.RetryCallState) -> bool:
+            return failures(state) >= limit
 
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             retry_after = getattr(exc, "retry_after", None)
-            return self.wait_for(state.attempt_number, retry_after, random.random())
+            return self.wait_for(failures(state), retry_after, random.random())
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None
@@ -76,7 +91,7 @@ class RetryPolicy:
                 on_retry(exc, state.upcoming_sleep)
 
         return tenacity.AsyncRetrying(
-            stop=tenacity.stop_after_attempt(attempts or self.attempts),
+            stop=stop,
             wait=wait,
             retry=tenacity.retry_if_exception_type(TransientDestinationError),
             before_sleep=before_sleep,

@@ -220,10 +220,16 @@ class AtlasSink:
                 run.fed.add(id(origin))
                 run.keep.append(origin)
                 run.pending.extend(run.session.handle(make_event()))
+            done = 0
             while run.pending:
                 action = run.pending[0]
-                follow_up = await self._perform(run, data_id, action)
+                try:
+                    follow_up = await self._perform(run, data_id, action)
+                except TransientDestinationError as exc:
+                    exc.made_progress = done > 0
+                    raise
                 run.pending.popleft()
+                done += 1
                 if follow_up is not None:
                     run.pending.extend(run.session.handle(follow_up))
 

@@ -1,0 +1,285 @@
+"""ATLAS end to end: the real client against the local Stream API, whose protocol checker must find
+every session clean, with exactly the data that was pushed."""
+
+from __future__ import annotations
+
+import math
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from labstream import Atlas, RetryPolicy, TimeseriesStreamer
+from labstream.emulators.atlas import AtlasEmulator, AtlasFaultPlan, run_in_thread
+from labstream.emulators.atlas_checker import SessionReport, check_session, format_report
+from labstream.timebase import seconds_to_ns
+
+from .fakes import FakeAtomscale
+
+T0 = 1_760_000_000.0
+QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, jitter_s=0, cooldown_s=0.05)
+
+
+@pytest.fixture
+def atlas() -> Iterator[AtlasEmulator]:
+    with run_in_thread() as emu:
+        yield emu
+
+
+def settings(emu: AtlasEmulator, **kw: object) -> Atlas:
+    return Atlas(
+        address=emu.address,
+        key_generator_address=emu.key_generator_address,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def atlas_only(
+    atlas: AtlasEmulator, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., TimeseriesStreamer]]:
+    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    made: list[TimeseriesStreamer] = []
+
+    def make(**kw: object) -> TimeseriesStreamer:
+        kw.setdefault("atlas", settings(atlas))
+        kw.setdefault("retry", QUICK)
+        kw.setdefault("handle_sigterm", False)
+        s = TimeseriesStreamer(**kw)  # type: ignore[arg-type]
+        made.append(s)
+        return s
+
+    yield make
+    for s in made:
+        s.close(timeout=5)
+
+
+def the_session(emu: AtlasEmulator) -> SessionReport:
+    (session,) = emu.sessions.values()
+    report = check_session(session)
+    assert report.clean, format_report(report, verbose=True)
+    return report
+
+
+def grid(start: float, n: int, hz: float) -> list[float]:
+    return [start + i / hz for i in range(n)]
+
+
+def ns(seconds: list[float]) -> list[int]:
+    return [int(v) for v in seconds_to_ns(np.asarray(seconds))]
+
+
+def close_ns(got: list[int], seconds: list[float], tolerance_ns: int = 500) -> bool:
+    """Periodic packets rebuild times as start + i*interval: within float-seconds noise."""
+    diff = np.abs(np.asarray(got, dtype=np.int64) - np.asarray(ns(seconds), dtype=np.int64))
+    return len(got) == len(seconds) and int(diff.max()) <= tolerance_ns
+
+
+def test_two_periodic_channels(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    streamer = atlas_only()
+    with streamer.stream(stream_name="MBE-growth-42", physical_sample="GaN-001") as s:
+        for c in range(5):
+            ts = grid(T0 + c * 10, 100, 10.0)
+            s.push(c, "substrate_temperature", ts, [600.0 + i for i in range(100)], units="C")
+            s.push(c, "chamber_pressure", ts, [1e-9 * (i + 1) for i in range(100)], units="mbar")
+    assert s.report is not None
+    assert s.report.ok, str(s.report)
+    report = the_session(atlas)
+    temp = report.parameters["substrate_temperature:labstream"]
+    assert close_ns(temp.timestamps_ns, [t for c in range(5) for t in grid(T0 + c * 10, 100, 10.0)])
+    assert temp.values == [600.0 + i for _ in range(5) for i in range(100)]
+    assert temp.units == "C"
+    assert report.parameters["chamber_pressure:labstream"].units == "mbar"
+    session = next(iter(atlas.sessions.values()))
+    assert session.identifier == "MBE-growth-42"
+    assert session.details["physical_sample"] == "GaN-001"
+    assert session.details["labstream_data_id"] == s.data_id
+    periodic = [p for p in session.packets if p.type == "PeriodicData"]
+    assert len(periodic) == 10  # one packet per chunk and channel
+
+
+def test_push_multi_shares_one_packet_and_nan_inf_get_statuses(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    streamer = atlas_only()
+    with streamer.stream(stream_name="multi") as s:
+        for c in range(3):
+            ts = grid(T0 + c * 5, 50, 10.0)
+            values = [float(i) for i in range(50)]
+            values[7], values[8] = math.nan, math.inf
+            s.push_multi(
+                c,
+                {
+                    "T": {"timestamps": ts, "values": values, "units": "C"},
+                    "P": {"timestamps": ts, "values": [2.0] * 50, "units": "mbar"},
+                },
+            )
+    report = the_session(atlas)
+    session = next(iter(atlas.sessions.values()))
+    data = [p for p in session.packets if p.type == "PeriodicData"]
+    assert len(data) == 3
+    assert all(len(p.content.columns) == 2 for p in data)  # type: ignore[union-attr]
+    t = report.parameters["T:labstream"]
+    assert (t.statuses[7], t.statuses[8], t.statuses[9]) == (2, 3, 1)  # MISSING, ERROR, VALID
+    assert math.isnan(t.values[7])
+    assert t.values[8] == math.inf
+
+
+def test_irregular_channel_goes_as_row_data(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    rng = np.random.default_rng(1)
+    ts = list(T0 + np.cumsum(rng.uniform(0.05, 2.0, 40)))
+    streamer = atlas_only()
+    with streamer.stream(stream_name="irregular") as s:
+        s.push(0, "rate", ts[:20], list(range(20)))
+        s.push(1, "rate", ts[20:], list(range(20, 40)))
+        s.push(2, "slow", grid(T0, 5, 0.1), [1.0] * 5)  # every 10 s: beyond uint32 ns intervals
+    report = the_session(atlas)
+    session = next(iter(atlas.sessions.values()))
+    assert [p.type for p in session.packets].count("RowData") == 3
+    assert report.parameters["rate:labstream"].timestamps_ns == ns(ts)  # rows: exact ns
+    assert report.parameters["rate:labstream"].values == [float(i) for i in range(40)]
+
+
+def test_channel_added_mid_stream_gets_its_own_configuration(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    streamer = atlas_only()
+    with streamer.stream(stream_name="late-channel") as s:
+        s.push(0, "T", grid(T0, 10, 1.0), [1.0] * 10)
+        s.push(1, "T", grid(T0 + 10, 10, 1.0), [2.0] * 10)
+        s.push(0, "shutter", grid(T0 + 12, 5, 1.0), [1.0] * 5)
+    report = the_session(atlas)
+    session = next(iter(atlas.sessions.values()))
+    configs = [p for p in session.packets if p.type == "Configuration"]
+    assert len(configs) == 4  # two configurations, each on the data stream and the main stream
+    assert len({p.content.config_id for p in configs}) == 2  # type: ignore[union-attr]
+    assert report.parameters["shutter:labstream"].values == [1.0] * 5
+
+
+def test_marker_reaches_both_streams_inside_the_data(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    streamer = atlas_only()
+    with streamer.stream(stream_name="markers") as s:
+        s.mark("Ga shutter open", timestamp=T0 + 3)  # held until data covers it
+        s.push(0, "T", grid(T0, 10, 1.0), [1.0] * 10)
+        s.mark("growth step", timestamp=T0 + 4, end_time=T0 + 6, description="GaN layer")
+        s.mark("never covered", timestamp=T0 + 500)
+    report = the_session(atlas)
+    assert {m.label for m in report.markers} == {"Ga shutter open", "growth step"}
+    for m in report.markers:
+        assert set(m.streams) == {"Stream1", ""}
+    assert s.report is not None
+    (refused,) = s.report["atlas"].marker_rejections
+    assert "never covered" in refused
+
+
+def test_user_exception_still_ends_the_session(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    streamer = atlas_only()
+    with pytest.raises(RuntimeError, match="pump tripped"), streamer.stream(stream_name="x") as s:
+        s.push(0, "T", grid(T0, 10, 1.0), [1.0] * 10)
+        raise RuntimeError("pump tripped")
+    report = the_session(atlas)
+    assert report.check("end_of_session_on_every_stream").passed
+    assert report.check("end_session_called").passed
+    assert report.parameters["T:labstream"].values == [1.0] * 10
+
+
+def test_stream_api_down_at_start_then_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    port, kg_port = _free_port(), _free_port()
+    address = Atlas(address=f"127.0.0.1:{port}", key_generator_address=f"127.0.0.1:{kg_port}")
+    with TimeseriesStreamer(atlas=address, retry=QUICK, handle_sigterm=False) as streamer:
+        data_id = streamer.initialize(stream_name="late-server")
+        for c in range(3):
+            streamer.push(data_id, c, "T", grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
+        assert streamer.report(data_id)["atlas"].chunks_delivered == 0
+        # the server comes up on its address: the held session and chunks go through
+        with run_in_thread(port=port, key_generator_port=kg_port) as emulator:
+            report = streamer.finalize(data_id, timeout=20)
+            sessions = emulator.sessions
+    assert report.ok, str(report)
+    assert report["atlas"].retries > 0
+    (session,) = sessions.values()
+    checked = check_session(session)
+    assert checked.clean, format_report(checked, verbose=True)
+    assert checked.parameters["T:labstream"].values == [0.0] * 10 + [1.0] * 10 + [2.0] * 10
+
+
+def test_transient_unavailable_is_retried_without_duplicates(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    atlas.faults = AtlasFaultPlan(unavailable_fraction=0.3, seed=5)
+    streamer = atlas_only()
+    with streamer.stream(stream_name="flaky") as s:
+        for c in range(20):
+            s.push(c, "T", grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
+    assert s.report is not None
+    assert s.report.ok, str(s.report)
+    assert s.report["atlas"].retries > 0
+    report = the_session(atlas)
+    assert report.parameters["T:labstream"].values == [
+        float(c) for c in range(20) for _ in range(10)
+    ]
+
+
+def test_same_instant_in_both_destinations(
+    atlas: AtlasEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake = FakeAtomscale(clock_offset_s=1.25)  # the reference clock is ahead of this host
+    streamer = TimeseriesStreamer(
+        api_key="k",
+        endpoint="http://atomscale.test",
+        http_transport=fake.transport(),
+        atlas=settings(atlas),
+        retry=QUICK,
+        handle_sigterm=False,
+    )
+    try:
+        with streamer.stream(stream_name="both") as s:
+            s.push(0, "T", grid(T0, 20, 10.0), [1.0] * 20)
+        assert s.report is not None
+        assert s.report.ok, str(s.report)
+        offset = streamer.clock_status().offset_s
+        assert offset == pytest.approx(1.25, abs=0.05)
+    finally:
+        streamer.close()
+    atlas_ns = the_session(atlas).parameters["T:labstream"].timestamps_ns
+    atomscale_s = fake.points(s.data_id, "T")[0]
+    for a_ns, a_s, pushed in zip(atlas_ns, atomscale_s, grid(T0, 20, 10.0), strict=True):
+        assert a_ns / 1e9 == pytest.approx(a_s, abs=5e-7)  # same instant in both
+        assert a_s - pushed == pytest.approx(offset, abs=5e-7)  # corrected once
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_atlas_report_command_reads_a_recording(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from labstream.cli import main
+
+    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    record = tmp_path / "atlas.jsonl"
+    with run_in_thread(record_path=record) as emu:
+        with TimeseriesStreamer(atlas=settings(emu), handle_sigterm=False) as streamer:
+            with streamer.stream(stream_name="recorded") as s:
+                s.push(0, "T", grid(T0, 10, 1.0), [1.0] * 10)
+    assert main(["atlas", "report", str(record)]) == 0
+    out = capsys.readouterr().out
+    assert "identifier 'recorded'" in out
+    assert "CLEAN" in out
