@@ -275,10 +275,12 @@ def test_atlas_report_command_reads_a_recording(
     for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     record = tmp_path / "atlas.jsonl"
-    with run_in_thread(record_path=record) as emu:
-        with TimeseriesStreamer(atlas=settings(emu), handle_sigterm=False) as streamer:
-            with streamer.stream(stream_name="recorded") as s:
-                s.push(0, "T", grid(T0, 10, 1.0), [1.0] * 10)
+    with (
+        run_in_thread(record_path=record) as emu,
+        TimeseriesStreamer(atlas=settings(emu), handle_sigterm=False) as streamer,
+        streamer.stream(stream_name="recorded") as s,
+    ):
+        s.push(0, "T", grid(T0, 10, 1.0), [1.0] * 10)
     assert main(["atlas", "report", str(record)]) == 0
     out = capsys.readouterr().out
     assert "identifier 'recorded'" in out
