@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -285,3 +286,56 @@ def test_atlas_report_command_reads_a_recording(
     out = capsys.readouterr().out
     assert "identifier 'recorded'" in out
     assert "CLEAN" in out
+
+
+def test_atlas_down_for_the_whole_stream_never_delays_atomscale(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fake = FakeAtomscale()
+    dead = Atlas(
+        address=f"127.0.0.1:{_free_port()}", key_generator_address=f"127.0.0.1:{_free_port()}"
+    )
+    with TimeseriesStreamer(
+        api_key="k",
+        endpoint="http://atomscale.test",
+        http_transport=fake.transport(),
+        atlas=dead,
+        clock_sync=False,
+        retry=QUICK,
+        handle_sigterm=False,
+    ) as streamer:
+        data_id = streamer.initialize(stream_name="half-down")
+        for c in range(20):
+            streamer.push(data_id, c, "T", grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
+        # Atomscale gets everything while ATLAS has nothing (bounded wait, no timing assertion).
+        for _ in range(1000):
+            if streamer.report(data_id)["atomscale"].chunks_delivered == 20:
+                break
+            time.sleep(0.01)
+        assert streamer.report(data_id)["atlas"].chunks_delivered == 0
+        report = streamer.finalize(data_id, timeout=0.5)
+    assert report["atomscale"].complete
+    assert report["atomscale"].points_delivered == 200
+    assert fake.finalized == [data_id]
+    atlas = report["atlas"]
+    assert atlas.chunks_delivered == 0
+    assert not atlas.closed
+    assert "UNAVAILABLE" in (atlas.close_error or "")
+    assert not report.ok
+
+
+def test_a_chunk_over_4_mib_is_split_under_the_limit(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    n = 400_000  # 13 bytes a sample: ~5.2 MB in one chunk
+    streamer = atlas_only(points_per_chunk=n)
+    ts = (T0 + np.arange(n) / 1000.0).tolist()
+    with streamer.stream(stream_name="big") as s:
+        s.push(0, "fast", ts, np.arange(n, dtype=np.float64))
+    assert s.report is not None
+    assert s.report.ok, str(s.report)
+    report = the_session(atlas)
+    session = next(iter(atlas.sessions.values()))
+    data = [p for p in session.packets if p.type == "PeriodicData"]
+    assert len(data) >= 2
+    assert report.parameters["fast:labstream"].values == list(np.arange(n, dtype=np.float64))

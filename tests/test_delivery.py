@@ -249,3 +249,19 @@ def test_attempts_are_counted_since_the_last_progress() -> None:
     # the failure after the third progress plus one stuck attempt use it up.
     assert sleeper.waits == [1.0, 1.0, 1.0]
     assert next(outcomes) is False  # the fifth attempt was never made
+
+
+def test_finalize_timeout_bounds_the_close_too(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    fake.responders.append(
+        lambda rec, n: httpx.Response(503) if rec.path.endswith("/finalize") else None
+    )
+    policy = RetryPolicy(attempts=50, initial_backoff_s=0.05, max_backoff_s=0.05, jitter_s=0)
+    streamer = streamer_factory(retry=policy, clock_sync=False, sleep=None)
+    data_id = streamer.initialize()
+    dest = streamer.finalize(data_id, timeout=0.3)["atomscale"]
+    closes = [p for p in fake.paths() if p.endswith("/finalize")]
+    assert 1 <= len(closes) < 50  # tried, then given up at the deadline instead of 50 times
+    assert not dest.closed
+    assert "503" in (dest.close_error or "")

@@ -139,10 +139,14 @@ class DeliveryRunner:
                 data_id,
                 st.report.chunks_pending,
             )
-        # The close gets at least one full round of attempts even when the deadline is spent.
+        # The close is always attempted, even when the deadline is spent; it is retried only
+        # until the deadline.
         try:
             async for attempt in self._policy.retrying(
-                sleep=self._sleep, on_retry=self._retried(st)
+                sleep=self._sleep,
+                on_retry=self._retried(st),
+                deadline=deadline,
+                clock=anyio.current_time,
             ):
                 with attempt:
                     await self.sink.close_stream(st.info)

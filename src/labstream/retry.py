@@ -9,6 +9,7 @@ tests run in microseconds instead of real back-off time.
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -62,11 +63,14 @@ class RetryPolicy:
         sleep: Sleep,
         on_retry: Callable[[TransientDestinationError, float], None] | None = None,
         attempts: int | None = None,
+        deadline: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> tenacity.AsyncRetrying:
         """A tenacity controller for one operation; re-raises the last error when attempts run out.
 
         Attempts are counted since the operation last made progress, so a multi-step operation
-        that keeps advancing between failures is not given up on.
+        that keeps advancing between failures is not given up on. With ``deadline`` (a ``clock()``
+        time) no retry starts after it, and no wait runs past it; the first attempt is always made.
         """
         limit = attempts or self.attempts
         since = [0]  # attempt number at the last failure that followed progress
@@ -78,12 +82,13 @@ class RetryPolicy:
             return state.attempt_number - since[0]
 
         def stop(state: tenacity.RetryCallState) -> bool:
-            return failures(state) >= limit
+            return failures(state) >= limit or (deadline is not None and clock() >= deadline)
 
         def wait(state: tenacity.RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             retry_after = getattr(exc, "retry_after", None)
-            return self.wait_for(failures(state), retry_after, random.random())
+            seconds = self.wait_for(failures(state), retry_after, random.random())
+            return seconds if deadline is None else min(seconds, max(0.0, deadline - clock()))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

@@ -35,7 +35,7 @@ _MAX_DETAIL = 2000
 
 
 def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """The aiohttp-backed transport: ~4x httpx's default async rate here (docs/performance.md)."""
+    """The aiohttp-backed transport: ~3x httpx's default request rate (docs/performance.md)."""
     from httpx_aiohttp import AiohttpTransport
 
     limits = httpx.Limits(

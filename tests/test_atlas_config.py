@@ -1,0 +1,72 @@
+"""``atlas=`` settings: addresses, defaults, environment fallbacks, name checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from labstream import Atlas, TimeseriesStreamer
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in (
+        "LABSTREAM_ATLAS",
+        "LABSTREAM_ATLAS_KEY_GENERATOR",
+        "LABSTREAM_ATLAS_DATA_SOURCE",
+        "LABSTREAM_ATLAS_STREAM",
+        "AS_API_KEY",
+        "ATOMSCALE_API_KEY",
+    ):
+        monkeypatch.delenv(var, raising=False)
+
+
+def test_defaults_and_ports() -> None:
+    a = Atlas(address="atlas-pc")
+    assert (a.address, a.key_generator_address) == ("atlas-pc:13579", "atlas-pc:15379")
+    assert (a.data_source, a.stream) == ("Default", "Stream1")
+    b = Atlas(address="10.0.0.5:2000", key_generator_address="keys:1234")
+    assert (b.address, b.key_generator_address) == ("10.0.0.5:2000", "keys:1234")
+    assert Atlas(address="[::1]").address == "[::1]:13579"
+    assert Atlas.resolve("h:1") == Atlas(address="h:1")
+    assert Atlas.resolve(None) is None
+
+
+def test_environment_fills_what_the_caller_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LABSTREAM_ATLAS", "atlas-pc:13580")
+    monkeypatch.setenv("LABSTREAM_ATLAS_DATA_SOURCE", "MBE1")
+    monkeypatch.setenv("LABSTREAM_ATLAS_STREAM", "Chamber")
+    monkeypatch.setenv("LABSTREAM_ATLAS_KEY_GENERATOR", "keys:15000")
+    a = Atlas.resolve(None)
+    assert a is not None
+    assert (a.address, a.key_generator_address, a.data_source, a.stream) == (
+        "atlas-pc:13580",
+        "keys:15000",
+        "MBE1",
+        "Chamber",
+    )
+    explicit = Atlas.resolve(Atlas(address="x", data_source="Mine"))
+    assert explicit is not None
+    assert explicit.data_source == "Mine"  # an explicit setting wins over the environment
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"data_source": "my.source"}, r"data_source='my.source' must match \[A-Za-z0-9_-\]"),
+        ({"stream": ""}, "stream='' must match"),
+        ({"address": "host:99999"}, "port must be a number from 1 to 65535"),
+        ({"address": ""}, "must not be empty"),
+        ({"rpc_timeout_s": 0}, "deadlines must be positive"),
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Atlas(**kwargs)  # type: ignore[arg-type]
+
+
+def test_atlas_alone_needs_no_key() -> None:
+    with TimeseriesStreamer(atlas="127.0.0.1:1", handle_sigterm=False) as s:
+        assert s.destinations == ("atlas",)
+        assert "api_key" not in repr(s)
+    with pytest.raises(TypeError, match='atlas= takes "host:port" or Atlas'):
+        TimeseriesStreamer(atlas=13579, handle_sigterm=False)  # type: ignore[arg-type]
