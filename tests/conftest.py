@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,16 @@ from .fakes import API_KEY, FakeAtomscale, RecordingSleep
 def anyio_backend() -> str:
     # grpc.aio needs asyncio; labstream runs on asyncio everywhere.
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def isolated_spool(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
+    """Every test gets its own journal directory: no test resumes another's streams."""
+    spool = tmp_path_factory.mktemp("spool")
+    monkeypatch.setenv("LABSTREAM_SPOOL_DIR", str(spool))
+    return spool
 
 
 @pytest.fixture

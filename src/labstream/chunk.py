@@ -61,6 +61,7 @@ class Chunk:
         channels: one or more channels; several when pushed with ``push_multi``.
         multi: True when pushed with ``push_multi`` (Atomscale then gets one multi-channel request).
         offset_ns: the clock correction that was added to every timestamp.
+        seq: the chunk's place in the streamer's (and the journal's) order of acceptance.
     """
 
     data_id: str
@@ -68,6 +69,7 @@ class Chunk:
     channels: tuple[ChannelSeries, ...]
     multi: bool
     offset_ns: int = 0
+    seq: int = 0
 
     @property
     def points(self) -> int:
@@ -288,6 +290,7 @@ def make_chunk(
     *,
     multi: bool,
     offset_ns: int,
+    seq: int = 0,
 ) -> Chunk:
     """Apply the clock correction and freeze the chunk."""
     return Chunk(
@@ -296,4 +299,5 @@ def make_chunk(
         channels=tuple(s.corrected(offset_ns) for s in series),
         multi=multi,
         offset_ns=offset_ns,
+        seq=seq,
     )

@@ -22,6 +22,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from .chunk import Chunk
 from .errors import DestinationError, RejectedError, TransientDestinationError
+from .journal import Journal
 from .report import DestinationReport, Rejection
 from .retry import RetryPolicy, Sleep
 from .sinks.atlas import Marker
@@ -40,6 +41,10 @@ class _StreamDelivery:
     changed: anyio.Event = field(default_factory=anyio.Event)
     open_failed: str | None = None
     markers_in_flight: int = 0  # queued, not yet handed to the sink: finalize waits for them
+    last_seq: int = 0  # highest chunk seq handed to this runner
+    # When set, this stream's chunks after this seq are only in the journal (memory window full);
+    # the loader reads them back in order.
+    spill_after: int | None = None
 
     def update(self, **changes: object) -> None:
         self.report = replace(self.report, **changes)  # type: ignore[arg-type]
@@ -55,12 +60,26 @@ class DeliveryRunner:
         sink: the destination.
         policy: retry policy.
         sleep: injected sleep (tests pass one that does not wait).
+        journal: where accepted chunks are kept until this destination confirms them; with it,
+            at most ``max_in_memory`` chunks are held in memory and the rest are read back later.
+        max_in_memory: the memory window (chunks), with a journal.
     """
 
-    def __init__(self, sink: Sink, policy: RetryPolicy, *, sleep: Sleep) -> None:
+    def __init__(
+        self,
+        sink: Sink,
+        policy: RetryPolicy,
+        *,
+        sleep: Sleep,
+        journal: Journal | None = None,
+        max_in_memory: int = 1024,
+    ) -> None:
         self.sink = sink
         self._policy = policy
         self._sleep = sleep
+        self._journal = journal
+        self._max_in_memory = max_in_memory
+        self._held = 0  # chunks in memory: queued, in flight or set aside for a retry
         self._streams: dict[str, _StreamDelivery] = {}
         self._send: MemoryObjectSendStream[Chunk | StreamInfo | Marker]
         self._receive: MemoryObjectReceiveStream[Chunk | StreamInfo | Marker]
@@ -80,22 +99,45 @@ class DeliveryRunner:
             self._tg = tg
             for _ in range(max(1, self.sink.max_concurrency)):
                 tg.start_soon(self._worker)
+            if self._journal is not None:
+                tg.start_soon(self._load_spilled, self._journal)
             task_status.started()
             await anyio.sleep_forever()
 
     # -- called by the streamer (event-loop thread) --------------------------------------------
 
-    def open(self, info: StreamInfo) -> None:
-        """Start delivering a stream: its opening request goes ahead of its chunks."""
-        self._streams[info.data_id] = _StreamDelivery(info, DestinationReport(self.name))
+    def open(self, info: StreamInfo, recovered: tuple[int, int, int] | None = None) -> None:
+        """Start delivering a stream: its opening request goes ahead of its chunks.
+
+        ``recovered`` = (chunks, points, last seq) still pending in the journal for a stream left
+        by a previous process: they are read back from the journal and delivered.
+        """
+        st = _StreamDelivery(info, DestinationReport(self.name))
+        if recovered is not None and recovered[0]:
+            st.report = replace(
+                st.report, chunks_accepted=recovered[0], points_accepted=recovered[1]
+            )
+            st.last_seq, st.spill_after = recovered[2], 0
+        self._streams[info.data_id] = st
         self._send.send_nowait(info)
+
+    def knows(self, data_id: str) -> bool:
+        return data_id in self._streams
 
     def submit(self, chunk: Chunk) -> None:
         st = self._streams[chunk.data_id]
+        st.last_seq = max(st.last_seq, chunk.seq)
         st.update(
             chunks_accepted=st.report.chunks_accepted + 1,
             points_accepted=st.report.points_accepted + chunk.points,
         )
+        if self._journal is not None and (
+            st.spill_after is not None or self._held >= self._max_in_memory
+        ):
+            if st.spill_after is None:
+                st.spill_after = chunk.seq - 1  # this chunk and the stream's next ones wait on disk
+            return
+        self._held += 1
         self._send.send_nowait(chunk)
 
     @property
@@ -109,17 +151,22 @@ class DeliveryRunner:
         self._send.send_nowait(marker)
 
     def report(self, data_id: str) -> DestinationReport:
-        return self._streams[data_id].report
+        st = self._streams.get(data_id)
+        # A recovered stream this destination had already closed before the crash.
+        return st.report if st is not None else DestinationReport(self.name, closed=True)
 
     def pending_chunks(self, data_id: str) -> int:
-        return self._streams[data_id].report.chunks_pending
+        st = self._streams.get(data_id)
+        return st.report.chunks_pending if st is not None else 0
 
     async def wait_pending_at_most(self, data_id: str, limit: int) -> None:
         """Wait until the stream has at most ``limit`` chunks pending (back-pressure, drain).
 
         With ``limit=0`` (drain) queued markers are waited for too, so none comes after the close.
         """
-        st = self._streams[data_id]
+        st = self._streams.get(data_id)
+        if st is None:
+            return
         while st.report.chunks_pending > limit or (limit == 0 and st.markers_in_flight):
             await st.changed.wait()
 
@@ -129,7 +176,9 @@ class DeliveryRunner:
         The close request is attempted whatever happened before, including when chunks are still
         pending (they stay pending and keep being retried; the report says so).
         """
-        st = self._streams[data_id]
+        st = self._streams.get(data_id)
+        if st is None:
+            return self.report(data_id)
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             await self.wait_pending_at_most(data_id, 0)
         if st.report.chunks_pending:
@@ -155,18 +204,32 @@ class DeliveryRunner:
             st.update(close_error=str(exc), last_error=str(exc))
         else:
             st.update(closed=True)
+            if self._journal is not None:
+                self._journal.closed(data_id, self.name)
         late = getattr(self.sink, "marker_rejections", None)
         if late is not None:
             st.update(marker_rejections=(*st.report.marker_rejections, *late(data_id)))
         return st.report
 
     def count_undelivered_as_dropped(self) -> None:
-        """After the workers stopped: whatever was not delivered is dropped, counted, and logged."""
+        """After the workers stopped: whatever was not delivered is dropped, counted, and logged.
+
+        With a journal nothing is dropped: undelivered chunks stay there for a later process.
+        """
         self._send.close()
-        reason = "streamer closed before the destination confirmed them (no durable journal yet)"
+        reason = "streamer closed before the destination confirmed them (spool=False)"
         for st in self._streams.values():
             r = st.report
-            if r.chunks_pending:
+            if r.chunks_pending and self._journal is not None:
+                log.warning(
+                    "%s: data_id=%s: %d chunk(s) not delivered yet; kept in the journal at %s "
+                    "(labstream spool resume delivers them)",
+                    self.name,
+                    st.info.data_id,
+                    r.chunks_pending,
+                    self._journal.directory,
+                )
+            elif r.chunks_pending:
                 log.error(
                     "%s: data_id=%s: %d chunk(s) / %d point(s) dropped: %s",
                     self.name,
@@ -226,6 +289,7 @@ class DeliveryRunner:
         await st.opened.wait()
         if st.open_failed is not None:
             self._reject(st, chunk, None, f"stream could not be opened: {st.open_failed}")
+            self._held -= 1
             return
         try:
             async for attempt in self._policy.retrying(
@@ -246,6 +310,7 @@ class DeliveryRunner:
             st.update(last_error=str(exc))
             assert self._tg is not None
             self._tg.start_soon(self._requeue_later, chunk)
+            return
         except RejectedError as exc:
             self._reject(st, chunk, exc.status, exc.detail or str(exc))
         except DestinationError as exc:
@@ -254,10 +319,13 @@ class DeliveryRunner:
             log.exception("%s: unexpected error delivering %s", self.name, chunk.describe())
             self._reject(st, chunk, "internal error", f"{type(exc).__name__}: {exc}")
         else:
+            if self._journal is not None:
+                self._journal.delivered(chunk.seq, self.name)
             st.update(
                 chunks_delivered=st.report.chunks_delivered + 1,
                 points_delivered=st.report.points_delivered + chunk.points,
             )
+        self._held -= 1
 
     async def _mark(self, marker: Marker) -> None:
         st = self._streams[marker.data_id]
@@ -294,6 +362,8 @@ class DeliveryRunner:
         self, st: _StreamDelivery, chunk: Chunk, status: int | str | None, reason: str
     ) -> None:
         log.error("%s: %s rejected (%s): %s", self.name, chunk.describe(), status, reason)
+        if self._journal is not None:
+            self._journal.rejected(chunk.seq, self.name, reason)
         rejection = Rejection(
             chunk.chunk_index, tuple(c.name for c in chunk.channels), chunk.points, status, reason
         )
@@ -303,6 +373,29 @@ class DeliveryRunner:
             rejections=(*st.report.rejections, rejection),
             last_error=reason,
         )
+
+    async def _load_spilled(self, journal: Journal) -> None:
+        """Read chunks that did not fit the memory window back from the journal, in order."""
+        while True:
+            loaded = False
+            for st in list(self._streams.values()):
+                room = self._max_in_memory - self._held
+                if st.spill_after is None or room < max(1, self._max_in_memory // 4):
+                    continue
+                if journal.committed_seq <= st.spill_after:
+                    continue  # not on disk yet: the next group commit brings it
+                chunks = await anyio.to_thread.run_sync(
+                    journal.pending_chunks, self.name, st.info.data_id, st.spill_after, room
+                )
+                for chunk in chunks:
+                    self._held += 1
+                    self._send.send_nowait(chunk)
+                    st.spill_after = chunk.seq
+                if st.spill_after >= st.last_seq:
+                    st.spill_after = None  # caught up: new chunks go straight to memory again
+                loaded = loaded or bool(chunks)
+            if not loaded:
+                await anyio.sleep(0.02)  # polling: cheap, and spilling is the exceptional case
 
     async def _requeue_later(self, chunk: Chunk) -> None:
         await self._sleep(self._policy.cooldown_s)

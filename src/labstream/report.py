@@ -78,11 +78,14 @@ class StreamReport:
 
     data_id: str
     destinations: dict[str, DestinationReport] = field(default_factory=dict)
+    refused_chunks: int = 0
+    refused_points: int = 0
+    refusal_reason: str | None = None
 
     @property
     def ok(self) -> bool:
-        """True when every destination received everything and closed the stream."""
-        return all(d.complete for d in self.destinations.values())
+        """True when nothing was refused and every destination got everything and closed."""
+        return not self.refused_chunks and all(d.complete for d in self.destinations.values())
 
     def __getitem__(self, destination: str) -> DestinationReport:
         return self.destinations[destination]
@@ -93,6 +96,12 @@ class StreamReport:
             f"{'rejected':>10}{'pending':>9}{'dropped':>9}  closed"
         )
         lines = [f"stream {self.data_id}: {'complete' if self.ok else 'INCOMPLETE'}", head]
+        if self.refused_chunks:
+            lines.insert(
+                1,
+                f"  refused before storing: {self.refused_chunks} chunk(s) / "
+                f"{self.refused_points} point(s): {self.refusal_reason}",
+            )
         for d in self.destinations.values():
             lines.append(
                 f"{d.destination:<12}{d.points_accepted:>10}{d.points_delivered:>11}"

@@ -12,6 +12,7 @@ documented to wait).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import threading
@@ -21,11 +22,13 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
 import numpy as np
+from anyio.abc import TaskGroup
 
 from .atlas.config import Atlas
 from .chunk import (
@@ -42,6 +45,7 @@ from .chunk import (
 from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
 from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
+from .journal import LIVE_OWNERS, Journal, JournalFull, default_spool_dir
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
 from .sinks.atlas import AtlasSink, Marker
@@ -86,6 +90,10 @@ class _Stream:
     # (channel, chunk_index) -> content digest: tells an idempotent re-push from a conflicting one
     digests: dict[tuple[str, int], bytes] = field(default_factory=dict)
     report: StreamReport | None = None
+    refused_chunks: int = 0
+    refused_points: int = 0
+    refusal_reason: str | None = None
+    recovered: bool = False
 
 
 def split_run_item(
@@ -139,6 +147,14 @@ class AsyncTimeseriesStreamer:
         clock_sync: False turns clock correction off (so does ``ATOMSCALE_SKIP_CLOCK_SYNC``).
         sleep: injected async sleep for back-off (tests pass one that returns at once).
         max_pending_chunks: ``run()`` waits while a destination has more chunks pending than this.
+        spool: keep every accepted chunk in a durable journal until each destination confirmed
+            it (default). ``False`` keeps them in memory only: a crash or ``close()`` with a
+            destination down then loses them (counted and reported as dropped).
+        spool_dir: the journal's directory; default ``LABSTREAM_SPOOL_DIR``, else the user cache
+            directory. Streams left unfinished there by a process that died are resumed.
+        spool_max_bytes, spool_min_free_bytes: bounds; a chunk that would break one is refused
+            (counted in the report with the reason, and logged) instead of stored.
+        spool_retention_s: how long undeliverable data is kept.
         atlas: ``"host:port"`` of an ATLAS Stream API, or :class:`~labstream.Atlas` settings, to
             stream to ATLAS too (default ``LABSTREAM_ATLAS``). With ``api_key=None`` and no key in
             the environment, the streamer streams to ATLAS alone.
@@ -162,6 +178,11 @@ class AsyncTimeseriesStreamer:
         sleep: Sleep | None = None,
         max_pending_chunks: int = 64,
         atlas: str | Atlas | None = None,
+        spool: bool = True,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 2 * 1024**3,
+        spool_min_free_bytes: int = 256 * 1024**2,
+        spool_retention_s: float = 7 * 24 * 3600.0,
     ) -> None:
         if isinstance(points_per_chunk, bool) or not isinstance(points_per_chunk, int):
             raise TypeError("points_per_chunk must be an int")
@@ -192,11 +213,23 @@ class AsyncTimeseriesStreamer:
         self._atomscale: AtomscaleSink | None = None
         self._runners: list[DeliveryRunner] = []
         self._host: asyncio.Task[None] | None = None
+        self._host_tg: TaskGroup | None = None
         self._stop: anyio.Event | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handoff: deque[Chunk | Marker] = deque()
         self._handoff_scheduled = False
+        self._seq = 0  # without a journal
+        self._owner = f"{os.getpid()}:{uuid.uuid4().hex}"
+        self._journal: Journal | None = None
+        if spool:
+            self._journal = Journal(
+                Path(spool_dir).expanduser() if spool_dir is not None else default_spool_dir(),
+                max_bytes=spool_max_bytes,
+                min_free_bytes=spool_min_free_bytes,
+                retention_s=spool_retention_s,
+            )
+            LIVE_OWNERS.add(self._owner)
 
     def __repr__(self) -> str:
         parts = [f"points_per_chunk={self.points_per_chunk}"]
@@ -234,19 +267,74 @@ class AsyncTimeseriesStreamer:
             )
             sinks.append(self._atomscale)
         if self._atlas_settings is not None:
-            sinks.append(AtlasSink(self._atlas_settings))
-        self._runners = [DeliveryRunner(sink, self._policy, sleep=self._sleep) for sink in sinks]
+            sinks.append(AtlasSink(self._atlas_settings, journal=self._journal))
+        self._runners = [
+            DeliveryRunner(sink, self._policy, sleep=self._sleep, journal=self._journal)
+            for sink in sinks
+        ]
         self._stop = anyio.Event()
         ready = anyio.Event()
         # The runners' task groups live in one host task, so they are entered and exited by the
         # same task whichever task later calls aclose().
         self._host = self._loop.create_task(self._run_host(ready), name="labstream-host")
         await ready.wait()
+        if self._journal is not None:
+            await self._recover(self._journal)
+
+    def _destination_addresses(self) -> dict[str, str]:
+        out = {}
+        if self._api_key is not None:
+            out["atomscale"] = self.endpoint
+        if self._atlas_settings is not None:
+            out["atlas"] = self._atlas_settings.address
+        return out
+
+    async def _recover(self, journal: Journal) -> None:
+        """Resume streams a dead process left unfinished in the journal, for the same
+        destinations: deliver what is pending and, if finalize had been asked, finalize."""
+        ours = self._destination_addresses()
+        for stored in await anyio.to_thread.run_sync(journal.streams):
+            if stored.data_id in self._streams or stored.owner_alive:
+                continue
+            if stored.destinations != ours:
+                log.info(
+                    "journal: stream %s was for %s, not this streamer's %s; left for "
+                    "`labstream spool resume`",
+                    stored.data_id,
+                    stored.destinations,
+                    ours,
+                )
+                continue
+            todo = [r for r in self._runners if r.name not in stored.closed]
+            if not todo:
+                continue
+            journal.adopt(stored.data_id, self._owner)
+            fields = dict(stored.info)
+            fields["tags"] = tuple(fields.get("tags") or ())
+            info = StreamInfo(**fields)
+            stream = _Stream(info, recovered=True)
+            with self._lock:
+                self._streams[info.data_id] = stream
+            for runner in todo:
+                pending = await anyio.to_thread.run_sync(
+                    journal.pending_summary, runner.name, info.data_id
+                )
+                runner.open(info, recovered=pending)
+            log.warning(
+                "journal: resuming stream %s left unfinished by another process (%s)",
+                info.data_id,
+                ", ".join(
+                    f"{r.name}: {r.report(info.data_id).chunks_pending} pending" for r in todo
+                ),
+            )
+            if stored.finalize_requested and self._host_tg is not None:
+                self._host_tg.start_soon(self._finalize, info.data_id, None)
 
     async def _run_host(self, ready: anyio.Event) -> None:
         assert self._stop is not None
         try:
             async with anyio.create_task_group() as tg:
+                self._host_tg = tg
                 for runner in self._runners:
                     await tg.start(runner.serve)
                 ready.set()
@@ -265,6 +353,7 @@ class AsyncTimeseriesStreamer:
             return
         self._closed = True
         if self._host is None:
+            self._close_journal()
             return
         with anyio.CancelScope(shield=True):
             open_ids = [d for d, s in self._streams.items() if not s.finalized]
@@ -275,6 +364,12 @@ class AsyncTimeseriesStreamer:
             await self._host
             for runner in self._runners:
                 await runner.sink.aclose()
+            await anyio.to_thread.run_sync(self._close_journal)
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            LIVE_OWNERS.discard(self._owner)
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -334,6 +429,10 @@ class AsyncTimeseriesStreamer:
         )
         with self._lock:
             self._streams[data_id] = _Stream(info)
+        if self._journal is not None:
+            self._journal.add_stream(
+                data_id, dataclasses.asdict(info), self._destination_addresses(), self._owner
+            )
         for runner in self._runners:
             runner.open(info)
         log.info("initialized stream %s (%s)", data_id, stream_name)
@@ -410,10 +509,38 @@ class AsyncTimeseriesStreamer:
             if repeats == len(raws):
                 log.debug("ignoring identical re-push of %s chunk %d", data_id, index)
                 return None
+            journal = self._journal
+            if journal is not None:
+                points = sum(r.values.shape[0] for r in raws)
+                try:
+                    journal.check_room(16 * points)
+                except JournalFull as full:
+                    self._refuse(stream, points, str(full))
+                    return None
+                seq = journal.next_seq()
+            else:
+                self._seq += 1
+                seq = self._seq
             for raw in raws:
                 stream.digests[(raw.name, index)] = raw.digest
             offset_ns = self._clock.offset_ns
-        return make_chunk(data_id, index, raws, multi=multi, offset_ns=offset_ns)
+        chunk = make_chunk(data_id, index, raws, multi=multi, offset_ns=offset_ns, seq=seq)
+        if journal is not None:
+            journal.add_chunk(chunk, [r.name for r in self._runners])
+        return chunk
+
+    def _refuse(self, stream: _Stream, points: int, reason: str) -> None:
+        """Count a chunk refused for lack of room; log the first and then every hundredth."""
+        stream.refused_chunks += 1
+        stream.refused_points += points
+        stream.refusal_reason = reason
+        if stream.refused_chunks % 100 == 1:
+            log.error(
+                "data_id=%s: chunk refused, not stored or sent (%d refused so far): %s",
+                stream.info.data_id,
+                stream.refused_chunks,
+                reason,
+            )
 
     def dispatch(self, item: Chunk | Marker) -> None:
         """Hand an accepted chunk or marker to every runner (event-loop thread only)."""
@@ -648,12 +775,14 @@ class AsyncTimeseriesStreamer:
             if stream.report is not None:
                 return stream.report
             stream.finalized = True
+        if self._journal is not None:
+            self._journal.finalize_requested(data_id)
         self._drain_handoff()
         deadline = anyio.current_time() + (self.finalize_timeout if timeout is None else timeout)
         async with anyio.create_task_group() as tg:
             for runner in self._runners:
                 tg.start_soon(runner.finalize, data_id, deadline)
-        report = StreamReport(data_id, {r.name: r.report(data_id) for r in self._runners})
+        report = self._snapshot(stream)
         stream.report = report
         (log.info if report.ok else log.warning)("finalized:\n%s", report)
         return report
@@ -661,9 +790,24 @@ class AsyncTimeseriesStreamer:
     def report(self, data_id: str) -> StreamReport:
         """A snapshot of the stream's delivery so far (also after finalize); loop thread only."""
         self._drain_handoff()
-        if data_id not in self._streams:
+        stream = self._streams.get(data_id)
+        if stream is None:
             raise StreamStateError(f"data_id={data_id}: unknown stream")
-        return StreamReport(data_id, {r.name: r.report(data_id) for r in self._runners})
+        return self._snapshot(stream)
+
+    def _snapshot(self, stream: _Stream) -> StreamReport:
+        data_id = stream.info.data_id
+        return StreamReport(
+            data_id,
+            {r.name: r.report(data_id) for r in self._runners},
+            refused_chunks=stream.refused_chunks,
+            refused_points=stream.refused_points,
+            refusal_reason=stream.refusal_reason,
+        )
+
+    def recovered_streams(self) -> list[str]:
+        """data_ids this streamer took over from a process that died (see ``spool``)."""
+        return [data_id for data_id, s in self._streams.items() if s.recovered]
 
     @asynccontextmanager
     async def stream(

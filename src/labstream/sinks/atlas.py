@@ -48,10 +48,12 @@ from ..atlas.session import (
     Rejected,
     SessionCreated,
     SessionEnded,
+    SessionState,
     WritePacket,
 )
 from ..chunk import Chunk
 from ..errors import RejectedError, TransientDestinationError
+from ..journal import Journal
 from ..timebase import seconds_to_ns_scalar
 from .base import StreamInfo
 
@@ -97,6 +99,8 @@ class _Run:
     marker_rejections: list[str] = field(default_factory=list)
     closed: Closed | None = None
     formats_seen: int = 0
+    opened: bool = False
+    resumed_last_seq: int = 0  # chunks up to this seq were in ATLAS before a crash
     # finalize() closes from its own task while the runner's worker may be mid-chunk: one at a time
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -107,7 +111,13 @@ class AtlasSink:
     name = NAME
     max_concurrency = 1  # one writer per streamer keeps packets in order
 
-    def __init__(self, settings: Atlas, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: Atlas,
+        *,
+        journal: Journal | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
         # Deferred import: generated code is only loaded when ATLAS is configured.
         from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
         from .._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
@@ -115,6 +125,7 @@ class AtlasSink:
         self._api = api_pb2
         self._keys = key_generator_pb2
         self.settings = settings
+        self._journal = journal
         self._now = now
         self._channel = self._open_channel(settings.address)
         assert settings.key_generator_address is not None
@@ -148,12 +159,32 @@ class AtlasSink:
         return run
 
     async def open_stream(self, stream: StreamInfo) -> None:
-        run = self._run(stream.data_id)
+        run = self._runs.get(stream.data_id)
+        if run is None and self._journal is not None:
+            run = self._resume(stream.data_id, self._journal)
+        run = run or self._run(stream.data_id)
+        if run.opened:
+            return
         await self._drive(run, stream.data_id, stream, lambda: self._opened(stream))
+        run.opened = True
+
+    def _resume(self, data_id: str, journal: Journal) -> _Run | None:
+        """Continue a session a previous process journaled: same key, ids and timelines."""
+        saved = journal.atlas_state(data_id)
+        if saved is None:
+            return None
+        state, last_seq, _ = saved
+        session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
+        run = self._runs[data_id] = _Run(session, opened=True, resumed_last_seq=last_seq)
+        log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
+        return run
 
     async def send_chunk(self, chunk: Chunk) -> None:
         run = self._runs[chunk.data_id]
+        if chunk.seq <= run.resumed_last_seq:
+            return  # written before the crash; the journal had not yet heard it was done
         await self._drive(run, chunk.data_id, chunk, lambda: ChunkReady(chunk))
+        self._save_state(run, chunk.data_id, chunk.seq)
         reason = run.rejected.pop(chunk.chunk_index, None)
         if reason is not None:
             raise RejectedError(
@@ -181,6 +212,12 @@ class AtlasSink:
                 destination=NAME,
                 data_id=stream.data_id,
             )
+
+    def _save_state(self, run: _Run, data_id: str, last_seq: int) -> None:
+        """Journal the session after a chunk, so a later process continues it without repeats."""
+        if self._journal is None or not run.session.idle:
+            return
+        self._journal.save_atlas_state(data_id, run.session.snapshot().to_dict(), last_seq, None)
 
     def marker_rejections(self, data_id: str) -> list[str]:
         run = self._runs.get(data_id)

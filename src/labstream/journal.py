@@ -1,0 +1,533 @@
+"""The durable journal: every accepted chunk stays on disk until every destination confirmed it.
+
+Why: a process can die (power cut, ``kill -9``), a destination can be down for hours. The journal
+keeps each chunk and, per destination, whether it is still pending, so a later process resumes
+delivery, and a runner whose destination is down can leave its backlog on disk instead of in memory.
+
+How: SQLite in WAL mode, owned by one writer thread. ``push()`` only appends the frozen chunk to an
+in-memory queue; the writer commits whatever accumulated every few milliseconds in one transaction
+(group commit), so a push costs microseconds and a chunk is on disk within ``commit_interval_s``.
+Delivery outcomes go through the same queue. Reads (recovery, spilled backlog, status) use their own
+connection. The API key is never written: destinations are recorded by name and address only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import sqlite3
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from .chunk import ChannelSeries, Chunk
+
+log = logging.getLogger("labstream.journal")
+
+SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
+FILE_NAME = "journal.sqlite3"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS streams (
+    data_id TEXT PRIMARY KEY,
+    info TEXT NOT NULL,            -- StreamInfo fields as JSON
+    destinations TEXT NOT NULL,    -- {"atomscale": "<endpoint>", "atlas": "<address>"}
+    created_at REAL NOT NULL,
+    finalize_requested INTEGER NOT NULL DEFAULT 0,
+    closed TEXT NOT NULL DEFAULT '[]',  -- destinations that confirmed the close
+    owner TEXT NOT NULL             -- "<pid>:<token>" of the streamer writing it
+);
+CREATE TABLE IF NOT EXISTS chunks (
+    seq INTEGER PRIMARY KEY,
+    data_id TEXT NOT NULL,
+    chunk_index INTEGER NOT NULL,
+    multi INTEGER NOT NULL,
+    offset_ns INTEGER NOT NULL,
+    points INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    seq INTEGER NOT NULL,
+    destination TEXT NOT NULL,
+    state TEXT NOT NULL,           -- 'pending' or 'rejected'
+    reason TEXT,
+    PRIMARY KEY (seq, destination)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (destination, state, seq);
+CREATE TABLE IF NOT EXISTS atlas_sessions (
+    data_id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,           -- SessionState.to_dict() after the last completed chunk
+    last_seq INTEGER NOT NULL,     -- the last chunk that state includes
+    inflight_seq INTEGER           -- a chunk being written when the state was saved, if any
+);
+"""
+
+
+def default_spool_dir() -> Path:
+    """``LABSTREAM_SPOOL_DIR``, else the per-user cache directory."""
+    env = os.environ.get(SPOOL_ENV)
+    if env:
+        return Path(env).expanduser()
+    if os.name == "nt":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        return base / "labstream" / "spool"
+    if os.uname().sysname == "Darwin":
+        return Path.home() / "Library" / "Caches" / "labstream" / "spool"
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "labstream" / "spool"
+
+
+# -- chunk bodies ------------------------------------------------------------------------------
+
+
+def encode_body(chunk: Chunk) -> bytes:
+    """A chunk's channels as bytes: a JSON header, then each channel's int64 ns and f64 values."""
+    header = orjson.dumps([[c.name, c.units, c.size] for c in chunk.channels])
+    parts = [struct.pack("<I", len(header)), header]
+    for c in chunk.channels:
+        parts.append(c.timestamps_ns.astype("<i8", copy=False).tobytes())
+        parts.append(c.values.astype("<f8", copy=False).tobytes())
+    return b"".join(parts)
+
+
+def decode_body(
+    body: bytes, data_id: str, chunk_index: int, multi: bool, offset_ns: int, seq: int
+) -> Chunk:
+    (n,) = struct.unpack_from("<I", body)
+    header = orjson.loads(body[4 : 4 + n])
+    pos = 4 + n
+    channels = []
+    for name, units, size in header:
+        ts = np.frombuffer(body, dtype="<i8", count=size, offset=pos).astype(np.int64)
+        pos += 8 * size
+        values = np.frombuffer(body, dtype="<f8", count=size, offset=pos).astype(np.float64)
+        pos += 8 * size
+        ts.flags.writeable = False
+        values.flags.writeable = False
+        channels.append(ChannelSeries(name, units, ts, values))
+    return Chunk(data_id, chunk_index, tuple(channels), multi, offset_ns, seq)
+
+
+# -- the journal -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StoredStream:
+    """A stream as the journal remembers it."""
+
+    data_id: str
+    info: dict[str, Any]
+    destinations: dict[str, str]
+    created_at: float
+    finalize_requested: bool
+    closed: tuple[str, ...]
+    owner: str  # "<pid>:<token>" of the streamer that created it
+
+    @property
+    def owner_alive(self) -> bool:
+        """Whether the streamer that wrote this stream may still be running."""
+        pid_text, _, token = self.owner.partition(":")
+        if not pid_text.isdigit():
+            return False
+        pid = int(pid_text)
+        if pid == os.getpid():
+            return token in LIVE_OWNERS
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except OSError:  # exists, but not ours to signal
+            return True
+        return True
+
+
+# Owner tokens of the streamers alive in this process.
+LIVE_OWNERS: set[str] = set()
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolStatus:
+    """Per stream and destination: what the journal still holds."""
+
+    data_id: str
+    stream_name: str | None
+    destination: str
+    pending_chunks: int
+    pending_points: int
+    rejected_chunks: int
+    oldest_pending_age_s: float | None
+    finalize_requested: bool
+    closed: bool
+
+
+class JournalFull(Exception):  # noqa: N818 - an outcome, not an error the caller handles
+    """The byte cap or the free-disk floor is reached; the message says which."""
+
+
+class Journal:
+    """The on-disk journal of one spool directory.
+
+    Args:
+        directory: created with owner-only permissions if missing.
+        max_bytes: cap on the chunk data held; new chunks are refused beyond it.
+        min_free_bytes: refuse new chunks when the disk has less free space than this.
+        retention_s: chunks no destination can deliver (rejected, or pending this long) are purged.
+        commit_interval_s: group-commit period of the writer thread.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 2 * 1024**3,
+        min_free_bytes: int = 256 * 1024**2,
+        retention_s: float = 7 * 24 * 3600.0,
+        commit_interval_s: float = 0.01,
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            self.directory.chmod(0o700)
+        self.path = self.directory / FILE_NAME
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
+        self.retention_s = retention_s
+        self._interval = commit_interval_s
+        self._write = self._connect()
+        self._write.executescript(_SCHEMA)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                Path(f"{self.path}{suffix}").chmod(0o600)
+        row = self._write.execute(
+            "SELECT COALESCE(MAX(seq), 0), COALESCE(SUM(LENGTH(body)), 0) FROM chunks"
+        ).fetchone()
+        self._next_seq = int(row[0]) + 1
+        self._bytes = int(row[1])
+        self._read = self._connect()
+        self._read_lock = threading.Lock()
+        self._queue: deque[tuple[Any, ...]] = deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._committed = threading.Condition()
+        self.committed_seq = self._next_seq - 1
+        self._free_checked_at = 0.0
+        self._free_ok = True
+        self._thread = threading.Thread(target=self._writer, name="labstream-journal", daemon=True)
+        self._thread.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")  # durable across process crashes in WAL mode
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    # -- accepting (any thread) ----------------------------------------------------------------
+
+    def next_seq(self) -> int:
+        """Reserve the next sequence number (callers hold the streamer's lock)."""
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def check_room(self, nbytes: int) -> None:
+        """Raise :class:`JournalFull` when a chunk of ``nbytes`` would break a bound."""
+        if self._bytes + nbytes > self.max_bytes:
+            raise JournalFull(
+                f"spool cap reached ({self._bytes / 1e6:.1f} MB held, cap "
+                f"{self.max_bytes / 1e6:.1f} MB in {self.directory})"
+            )
+        now = time.monotonic()
+        if now - self._free_checked_at > 1.0:  # statvfs at most once a second
+            self._free_checked_at = now
+            self._free_ok = shutil.disk_usage(self.directory).free >= self.min_free_bytes
+        if not self._free_ok:
+            raise JournalFull(
+                f"less than {self.min_free_bytes / 1e6:.0f} MB free on the disk of {self.directory}"
+            )
+
+    def add_stream(
+        self, data_id: str, info: dict[str, Any], destinations: dict[str, str], owner: str
+    ) -> None:
+        self._put(
+            ("stream", data_id, orjson.dumps(info), orjson.dumps(destinations), time.time(), owner)
+        )
+
+    def adopt(self, data_id: str, owner: str) -> None:
+        """Take over a stream left by a streamer that is gone."""
+        self._put(("adopt", data_id, owner))
+
+    def add_chunk(self, chunk: Chunk, destinations: Sequence[str]) -> None:
+        """Queue the chunk for the next group commit, pending for every destination."""
+        self._bytes += 16 * chunk.points + 64  # estimate; corrected by SUM() at the next start
+        self._put(("chunk", chunk, tuple(destinations)))
+
+    def delivered(self, seq: int, destination: str) -> None:
+        self._put(("delivered", seq, destination))
+
+    def rejected(self, seq: int, destination: str, reason: str) -> None:
+        self._put(("rejected", seq, destination, reason))
+
+    def finalize_requested(self, data_id: str) -> None:
+        self._put(("finalize", data_id))
+
+    def closed(self, data_id: str, destination: str) -> None:
+        self._put(("closed", data_id, destination))
+
+    def save_atlas_state(
+        self, data_id: str, state: dict[str, Any], last_seq: int, inflight_seq: int | None
+    ) -> None:
+        self._put(("atlas", data_id, orjson.dumps(state), last_seq, inflight_seq))
+
+    def _put(self, item: tuple[Any, ...]) -> None:
+        self._queue.append(item)
+        self._wake.set()
+
+    # -- the writer thread ---------------------------------------------------------------------
+
+    def _writer(self) -> None:
+        while True:
+            self._wake.wait()
+            if not self._stopping:
+                time.sleep(self._interval)  # let a burst accumulate: one commit for all of it
+            self._wake.clear()
+            batch = []
+            while self._queue:
+                batch.append(self._queue.popleft())
+            if batch:
+                try:
+                    self._commit(batch)
+                except sqlite3.Error:
+                    log.exception("journal write failed; %d operations not persisted", len(batch))
+            if self._stopping and not self._queue:
+                return
+
+    def _commit(self, batch: list[tuple[Any, ...]]) -> None:
+        db = self._write
+        top = None
+        freed = 0
+        db.execute("BEGIN")
+        for item in batch:
+            kind = item[0]
+            if kind == "chunk":
+                chunk, dests = item[1], item[2]
+                body = encode_body(chunk)
+                db.execute(
+                    "INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        chunk.seq,
+                        chunk.data_id,
+                        chunk.chunk_index,
+                        int(chunk.multi),
+                        chunk.offset_ns,
+                        chunk.points,
+                        body,
+                        time.time(),
+                    ),
+                )
+                db.executemany(
+                    "INSERT OR REPLACE INTO deliveries VALUES (?,?,'pending',NULL)",
+                    [(chunk.seq, d) for d in dests],
+                )
+                top = chunk.seq
+            elif kind == "delivered":
+                db.execute("DELETE FROM deliveries WHERE seq=? AND destination=?", item[1:3])
+                freed += self._drop_if_done(item[1])
+            elif kind == "rejected":
+                db.execute(
+                    "UPDATE deliveries SET state='rejected', reason=? "
+                    "WHERE seq=? AND destination=?",
+                    (item[3], item[1], item[2]),
+                )
+            elif kind == "stream":
+                db.execute(
+                    "INSERT OR IGNORE INTO streams "
+                    "(data_id, info, destinations, created_at, owner) VALUES (?,?,?,?,?)",
+                    item[1:6],
+                )
+            elif kind == "adopt":
+                db.execute("UPDATE streams SET owner=? WHERE data_id=?", (item[2], item[1]))
+            elif kind == "finalize":
+                db.execute("UPDATE streams SET finalize_requested=1 WHERE data_id=?", item[1:2])
+            elif kind == "closed":
+                row = db.execute("SELECT closed FROM streams WHERE data_id=?", item[1:2]).fetchone()
+                if row is not None:
+                    closed = sorted({*orjson.loads(row[0]), item[2]})
+                    db.execute(
+                        "UPDATE streams SET closed=? WHERE data_id=?",
+                        (orjson.dumps(closed).decode(), item[1]),
+                    )
+            elif kind == "atlas":
+                db.execute("INSERT OR REPLACE INTO atlas_sessions VALUES (?,?,?,?)", item[1:5])
+        db.execute("COMMIT")
+        self._bytes = max(0, self._bytes - freed)
+        if top is not None:
+            with self._committed:
+                self.committed_seq = max(self.committed_seq, top)
+                self._committed.notify_all()
+
+    def _drop_if_done(self, seq: int) -> int:
+        """Delete a chunk no destination still needs; return the bytes freed."""
+        db = self._write
+        if db.execute("SELECT 1 FROM deliveries WHERE seq=? LIMIT 1", (seq,)).fetchone():
+            return 0
+        row = db.execute("SELECT LENGTH(body) FROM chunks WHERE seq=?", (seq,)).fetchone()
+        db.execute("DELETE FROM chunks WHERE seq=?", (seq,))
+        return int(row[0]) if row else 0
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Wait until everything queued so far is committed."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(self._interval / 2)
+        with self._committed:
+            self._committed.wait(timeout=min(self._interval * 4, 0.1))
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close the database."""
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout=10)
+        self._write.close()
+        with self._read_lock:
+            self._read.close()
+
+    # -- reading (recovery, backlog, status) ---------------------------------------------------
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._read_lock:
+            return self._read.execute(sql, args).fetchall()
+
+    def pending_chunks(
+        self, destination: str, data_id: str, after_seq: int, limit: int
+    ) -> list[Chunk]:
+        """Committed chunks of a stream still pending for ``destination``, in order."""
+        rows = self._rows(
+            "SELECT c.seq, c.chunk_index, c.multi, c.offset_ns, c.body FROM deliveries d "
+            "JOIN chunks c ON c.seq = d.seq WHERE d.destination=? AND d.state='pending' "
+            "AND c.data_id=? AND d.seq>? ORDER BY d.seq LIMIT ?",
+            (destination, data_id, after_seq, limit),
+        )
+        return [decode_body(r[4], data_id, r[1], bool(r[2]), r[3], r[0]) for r in rows]
+
+    def pending_summary(self, destination: str, data_id: str) -> tuple[int, int, int]:
+        """(chunks, points, highest seq) still pending for a destination."""
+        row = self._rows(
+            "SELECT COUNT(*), COALESCE(SUM(c.points), 0), COALESCE(MAX(c.seq), 0) "
+            "FROM deliveries d JOIN chunks c ON c.seq=d.seq "
+            "WHERE d.destination=? AND d.state='pending' AND c.data_id=?",
+            (destination, data_id),
+        )[0]
+        return int(row[0]), int(row[1]), int(row[2])
+
+    def streams(self) -> list[StoredStream]:
+        rows = self._rows(
+            "SELECT data_id, info, destinations, created_at, finalize_requested, closed, owner "
+            "FROM streams ORDER BY created_at"
+        )
+        return [
+            StoredStream(
+                data_id=r[0],
+                info=orjson.loads(r[1]),
+                destinations=orjson.loads(r[2]),
+                created_at=r[3],
+                finalize_requested=bool(r[4]),
+                closed=tuple(orjson.loads(r[5])),
+                owner=r[6],
+            )
+            for r in rows
+        ]
+
+    def atlas_state(self, data_id: str) -> tuple[dict[str, Any], int, int | None] | None:
+        rows = self._rows(
+            "SELECT state, last_seq, inflight_seq FROM atlas_sessions WHERE data_id=?", (data_id,)
+        )
+        if not rows:
+            return None
+        state, last_seq, inflight = rows[0]
+        return orjson.loads(state), int(last_seq), inflight
+
+    def status(self) -> list[SpoolStatus]:
+        """What every stream still has in the journal, per destination."""
+        now = time.time()
+        out = []
+        for s in self.streams():
+            for dest in s.destinations:
+                pending = self._rows(
+                    "SELECT COUNT(*), COALESCE(SUM(c.points), 0), MIN(c.created_at) "
+                    "FROM deliveries d JOIN chunks c ON c.seq=d.seq WHERE c.data_id=? "
+                    "AND d.destination=? AND d.state='pending'",
+                    (s.data_id, dest),
+                )[0]
+                rejected = self._rows(
+                    "SELECT COUNT(*) FROM deliveries d JOIN chunks c ON c.seq=d.seq "
+                    "WHERE c.data_id=? AND d.destination=? AND d.state='rejected'",
+                    (s.data_id, dest),
+                )[0][0]
+                out.append(
+                    SpoolStatus(
+                        s.data_id,
+                        s.info.get("stream_name"),
+                        dest,
+                        int(pending[0]),
+                        int(pending[1]),
+                        int(rejected),
+                        None if pending[2] is None else now - float(pending[2]),
+                        s.finalize_requested,
+                        dest in s.closed,
+                    )
+                )
+        return out
+
+    def purge(self, data_id: str) -> int:
+        """Forget a stream and everything held for it; return the chunks removed."""
+        self.flush()
+        db = self._connect()  # not the writer's connection: that one belongs to its thread
+        try:
+            db.execute("BEGIN")
+            n = db.execute("SELECT COUNT(*) FROM chunks WHERE data_id=?", (data_id,)).fetchone()[0]
+            db.execute(
+                "DELETE FROM deliveries WHERE seq IN (SELECT seq FROM chunks WHERE data_id=?)",
+                (data_id,),
+            )
+            db.execute("DELETE FROM chunks WHERE data_id=?", (data_id,))
+            db.execute("DELETE FROM atlas_sessions WHERE data_id=?", (data_id,))
+            db.execute("DELETE FROM streams WHERE data_id=?", (data_id,))
+            db.execute("COMMIT")
+        finally:
+            db.close()
+        return int(n)
+
+    def forget_finished(self) -> list[str]:
+        """Remove streams that are closed everywhere with nothing pending, and data past retention.
+
+        Returns the data_ids removed.
+        """
+        self.flush()
+        cutoff = time.time() - self.retention_s
+        done = []
+        for s in self.streams():
+            left = self._rows(
+                "SELECT COUNT(*) FROM deliveries d JOIN chunks c ON c.seq=d.seq "
+                "WHERE c.data_id=? AND (d.state='pending' OR c.created_at>?)",
+                (s.data_id, cutoff),
+            )[0][0]
+            everywhere = set(s.destinations) <= set(s.closed)
+            if (everywhere and not left) or s.created_at < cutoff:
+                if s.created_at < cutoff and left:
+                    log.warning("journal: %s is past retention; dropping what it holds", s.data_id)
+                self.purge(s.data_id)
+                done.append(s.data_id)
+        return done
