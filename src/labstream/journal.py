@@ -65,6 +65,10 @@ CREATE TABLE IF NOT EXISTS deliveries (
     PRIMARY KEY (seq, destination)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS deliveries_by_state ON deliveries (destination, state, seq);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL         -- 'last_seq': sequence numbers are never reused
+);
 CREATE TABLE IF NOT EXISTS atlas_sessions (
     data_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,           -- SessionState.to_dict() after the last completed chunk
@@ -212,7 +216,9 @@ class Journal:
         row = self._write.execute(
             "SELECT COALESCE(MAX(seq), 0), COALESCE(SUM(LENGTH(body)), 0) FROM chunks"
         ).fetchone()
-        self._next_seq = int(row[0]) + 1
+        meta = self._write.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        # Delivered chunks are deleted, so the highest seq ever used is kept apart.
+        self._next_seq = max(int(row[0]), int(meta[0]) if meta else 0) + 1
         self._bytes = int(row[1])
         self._read = self._connect()
         self._read_lock = threading.Lock()
@@ -340,7 +346,7 @@ class Journal:
                     "INSERT OR REPLACE INTO deliveries VALUES (?,?,'pending',NULL)",
                     [(chunk.seq, d) for d in dests],
                 )
-                top = chunk.seq
+                top = chunk.seq if top is None else max(top, chunk.seq)
             elif kind == "delivered":
                 db.execute("DELETE FROM deliveries WHERE seq=? AND destination=?", item[1:3])
                 freed += self._drop_if_done(item[1])
@@ -370,6 +376,12 @@ class Journal:
                     )
             elif kind == "atlas":
                 db.execute("INSERT OR REPLACE INTO atlas_sessions VALUES (?,?,?,?)", item[1:5])
+        if top is not None:
+            db.execute(
+                "INSERT INTO meta VALUES ('last_seq', ?) "
+                "ON CONFLICT(key) DO UPDATE SET value=MAX(value, excluded.value)",
+                (top,),
+            )
         db.execute("COMMIT")
         self._bytes = max(0, self._bytes - freed)
         if top is not None:

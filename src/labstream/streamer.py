@@ -155,6 +155,8 @@ class AsyncTimeseriesStreamer:
         spool_max_bytes, spool_min_free_bytes: bounds; a chunk that would break one is refused
             (counted in the report with the reason, and logged) instead of stored.
         spool_retention_s: how long undeliverable data is kept.
+        memory_window_chunks: with the journal, the most chunks a destination holds in memory;
+            a destination that falls further behind reads its backlog back from disk.
         atlas: ``"host:port"`` of an ATLAS Stream API, or :class:`~labstream.Atlas` settings, to
             stream to ATLAS too (default ``LABSTREAM_ATLAS``). With ``api_key=None`` and no key in
             the environment, the streamer streams to ATLAS alone.
@@ -183,6 +185,7 @@ class AsyncTimeseriesStreamer:
         spool_max_bytes: int = 2 * 1024**3,
         spool_min_free_bytes: int = 256 * 1024**2,
         spool_retention_s: float = 7 * 24 * 3600.0,
+        memory_window_chunks: int = 1024,
     ) -> None:
         if isinstance(points_per_chunk, bool) or not isinstance(points_per_chunk, int):
             raise TypeError("points_per_chunk must be an int")
@@ -204,6 +207,7 @@ class AsyncTimeseriesStreamer:
         self._max_concurrency = max_concurrency
         self._http_transport = http_transport
         self._max_pending_chunks = max_pending_chunks
+        self._memory_window = memory_window_chunks
         # The reference clock is Atomscale's gateway; without Atomscale there is nothing to correct.
         self._clock = ClockCorrection(
             enabled=self._api_key is not None and clock_sync is not False and not skip_requested()
@@ -269,7 +273,13 @@ class AsyncTimeseriesStreamer:
         if self._atlas_settings is not None:
             sinks.append(AtlasSink(self._atlas_settings, journal=self._journal))
         self._runners = [
-            DeliveryRunner(sink, self._policy, sleep=self._sleep, journal=self._journal)
+            DeliveryRunner(
+                sink,
+                self._policy,
+                sleep=self._sleep,
+                journal=self._journal,
+                max_in_memory=self._memory_window,
+            )
             for sink in sinks
         ]
         self._stop = anyio.Event()
@@ -305,7 +315,15 @@ class AsyncTimeseriesStreamer:
                     ours,
                 )
                 continue
-            todo = [r for r in self._runners if r.name not in stored.closed]
+            pending = {
+                r.name: await anyio.to_thread.run_sync(
+                    journal.pending_summary, r.name, stored.data_id
+                )
+                for r in self._runners
+            }
+            # A destination that confirmed the close may still miss chunks (Atomscale accepts
+            # them after finalize): deliver those too.
+            todo = [r for r in self._runners if r.name not in stored.closed or pending[r.name][0]]
             if not todo:
                 continue
             journal.adopt(stored.data_id, self._owner)
@@ -316,10 +334,7 @@ class AsyncTimeseriesStreamer:
             with self._lock:
                 self._streams[info.data_id] = stream
             for runner in todo:
-                pending = await anyio.to_thread.run_sync(
-                    journal.pending_summary, runner.name, info.data_id
-                )
-                runner.open(info, recovered=pending)
+                runner.open(info, recovered=pending[runner.name])
             log.warning(
                 "journal: resuming stream %s left unfinished by another process (%s)",
                 info.data_id,
@@ -327,7 +342,7 @@ class AsyncTimeseriesStreamer:
                     f"{r.name}: {r.report(info.data_id).chunks_pending} pending" for r in todo
                 ),
             )
-            if stored.finalize_requested and self._host_tg is not None:
+            if (stored.finalize_requested or stored.closed) and self._host_tg is not None:
                 self._host_tg.start_soon(self._finalize, info.data_id, None)
 
     async def _run_host(self, ready: anyio.Event) -> None:

@@ -1,0 +1,208 @@
+"""The durable journal: nothing accepted is lost when a destination is down, the process stops, or
+the memory window is full; bounds are enforced with counted refusals; secrets stay off disk."""
+
+from __future__ import annotations
+
+import stat
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import httpx
+import numpy as np
+import pytest
+
+from labstream import Atlas, RetryPolicy, StreamStateError, TimeseriesStreamer
+from labstream.chunk import ChannelSeries, Chunk
+from labstream.emulators.atlas import run_in_thread as atlas_in_thread
+from labstream.emulators.atlas_checker import check_session, format_report
+from labstream.journal import FILE_NAME, LIVE_OWNERS, decode_body, encode_body
+
+from .fakes import API_KEY, FakeAtomscale, Recorded
+
+T0 = 1_760_000_000.0
+QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0, cooldown_s=0.02)
+
+
+def series(c: int, n: int = 100) -> tuple[list[float], list[float]]:
+    return [T0 + c * n * 0.1 + i * 0.1 for i in range(n)], [float(c * n + i) for i in range(n)]
+
+
+def crash(streamer: TimeseriesStreamer) -> None:
+    """Stop a streamer the way kill -9 would: no finalize, no close, nothing more delivered.
+
+    What the writer thread already committed stays; the subprocess test in test_reliability.py
+    does the real kill -9.
+    """
+    core = streamer._core
+    assert core._journal is not None
+    core._journal.flush()
+    LIVE_OWNERS.discard(core._owner)
+    streamer._closed = True
+    streamer._thread.stop()
+    core._journal.close()
+
+
+def chunks_down(fake: FakeAtomscale) -> None:
+    fake.responders.append(
+        lambda rec, n: (
+            httpx.Response(503) if rec.path.startswith("/tool-state/stream/chunk") else None
+        )
+    )
+
+
+def test_body_round_trip() -> None:
+    ts = np.array([1_760_000_000_123_456_789, 1_760_000_000_223_456_789], dtype=np.int64)
+    vals = np.array([np.nan, -0.0])
+    chunk = Chunk(
+        "d", 7, (ChannelSeries("T", "C", ts, vals), ChannelSeries("P", None, ts, vals)), True, 5, 42
+    )
+    back = decode_body(encode_body(chunk), "d", 7, True, 5, 42)
+    assert [c.name for c in back.channels] == ["T", "P"]
+    assert back.channels[1].units is None
+    assert back.channels[0].timestamps_ns.tolist() == ts.tolist()
+    assert np.array_equal(back.channels[0].values, vals, equal_nan=True)
+    assert np.signbit(back.channels[0].values[1])
+
+
+def test_chunks_outlive_a_down_destination_and_a_later_streamer_delivers_them(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    chunks_down(fake)
+    first = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
+    data_id = first.initialize(stream_name="outage")
+    for c in range(10):
+        first.push(data_id, c, "T", *series(c))
+    first.close(timeout=0.2)
+    closing = first.report(data_id)["atomscale"]
+    assert (closing.chunks_pending, closing.chunks_dropped) == (10, 0)  # kept, not dropped
+
+    fake.responders.clear()  # Atomscale is back
+    second = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
+    assert second._core.recovered_streams() == [data_id]
+    second._thread.call(second._core.wait_delivered, data_id, 10)
+    assert fake.points(data_id, "T")[1] == [float(i) for i in range(1000)]
+    assert fake.finalized.count(data_id) >= 1
+
+
+def test_a_crashed_stream_is_resumed_and_accepts_finalize(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    release = threading.Event()
+
+    async def hold(rec: Recorded, _: int) -> None:
+        if rec.path.startswith("/tool-state/stream/chunk"):
+            await anyio.to_thread.run_sync(release.wait, 10)
+
+    fake.responders.append(hold)
+    first = streamer_factory(clock_sync=False)
+    data_id = first.initialize(stream_name="crash")
+    for c in range(20):
+        first.push(data_id, c, "T", *series(c))
+    crash(first)
+    release.set()
+
+    second = streamer_factory(clock_sync=False)
+    report = second.finalize(data_id, timeout=10)
+    assert report.ok, str(report)
+    assert report["atomscale"].chunks_delivered == 20
+    assert fake.points(data_id, "T")[1] == [float(i) for i in range(2000)]
+    assert fake.finalized == [data_id]
+    with pytest.raises(StreamStateError, match="already finalized"):
+        second.push(data_id, 99, "T", *series(99))
+
+
+def test_memory_window_spills_to_disk_and_reads_back_in_order(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    release = threading.Event()
+
+    async def hold(rec: Recorded, _: int) -> None:
+        if rec.path.startswith("/tool-state/stream/chunk"):
+            await anyio.to_thread.run_sync(release.wait, 10)
+
+    fake.responders.append(hold)
+    streamer = streamer_factory(clock_sync=False, memory_window_chunks=8, max_concurrency=2)
+    data_id = streamer.initialize()
+    for c in range(200):
+        streamer.push(data_id, c, "T", *series(c))
+    runner = streamer._core._runners[0]
+    assert runner._held <= 8
+    release.set()
+    report = streamer.finalize(data_id, timeout=20)
+    assert report.ok, str(report)
+    assert fake.points(data_id, "T")[1] == [float(i) for i in range(20_000)]
+
+
+def test_spool_cap_refuses_new_chunks_counted_and_keeps_the_rest(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    release = threading.Event()
+
+    async def hold(rec: Recorded, _: int) -> None:
+        if rec.path.startswith("/tool-state/stream/chunk"):
+            await anyio.to_thread.run_sync(release.wait, 10)
+
+    fake.responders.append(hold)
+    streamer = streamer_factory(clock_sync=False, spool_max_bytes=20_000)
+    data_id = streamer.initialize()
+    for c in range(30):
+        streamer.push(data_id, c, "T", *series(c))  # never raises: the loop keeps running
+    release.set()
+    report = streamer.finalize(data_id, timeout=10)
+    assert report.refused_chunks > 0
+    assert report.refusal_reason is not None
+    assert "spool cap reached" in report.refusal_reason
+    dest = report["atomscale"]
+    assert dest.chunks_accepted + report.refused_chunks == 30
+    assert dest.chunks_delivered == dest.chunks_accepted  # nothing accepted was lost
+    assert not report.ok
+    assert "refused before storing" in str(report)
+
+
+def test_spool_files_are_private_and_hold_no_secret(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale, isolated_spool: Path
+) -> None:
+    chunks_down(fake)
+    streamer = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
+    data_id = streamer.initialize(stream_name="secret check")
+    streamer.push(data_id, 0, "T", *series(0))
+    streamer.close(timeout=0.1)
+    assert stat.S_IMODE(isolated_spool.stat().st_mode) == 0o700
+    assert stat.S_IMODE((isolated_spool / FILE_NAME).stat().st_mode) == 0o600
+    for path in isolated_spool.iterdir():
+        assert API_KEY.encode() not in path.read_bytes()
+
+
+def test_spool_false_writes_nothing(
+    streamer_factory: Callable[..., TimeseriesStreamer], isolated_spool: Path
+) -> None:
+    streamer = streamer_factory(clock_sync=False, spool=False)
+    data_id = streamer.initialize()
+    streamer.push(data_id, 0, "T", *series(0))
+    assert streamer.finalize(data_id).ok
+    assert list(isolated_spool.iterdir()) == []
+
+
+def test_atlas_session_continues_after_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    with atlas_in_thread() as emu:
+        where = Atlas(address=emu.address, key_generator_address=emu.key_generator_address)
+        first = TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False)
+        data_id = first.initialize(stream_name="resume-me")
+        for c in range(5):
+            first.push(data_id, c, "T", *series(c, 10))
+        first._thread.call(first._core.wait_delivered, data_id, 10)
+        crash(first)
+
+        with TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False) as second:
+            for c in range(5, 8):
+                second.push(data_id, c, "T", *series(c, 10))
+            report = second.finalize(data_id, timeout=10)
+        assert report.ok, str(report)
+        (session,) = emu.sessions.values()  # the same session: no second CreateSession
+        checked = check_session(session)
+    assert checked.clean, format_report(checked, verbose=True)
+    assert checked.parameters["T:labstream"].values == [float(i) for i in range(80)]
