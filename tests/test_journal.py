@@ -80,7 +80,7 @@ def test_chunks_outlive_a_down_destination_and_a_later_streamer_delivers_them(
 
     fake.responders.clear()  # Atomscale is back
     second = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
-    assert second._core.recovered_streams() == [data_id]
+    assert second.recovered_streams() == [data_id]
     second._thread.call(second._core.wait_delivered, data_id, 10)
     assert fake.points(data_id, "T")[1] == [float(i) for i in range(1000)]
     assert fake.finalized.count(data_id) >= 1

@@ -537,8 +537,9 @@ class Journal:
                 (s.data_id, cutoff),
             )[0][0]
             everywhere = set(s.destinations) <= set(s.closed)
-            if (everywhere and not left) or s.created_at < cutoff:
-                if s.created_at < cutoff and left:
+            expired = s.created_at < cutoff and not s.owner_alive
+            if (everywhere and not left) or expired:
+                if expired and left:
                     log.warning("journal: %s is past retention; dropping what it holds", s.data_id)
                 self.purge(s.data_id)
                 done.append(s.data_id)

@@ -383,6 +383,8 @@ class AsyncTimeseriesStreamer:
 
     def _close_journal(self) -> None:
         if self._journal is not None:
+            # Housekeeping: streams finished everywhere, and data past retention, are removed.
+            self._journal.forget_finished()
             self._journal.close()
             LIVE_OWNERS.discard(self._owner)
 

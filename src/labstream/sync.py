@@ -251,6 +251,13 @@ class TimeseriesStreamer:
     def clock_status(self) -> ClockStatus:
         return self._core.clock_status()
 
+    def recovered_streams(self) -> list[str]:
+        """data_ids this streamer took over from a process that died with them unfinished.
+
+        They are delivered in the background; ``finalize(data_id)`` (or ``close()``) ends them.
+        """
+        return self._core.recovered_streams()
+
     @contextmanager
     def stream(
         self,
