@@ -10,11 +10,11 @@ read. Bodies are encoded before timing, except in variant (d). Variants, alterna
 (the order rotates so none always runs first):
 
   (a) httpx.AsyncClient, default transport (httpcore)
-  (b) httpx.AsyncClient + httpx_aiohttp.AiohttpTransport via labstream's ``make_transport`` (what
-      labstream ships)
-  (c) raw aiohttp.ClientSession (the ceiling for (b))
-  (d) labstream's own ``AtomscaleSink.send_chunk`` over (b): also encodes the body and translates
-      errors per request, i.e. the whole per-chunk HTTP cost of labstream's delivery
+  (b) httpx.AsyncClient + httpx_aiohttp.AiohttpTransport (what labstream used first; needs the
+      ``bench`` extra)
+  (c) raw aiohttp.ClientSession (the ceiling)
+  (d) labstream's own ``AtomscaleSink.send_chunk``, which now uses aiohttp directly: also encodes
+      the body and translates errors per request, i.e. the whole per-chunk HTTP cost of labstream
 
 Prints the median requests/s per variant and its ratio to (a). Loopback only; bounded counts.
 """
@@ -33,7 +33,7 @@ import orjson
 from _server import BENCH_DATA_ID, BenchServer, server_description
 
 from labstream.chunk import Chunk, make_chunk, validate_series
-from labstream.sinks.atomscale import AtomscaleSink, chunk_body, make_transport
+from labstream.sinks.atomscale import AtomscaleSink, chunk_body
 
 CONCURRENCY = 8
 PPC = 100
@@ -110,6 +110,16 @@ async def run_aiohttp(url: str, bodies: list[bytes], n: int) -> float:
         return await drive(n, one)
 
 
+def aiohttp_transport() -> httpx.AsyncBaseTransport:
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(
+        max_connections=CONCURRENCY + 2, max_keepalive_connections=CONCURRENCY + 2
+    )
+    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
+    return transport
+
+
 async def run_sink(url: str, chunks: list[Chunk], n: int) -> float:
     sink = AtomscaleSink(API_KEY, url, sleep=asyncio.sleep, max_concurrency=CONCURRENCY)
     try:
@@ -125,7 +135,7 @@ async def run_sink(url: str, chunks: list[Chunk], n: int) -> float:
 
 VARIANTS = {
     "a": "httpx default transport",
-    "b": "httpx + AiohttpTransport (labstream)",
+    "b": "httpx + AiohttpTransport",
     "c": "raw aiohttp (ceiling)",
     "d": "labstream AtomscaleSink.send_chunk",
 }
@@ -147,7 +157,7 @@ async def main(rounds: int, n: int) -> None:
                 if k == "a":
                     secs = await run_httpx(srv.url, bodies, n, None)
                 elif k == "b":
-                    secs = await run_httpx(srv.url, bodies, n, make_transport(CONCURRENCY + 2))
+                    secs = await run_httpx(srv.url, bodies, n, aiohttp_transport())
                 elif k == "c":
                     secs = await run_aiohttp(srv.url, bodies, n)
                 else:

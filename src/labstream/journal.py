@@ -323,11 +323,26 @@ class Journal:
         db = self._write
         top = None
         freed = 0
+        # A chunk every destination confirmed before this commit never needs to touch the disk:
+        # on a healthy link that is most chunks, and it saves an insert and a delete each.
+        confirmed: dict[int, set[str]] = {}
+        for item in batch:
+            if item[0] == "delivered":
+                confirmed.setdefault(item[1], set()).add(item[2])
+        settled = {
+            item[1].seq
+            for item in batch
+            if item[0] == "chunk" and set(item[2]) <= confirmed.get(item[1].seq, set())
+        }
         db.execute("BEGIN")
         for item in batch:
             kind = item[0]
             if kind == "chunk":
                 chunk, dests = item[1], item[2]
+                top = chunk.seq if top is None else max(top, chunk.seq)
+                if chunk.seq in settled:
+                    freed += 16 * chunk.points + 64  # the estimate add_chunk counted
+                    continue
                 body = encode_body(chunk)
                 db.execute(
                     "INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?)",
@@ -346,8 +361,9 @@ class Journal:
                     "INSERT OR REPLACE INTO deliveries VALUES (?,?,'pending',NULL)",
                     [(chunk.seq, d) for d in dests],
                 )
-                top = chunk.seq if top is None else max(top, chunk.seq)
             elif kind == "delivered":
+                if item[1] in settled:
+                    continue
                 db.execute("DELETE FROM deliveries WHERE seq=? AND destination=?", item[1:3])
                 freed += self._drop_if_done(item[1])
             elif kind == "rejected":

@@ -16,7 +16,6 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-import aiohttp
 import httpx
 import orjson
 
@@ -25,6 +24,7 @@ from ..clock import TimeSample
 from ..errors import DestinationError, RejectedError, TransientDestinationError
 from ..retry import RetryPolicy, Sleep
 from .base import StreamInfo
+from .http import AiohttpClient, HttpAnswer, HttpClient, HttpxClient, TransportError
 
 log = logging.getLogger("labstream.atomscale")
 
@@ -32,17 +32,6 @@ DEFAULT_ENDPOINT = "https://api.atomscale.ai"
 NAME = "atomscale"
 _TRANSIENT_STATUSES = frozenset({408, 429})
 _MAX_DETAIL = 2000
-
-
-def make_transport(max_connections: int) -> httpx.AsyncBaseTransport:
-    """The aiohttp-backed transport: ~3x httpx's default request rate (docs/performance.md)."""
-    from httpx_aiohttp import AiohttpTransport
-
-    limits = httpx.Limits(
-        max_connections=max_connections, max_keepalive_connections=max_connections
-    )
-    transport: httpx.AsyncBaseTransport = AiohttpTransport(limits=limits)
-    return transport
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -112,7 +101,8 @@ class AtomscaleSink:
         policy: retry policy for the control requests made here (create, link, finalize); chunk
             uploads are retried by the delivery runner with the same policy.
         sleep: injected sleep for those retries.
-        transport: an httpx transport (tests pass ``httpx.MockTransport``); default aiohttp-backed.
+        transport: an httpx transport (tests pass ``httpx.MockTransport``); default: aiohttp,
+            directly (see :mod:`labstream.sinks.http`).
         max_concurrency: parallel chunk uploads (and pooled connections).
         timeout_s: per-request timeout (the SDK uses 30 s).
         now: wall clock, injected for the clock-exchange tests.
@@ -138,11 +128,13 @@ class AtomscaleSink:
         self._sleep = sleep
         self.max_concurrency = max_concurrency
         self._now = now
-        self._client = httpx.AsyncClient(
-            base_url=self.endpoint,
-            headers={"X-API-KEY": api_key},
-            timeout=timeout_s,
-            transport=transport or make_transport(max_concurrency + 2),
+        headers = {"X-API-KEY": api_key}
+        self._client: HttpClient = (
+            HttpxClient(self.endpoint, headers, transport=transport, timeout_s=timeout_s)
+            if transport is not None
+            else AiohttpClient(
+                self.endpoint, headers, max_connections=max_concurrency + 2, timeout_s=timeout_s
+            )
         )
 
     def __repr__(self) -> str:
@@ -162,7 +154,7 @@ class AtomscaleSink:
         data_id: str | None = None,
         chunk_index: int | None = None,
         headers: dict[str, str] | None = None,
-    ) -> httpx.Response:
+    ) -> HttpAnswer:
         """Send one request; raise labstream errors for anything but a 2xx.
 
         Raises:
@@ -177,16 +169,14 @@ class AtomscaleSink:
             req_headers["Content-Type"] = "application/json"
         ctx: dict[str, Any] = {"destination": NAME, "data_id": data_id, "chunk_index": chunk_index}
         try:
-            resp = await self._client.request(method, path, content=content, headers=req_headers)
-        except httpx.TimeoutException as exc:
+            resp = await self._client.request(method, path, content, req_headers)
+        except TransportError as exc:
             raise TransientDestinationError(
-                f"{what} timed out", detail=self._scrub(f"{type(exc).__name__}: {exc}"), **ctx
+                f"{what} {'timed out' if exc.timed_out else 'failed'}",
+                detail=self._scrub(str(exc)),
+                **ctx,
             ) from None
-        except (httpx.HTTPError, aiohttp.ClientError, OSError) as exc:  # refused, reset, ...
-            raise TransientDestinationError(
-                f"{what} failed", detail=self._scrub(f"{type(exc).__name__}: {exc}"), **ctx
-            ) from None
-        status = resp.status_code
+        status = resp.status
         if status < 300:
             return resp
         detail = self._scrub(resp.text[:_MAX_DETAIL])
@@ -200,7 +190,7 @@ class AtomscaleSink:
             )
         raise RejectedError(f"{what} was refused", status=status, detail=detail, **ctx)
 
-    async def _call(self, method: str, path: str, **kw: Any) -> httpx.Response:
+    async def _call(self, method: str, path: str, **kw: Any) -> HttpAnswer:
         """A control request, retried with the policy (chunks are retried by the runner)."""
         async for attempt in self._policy.retrying(sleep=self._sleep):
             with attempt:
@@ -208,14 +198,14 @@ class AtomscaleSink:
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
     @staticmethod
-    def _json(resp: httpx.Response, what: str) -> Any:
+    def _json(resp: HttpAnswer, what: str) -> Any:
         try:
-            return orjson.loads(resp.content)
+            return orjson.loads(resp.body)
         except orjson.JSONDecodeError:
             raise RejectedError(
                 f"{what} answered something that is not JSON",
                 destination=NAME,
-                status=resp.status_code,
+                status=resp.status,
                 detail=resp.text[:200],
             ) from None
 
