@@ -272,9 +272,10 @@ class _State:
         self.seq += 1
         return self.seq
 
-    def write(self, obj: dict[str, Any]) -> None:
+    def write(self, make: Callable[[], dict[str, Any]]) -> None:
+        """Append a record line; ``make`` builds it only when recording (it costs ~0.5 ms)."""
         if self.record is not None:
-            self.record.write(orjson.dumps(obj) + b"\n")
+            self.record.write(orjson.dumps(make()) + b"\n")
             self.record.flush()
 
     def apply_rpc(self, call: RecordedCall) -> None:
@@ -377,7 +378,7 @@ class _State:
             )
         session.packets.append(rec)
         self.write(
-            {
+            lambda: {
                 "kind": "packet",
                 "seq": seq,
                 "rpc": rpc,
@@ -822,7 +823,7 @@ class AtlasEmulator:
             if call.method in ("WriteDataPacket", "WriteDataPackets", "WriteInfoPacket"):
                 call.request = None  # its packets are recorded on their own
             self._state.apply_rpc(call)
-            self._state.write(call.to_json())
+            self._state.write(call.to_json)
 
     def _cancelled(self, call: RecordedCall, context: Any) -> None:
         remaining = context.time_remaining()
@@ -1088,7 +1089,7 @@ class AtlasEmulator:
             )
             call.packets += 1
             self._state.write(
-                {
+                lambda: {
                     "kind": "info",
                     "seq": seq,
                     "rpc": call.method,
