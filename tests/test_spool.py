@@ -75,3 +75,30 @@ def test_a_streamer_for_other_destinations_leaves_the_stream_alone(
     other = streamer_factory(endpoint="http://elsewhere.test", spool_dir=tmp_path, clock_sync=False)
     assert other.recovered_streams() == []
     assert [r.data_id for r in spool.status(tmp_path)] == [data_id]
+
+
+def test_spool_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from labstream.cli import main
+
+    with run_in_thread(api_key=API_KEY, faults=FaultPlan(down=True)) as emu:
+        data_id = leave_pending(emu.url, tmp_path, 2)
+        assert main(["spool", "status", "--spool-dir", str(tmp_path)]) == 0
+        assert data_id in capsys.readouterr().out
+        assert main(["spool", "purge", data_id, "--spool-dir", str(tmp_path)]) == 2  # no --yes
+        emu.faults = FaultPlan()
+        code = main(
+            [
+                "spool",
+                "resume",
+                "--spool-dir",
+                str(tmp_path),
+                "--api-key",
+                API_KEY,
+                "--timeout",
+                "10",
+            ]
+        )
+        assert code == 0
+        assert emu.streams[data_id].finalized
+    assert main(["spool", "status", "--spool-dir", str(tmp_path)]) == 0
+    assert "empty" in capsys.readouterr().out

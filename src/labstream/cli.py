@@ -1,13 +1,91 @@
-"""The ``labstream`` command: the demo, the local emulators and the ATLAS protocol report.
+"""The ``labstream`` command: push instrument logs, check destinations, show the configuration,
+and run the demo, the local emulators and the ATLAS protocol report.
 
-argparse keeps the CLI dependency-free; each subcommand is a thin call into the library.
+argparse keeps the CLI dependency-free; each subcommand is a thin layer over the library and the
+CLI's own modules: :mod:`labstream.config` (what to connect to), :mod:`labstream.logfiles` (what
+to send), :mod:`labstream.progress` (what was achieved). Whatever goes wrong is said in a sentence
+with a distinct exit code, never as a traceback: 0 everything done, 1 a destination did not get
+everything (or a check failed), 2 bad input or usage, 130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import math
+import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+if TYPE_CHECKING:
+    from . import StreamReport, TimeseriesStreamer
+    from .config import Resolved
+    from .logfiles import LogFile, ScanResult
+    from .progress import Part, ProgressView, PushState
+
+EXIT_OK = 0
+EXIT_INCOMPLETE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # SIGTERM
+
+#: Test seam: called with the number of chunks pushed so far after each chunk of ``push``.
+#: Tests raise KeyboardInterrupt from it to interrupt a push deterministically.
+AFTER_CHUNK: Callable[[int], None] | None = None
+
+
+class _UsageError(Exception):
+    """A problem to report in words, with the exit code it deserves."""
+
+    def __init__(self, message: str, code: int = EXIT_USAGE) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _say(message: str, stream: TextIO | None = None) -> None:
+    print(message, file=stream or sys.stderr, flush=True)
+
+
+class _LogToStderr(logging.Handler):
+    """The library's log lines on the current ``sys.stderr`` (rich's live display redirects it),
+    one line each: tracebacks only with ``--verbose``."""
+
+    def __init__(self, verbose: bool) -> None:
+        super().__init__(logging.DEBUG if verbose else logging.WARNING)
+        self.verbose = verbose
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record) if self.verbose else f"{record.name}: {record.getMessage()}"
+            print(text, file=sys.stderr, flush=True)
+        except Exception:  # logging must never break the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _library_logging(verbose: bool) -> Iterator[None]:
+    logger = logging.getLogger("labstream")
+    handler = _LogToStderr(verbose)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    saved = logger.level
+    logger.addHandler(handler)
+    if verbose:
+        logger.setLevel(logging.DEBUG)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(saved)
+
+
+# --------------------------------------------------------------------------------------------------
+# Existing subcommands: demo, emulators, ATLAS report
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -63,12 +141,974 @@ def _atlas_report(args: argparse.Namespace) -> int:
     return 0 if all(r.ok for r in reports) else 1
 
 
+# --------------------------------------------------------------------------------------------------
+# Configuration and destinations (shared by push, check, config show)
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    """Command-line values by config key; None where the flag was not given."""
+    atlas = getattr(args, "atlas", None)
+    flags: dict[str, object] = {
+        "atomscale.endpoint": getattr(args, "endpoint", None),
+        "atomscale.api_key": getattr(args, "api_key", None),
+        "atlas.address": atlas if isinstance(atlas, str) else None,
+        "atlas.key_generator": getattr(args, "atlas_key_generator", None),
+    }
+    for key, attr in (
+        ("push.points_per_chunk", "points_per_chunk"),
+        ("push.project", "project"),
+        ("push.physical_sample", "physical_sample"),
+        ("push.timezone", "timezone"),
+        ("push.finalize_timeout", "finalize_timeout"),
+        ("push.max_pending_chunks", "max_pending_chunks"),
+        ("push.stall_timeout", "stall_timeout"),
+    ):
+        flags[key] = getattr(args, attr, None)
+    tags = getattr(args, "tag", None)
+    flags["push.tags"] = list(tags) if tags else None
+    return flags
+
+
+def _resolve(args: argparse.Namespace) -> Resolved:
+    from .config import ConfigError, resolve
+
+    try:
+        return resolve(_flags(args), config_file=getattr(args, "config", None))
+    except ConfigError as exc:
+        raise _UsageError(f"configuration: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class _Destinations:
+    atomscale: bool
+    atlas: bool
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, on in (("atomscale", self.atomscale), ("atlas", self.atlas)) if on]
+
+
+def _select(args: argparse.Namespace, cfg: Resolved, *, required: bool = True) -> _Destinations:
+    """The destinations asked for (``--atomscale``/``--atlas``), else every configured one.
+
+    Raises:
+        _UsageError: a destination asked for is not configured, or none is (when ``required``).
+    """
+    want_atomscale = bool(getattr(args, "atomscale", False))
+    want_atlas = getattr(args, "atlas", None) is not None
+    if not (want_atomscale or want_atlas):
+        chosen = _Destinations(cfg.atomscale_configured, cfg.atlas_configured)
+        if required and not (chosen.atomscale or chosen.atlas):
+            raise _UsageError(
+                "no destination configured: set AS_API_KEY (Atomscale) and/or LABSTREAM_ATLAS "
+                "(ATLAS host:port), or give --atlas HOST:PORT, or write them in labstream.toml "
+                "(see `labstream config show` and docs/configuration.md)"
+            )
+        return chosen
+    if want_atomscale and not cfg["atomscale.api_key"]:
+        raise _UsageError(
+            "--atomscale needs an API key: set AS_API_KEY (or ATOMSCALE_API_KEY), or api_key "
+            "in the [atomscale] section of labstream.toml"
+        )
+    if want_atlas and not cfg["atlas.address"]:
+        raise _UsageError(
+            "--atlas needs an address: give --atlas HOST:PORT, set LABSTREAM_ATLAS, or "
+            "address in the [atlas] section of labstream.toml"
+        )
+    return _Destinations(want_atomscale, want_atlas)
+
+
+def _atlas_settings(cfg: Resolved) -> Any:
+    from . import Atlas
+
+    try:
+        return Atlas(
+            address=cfg["atlas.address"],
+            key_generator_address=cfg["atlas.key_generator"],
+            data_source=cfg["atlas.data_source"],
+            stream=cfg["atlas.stream"],
+            application_name=cfg["atlas.application_name"],
+        )
+    except (ValueError, TypeError) as exc:
+        raise _UsageError(f"ATLAS settings: {exc}") from None
+
+
+def _identities(cfg: Resolved, dests: _Destinations) -> dict[str, str]:
+    """Each destination as a string naming where its data goes (never the API key)."""
+    out: dict[str, str] = {}
+    if dests.atomscale:
+        out["atomscale"] = str(cfg["atomscale.endpoint"]).rstrip("/")
+    if dests.atlas:
+        atlas = _atlas_settings(cfg)
+        out["atlas"] = f"{atlas.address}/{atlas.data_source}/{atlas.stream}"
+    return out
+
+
+@contextlib.contextmanager
+def _hidden(names: Sequence[str]) -> Iterator[None]:
+    """Hide environment variables while the streamer reads its defaults.
+
+    The CLI resolves destinations itself (flags, env, files); the library would otherwise add
+    Atomscale from AS_API_KEY, or ATLAS from LABSTREAM_ATLAS, when the user chose the other one.
+    """
+    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
+    from . import TimeseriesStreamer
+    from .config import ENV_VARS
+
+    atlas = _atlas_settings(cfg) if dests.atlas else None
+    try:
+        with _hidden(ENV_VARS):
+            return TimeseriesStreamer(
+                api_key=cfg["atomscale.api_key"] if dests.atomscale else None,
+                endpoint=cfg["atomscale.endpoint"],
+                points_per_chunk=cfg["push.points_per_chunk"],
+                atlas=atlas,
+                finalize_timeout=cfg["push.finalize_timeout"],
+                clock_sync=bool(cfg["atomscale.clock_sync"]),
+            )
+    except (ValueError, TypeError) as exc:
+        raise _UsageError(f"cannot start streaming: {exc}") from None
+
+
+def _timezone(name: str | None) -> tzinfo | None:
+    if not name:
+        return None
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise _UsageError(
+            f"unknown timezone {name!r}: use an IANA name such as Europe/Berlin or UTC "
+            "(on Windows, `pip install tzdata` provides them)"
+        ) from None
+
+
+def _local_zone_text() -> str:
+    now = datetime.now().astimezone()
+    offset = now.strftime("%z")
+    return f"{now.tzname()}, UTC{offset[:3]}:{offset[3:]}"
+
+
+# --------------------------------------------------------------------------------------------------
+# labstream config show
+
+
+def _config_show(args: argparse.Namespace) -> int:
+    print(_resolve(args).format())
+    return EXIT_OK
+
+
+# --------------------------------------------------------------------------------------------------
+# labstream check
+
+
+def _check(args: argparse.Namespace) -> int:
+    cfg = _resolve(args)
+    dests = _select(args, cfg)
+    ok = True
+    if dests.atomscale:
+        ok &= _check_atomscale(
+            str(cfg["atomscale.endpoint"]),
+            str(cfg["atomscale.api_key"]),
+            cfg.source("atomscale.api_key"),
+            args.timeout,
+        )
+    if dests.atlas:
+        ok &= _check_atlas(_atlas_settings(cfg), args.timeout)
+    print("all destinations ok" if ok else "some destinations have problems (see above)")
+    return EXIT_OK if ok else EXIT_INCOMPLETE
+
+
+def _result(ok: bool, text: str) -> bool:
+    print(f"  {'ok  ' if ok else 'FAIL'} {text}", flush=True)
+    return ok
+
+
+def _key_refused(status: int, key_source: str) -> str:
+    if status == 401:
+        return "the server asked for an API key and did not get one (401)"
+    return (
+        f"the API key ({key_source}) was refused (403 Forbidden): check that it is current and "
+        "belongs to this endpoint's account"
+    )
+
+
+def _http_problem(base: str, exc: Exception, timeout: float) -> str:
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no answer from {base} within {timeout:g} s (network, proxy or firewall?)"
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return f"{base!r} is not a usable URL ({exc}); e.g. https://api.atomscale.ai"
+    if isinstance(exc, httpx.ConnectError):
+        text = str(exc)
+        if "CERTIFICATE" in text.upper() or "SSL" in text.upper():
+            return f"TLS problem talking to {base}: {text}"
+        if "refused" in text.lower():
+            return f"cannot connect to {base}: connection refused (wrong port, or not running?)"
+        return f"cannot connect to {base}: {text or type(exc).__name__} (is the host name right?)"
+    return f"request to {base} failed: {exc or type(exc).__name__}"
+
+
+def _check_atomscale(endpoint: str, api_key: str, key_source: str, timeout: float) -> bool:
+    """Reachability and clock (GET /gateway/time), then the key (an authenticated GET)."""
+    import httpx
+
+    base = endpoint.rstrip("/")
+    print(f"atomscale  {base}")
+    with httpx.Client(timeout=timeout, headers={"X-API-KEY": api_key}) as client:
+        sent = time.time()
+        try:
+            answer = client.get(f"{base}/gateway/time", headers={"Cache-Control": "no-store"})
+        except httpx.HTTPError as exc:
+            return _result(False, _http_problem(base, exc, timeout))
+        received = time.time()
+        if answer.status_code in (401, 403):
+            return _result(False, _key_refused(answer.status_code, key_source))
+        if answer.status_code != 200:
+            return _result(
+                False,
+                f"GET /gateway/time answered {answer.status_code}: is {base} the Atomscale API "
+                "(e.g. https://api.atomscale.ai)?"
+                + (" The service may be down; try later." if answer.status_code >= 500 else ""),
+            )
+        try:
+            body = answer.json()
+            server_rx = float(body["receivedAtUnixMs"]) / 1000.0
+            server_tx = float(body["transmittedAtUnixMs"]) / 1000.0
+        except (ValueError, KeyError, TypeError):
+            return _result(
+                False,
+                f"GET /gateway/time did not answer like Atomscale: is {base} the API URL?",
+            )
+        offset = ((server_rx - sent) + (server_tx - received)) / 2.0
+        rtt_ms = (received - sent) * 1000.0
+        side = "behind" if offset > 0 else "ahead of"
+        _result(
+            True,
+            f"reachable: GET /gateway/time answered in {rtt_ms:.0f} ms; this host's clock is "
+            f"{abs(offset):.3f} s {side} the gateway's (labstream corrects it)",
+        )
+        try:
+            answer = client.get(f"{base}/instruments/synthesis")
+        except httpx.HTTPError as exc:
+            return _result(False, _http_problem(base, exc, timeout))
+        if answer.status_code in (401, 403):
+            return _result(False, _key_refused(answer.status_code, key_source))
+        if answer.status_code != 200:
+            return _result(
+                False, f"GET /instruments/synthesis answered {answer.status_code}: {answer.text}"
+            )
+        return _result(True, f"API key accepted ({key_source})")
+
+
+def _grpc_problem(what: str, address: str, exc: Any, timeout: float) -> str:
+    import grpc
+
+    code = exc.code()
+    details = exc.details() or ""
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return (
+            f"cannot reach the {what} at {address} ({details}): is it running, and are host "
+            "and port right?"
+        )
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            f"no answer from the {what} at {address} within {timeout:g} s "
+            "(a firewall, a wrong port, or a stalled server?)"
+        )
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return f"{address} speaks gRPC but is not an ATLAS {what} (UNIMPLEMENTED): wrong port?"
+    return f"the {what} at {address} answered {code.name}: {details}"
+
+
+def _check_atlas(settings: Any, timeout: float) -> bool:
+    """The Stream API (GetCurrentSessions) and the key generator (GenerateUniqueKey)."""
+    import grpc
+
+    from ._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
+    from ._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
+
+    print(
+        f"atlas      {settings.address} (key generator {settings.key_generator_address}, "
+        f"data source {settings.data_source})"
+    )
+
+    def channel(address: str) -> Any:
+        if settings.tls:
+            creds = grpc.ssl_channel_credentials(root_certificates=settings.root_certificates)
+            return grpc.secure_channel(address, creds)
+        return grpc.insecure_channel(address)
+
+    ok = True
+    with channel(settings.address) as api:
+        stub = api_pb2_grpc.SessionManagementServiceStub(api)
+        request = api_pb2.GetCurrentSessionsRequest(data_source=settings.data_source)
+        try:
+            reply = stub.GetCurrentSessions(request, timeout=timeout)
+        except grpc.RpcError as exc:
+            ok = _result(False, _grpc_problem("Stream API", settings.address, exc, timeout))
+        else:
+            if reply.success:
+                _result(
+                    True,
+                    f"Stream API answers: {len(reply.session_keys)} current session(s) in data "
+                    f"source {settings.data_source!r}",
+                )
+            else:
+                ok = _result(False, "the Stream API answered GetCurrentSessions with success=false")
+    with channel(settings.key_generator_address) as keys:
+        key_stub = key_generator_pb2_grpc.UniqueKeyGeneratorServiceStub(keys)
+        key_request = key_generator_pb2.GenerateUniqueKeyRequest(
+            type=key_generator_pb2.KEY_TYPE_STRING
+        )
+        try:
+            key_reply = key_stub.GenerateUniqueKey(key_request, timeout=timeout)
+        except grpc.RpcError as exc:
+            ok = _result(
+                False,
+                _grpc_problem("key generator", settings.key_generator_address, exc, timeout),
+            )
+        else:
+            if key_reply.string_key:
+                _result(True, "key generator answers")
+            else:
+                ok = _result(False, "the key generator answered without a key")
+    return ok
+
+
+# --------------------------------------------------------------------------------------------------
+# labstream push
+
+
+class _StalledError(Exception):
+    """A destination confirmed nothing for ``stall_timeout`` seconds while holding chunks."""
+
+
+@dataclass(slots=True)
+class _Planned:
+    log: LogFile
+    scan: ScanResult
+    stream_name: str
+
+
+def _read_options(args: argparse.Namespace, cfg: Resolved) -> Any:
+    from .logfiles import ReadOptions, parse_instant
+
+    tz = _timezone(cfg["push.timezone"])
+    start: float | None = None
+    if args.start is not None:
+        try:
+            start = parse_instant(args.start, tz)
+        except ValueError as exc:
+            raise _UsageError(f"--start: {exc}") from None
+    return ReadOptions(
+        time_column=args.time_column,
+        time_format=args.time_format,
+        timezone=tz,
+        start=start,
+        channels=tuple(args.channel or ()),
+        delimiter=args.delimiter,
+        encoding=args.encoding,
+    )
+
+
+def _stream_name(args: argparse.Namespace, path: Path) -> str:
+    if args.stream_name and len(args.files) > 1:
+        return f"{args.stream_name} - {path.stem}"
+    return str(args.stream_name or path.stem)
+
+
+def _describe(plan: _Planned, cfg: Resolved) -> str:
+    log, scan = plan.log, plan.scan
+    parts = [f"{log.path}: {scan.rows:,} rows, time column {log.time_column!r} ({log.time_format})"]
+    if scan.first_time is not None and scan.last_time is not None:
+        first = datetime.fromtimestamp(scan.first_time).astimezone().isoformat(timespec="seconds")
+        span = scan.last_time - scan.first_time
+        parts.append(f"  from {first}, {span:,.1f} s")
+    chans = ", ".join(c.name + (f" [{c.units}]" if c.units else "") for c in log.channels)
+    parts.append(f"  channels: {chans}")
+    if log.skipped_columns:
+        parts.append("  not numbers, skipped: " + ", ".join(map(repr, log.skipped_columns)))
+    if scan.naive_times:
+        zone = cfg["push.timezone"] or f"local time ({_local_zone_text()})"
+        parts.append(
+            f"  note: the times have no timezone; read as {zone}. Use --timezone to choose."
+        )
+    return "\n".join(parts)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from .logfiles import LogFileError, open_log
+
+    cfg = _resolve(args)
+    options = _read_options(args, cfg)
+    plans: list[_Planned] = []
+    bad = 0
+    for name in args.files:
+        try:
+            log = open_log(name, options)
+            scan = log.scan()
+        except LogFileError as exc:
+            _say(f"error: {exc}")
+            bad += 1
+            continue
+        plan = _Planned(log, scan, _stream_name(args, Path(name)))
+        plans.append(plan)
+        if not args.quiet:
+            _say(_describe(plan, cfg))
+    if bad:
+        _say(f"{bad} file(s) cannot be read as asked; nothing was sent.")
+        return EXIT_USAGE
+    if args.dry_run:
+        _say("dry run: nothing was sent.")
+        return EXIT_OK
+    dests = _select(args, cfg)
+    identities = _identities(cfg, dests)
+    streamer = _make_streamer(cfg, dests)
+    code = EXIT_OK
+    try:
+        for plan in plans:
+            code = max(code, _push_file(streamer, plan, cfg, args, identities))
+            if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+                break
+    finally:
+        streamer.close(timeout=cfg["push.finalize_timeout"])
+    return code
+
+
+def _state_for(
+    plan: _Planned, cfg: Resolved, identities: dict[str, str], options: Any, ppc: int
+) -> PushState:
+    from .config import user_state_dir
+    from .progress import PushState
+
+    log = plan.log
+    identity = {
+        "file": str(log.path.resolve()),
+        "size": log.size,
+        "mtime_ns": log.mtime_ns,
+        "destinations": sorted(f"{k}={v}" for k, v in identities.items()),
+        "time": [log.time_column, log.time_format, str(options.timezone), options.start],
+        "channels": [[c.name, c.column, c.units] for c in log.channels],
+        "points_per_chunk": ppc,
+    }
+    return PushState.load_or_new(
+        user_state_dir() / "push",
+        identity,
+        file=str(log.path.resolve()),
+        size=log.size,
+        mtime_ns=log.mtime_ns,
+        destinations=sorted(identities),
+        total_chunks=math.ceil(plan.scan.rows / ppc),
+        total_rows=plan.scan.rows,
+        points_per_chunk=ppc,
+    )
+
+
+def _when(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="seconds")
+
+
+def _explain_resume(state: PushState, first: int, log: LogFile) -> str:
+    ppc = state.points_per_chunk
+    previous = state.parts[-1]
+    lines = [
+        f"{log.path}: resuming the push of {_when(previous.started_at)} "
+        f"(stream {previous.data_id})."
+    ]
+    if first:
+        lines.append(
+            f"  rows 1-{min(first * ppc, state.total_rows):,} were confirmed by every "
+            "destination and are not sent again."
+        )
+    else:
+        lines.append("  no row was confirmed by every destination: every row is sent again.")
+    if first < state.total_chunks:
+        lines.append(
+            f"  rows {first * ppc + 1:,}-{state.total_rows:,} go to a NEW stream: this version "
+            "of labstream cannot reopen a stream created by another run."
+        )
+    for dest, mark in state.settled.items():
+        if mark > first:
+            lines.append(
+                f"  {dest} had also confirmed rows up to {min(mark * ppc, state.total_rows):,}: "
+                "those rows will be in both streams there."
+            )
+    if not previous.finalized:
+        lines.append(
+            f"  stream {previous.data_id} was not closed everywhere by the earlier run; "
+            "labstream's journal finishes it if it still holds its data."
+        )
+    return "\n".join(lines)
+
+
+def _push_file(
+    streamer: TimeseriesStreamer,
+    plan: _Planned,
+    cfg: Resolved,
+    args: argparse.Namespace,
+    identities: dict[str, str],
+) -> int:
+    from .errors import LabstreamError, StreamStateError
+    from .logfiles import LogFileError
+    from .progress import Part, ProgressView
+
+    log, scan = plan.log, plan.scan
+    ppc = streamer.points_per_chunk
+    state = _state_for(plan, cfg, identities, log.options, ppc)
+    if args.restart:
+        state.forget()
+        state = _state_for(plan, cfg, identities, log.options, ppc)
+    if state.complete:
+        ids = ", ".join(p.data_id for p in state.parts)
+        _say(
+            f"{log.path}: already pushed completely to {', '.join(state.destinations)} "
+            f"({_when(state.updated_at)}, stream {ids}); nothing to do. "
+            "Use --restart to push it again as a new stream."
+        )
+        return EXIT_OK
+    if scan.rows == 0:
+        _say(f"{log.path}: no data rows; nothing to push.")
+        return EXIT_OK
+    notes = _settle_adopted(streamer, state, min(10.0, float(cfg["push.finalize_timeout"])))
+    first = state.resume_from
+    if state.parts:
+        _say("\n".join([_explain_resume(state, first, log), *notes]))
+    if first >= state.total_chunks:
+        state.complete = True
+        state.save()
+        _say(f"{log.path}: every row was already confirmed by every destination.")
+        return EXIT_OK if not any(state.rejected.values()) else EXIT_INCOMPLETE
+    name = plan.stream_name
+    if state.parts:
+        name = f"{name} (from row {first * ppc + 1})"
+    tags = cfg["push.tags"] or None
+    try:
+        data_id = streamer.initialize(
+            name,
+            physical_sample=cfg["push.physical_sample"],
+            project_id=cfg["push.project"],
+            tags=tags,
+        )
+    except LabstreamError as exc:
+        _say(f"error: cannot create the stream for {log.path}: {exc}")
+        return EXIT_INCOMPLETE
+    part = Part(data_id, first, name, time.time())
+    state.parts.append(part)
+    state.save()
+    rows_now = scan.rows - first * ppc
+    totals = {d: rows_now * len(log.channels) for d in identities}
+    view = ProgressView(
+        f"{log.path.name} ({data_id})",
+        totals,
+        enabled=not (args.quiet or args.no_progress),
+    )
+    tracker = _Tracker(streamer, data_id, state, part, view, cfg)
+    code = EXIT_OK
+    try:
+        try:
+            for index, batch in enumerate(log.batches(ppc)):
+                if index < first:
+                    continue
+                payload = {
+                    c.name: {"timestamps": batch.timestamps, "values": batch.values[c.name]}
+                    | ({"units": c.units} if c.units else {})
+                    for c in log.channels
+                }
+                try:
+                    streamer.push_multi(data_id, index - first, payload)
+                except StreamStateError:
+                    raise
+                except (ValueError, TypeError) as exc:
+                    raise LogFileError(
+                        log.path,
+                        f"rows up to {log.row_word} {batch.last_line} cannot be sent: {exc}",
+                        line=batch.first_line,
+                        row_word=log.row_word,
+                    ) from None
+                part.chunks_pushed += 1
+                if AFTER_CHUNK is not None:
+                    AFTER_CHUNK(part.chunks_pushed)
+                tracker.after_push()
+            tracker.drain()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            # SystemExit: SIGTERM, which the streamer turns into SystemExit(143).
+            code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+            _say(
+                f"\ninterrupted: finalizing stream {data_id} (waiting up to "
+                f"{cfg['push.finalize_timeout']:g} s for unconfirmed chunks; Ctrl-C again to "
+                "stop at once)"
+            )
+        except LogFileError as exc:
+            code = EXIT_USAGE
+            _say(f"error: {exc}")
+        except _StalledError as exc:
+            code = EXIT_INCOMPLETE
+            _say(f"error: {exc}")
+    finally:
+        report = tracker.finish(code)
+        view.close()
+    print(_summary(state, report, log, totals))
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        _say("Run the same command again to resume where this run stopped.")
+        return code
+    if code == EXIT_OK and not state.complete:
+        code = EXIT_INCOMPLETE
+        _say(
+            f"{log.path}: not every destination confirmed every row; run the same command again "
+            "to send the rest."
+        )
+    return code
+
+
+def _summary(state: PushState, report: StreamReport, log: LogFile, totals: dict[str, int]) -> str:
+    from .progress import summary_table
+
+    part = state.parts[-1]
+    earlier_rows = part.first_chunk * state.points_per_chunk
+    earlier = {d: min(earlier_rows, state.total_rows) * len(log.channels) for d in totals}
+    table = summary_table(report, earlier=earlier if part.first_chunk else None, totals=totals)
+    return table
+
+
+def _settle_adopted(streamer: TimeseriesStreamer, state: PushState, wait_s: float) -> list[str]:
+    """Count what labstream's journal holds or delivered for the previous run's stream.
+
+    When the earlier run ended with chunks unconfirmed, the streamer (same journal, same
+    destinations) adopts that stream at start and delivers them there. A destination is settled
+    up to everything that run pushed when the journal delivered it all, or when the journal still
+    holds every chunk not yet confirmed (it will deliver them to that stream; sending them again
+    to a new stream would duplicate them). Returns notes for the user.
+    """
+    from .errors import StreamStateError
+
+    if not state.parts:
+        return []
+    previous = state.parts[-1]
+    try:
+        report = streamer.report(previous.data_id)
+    except StreamStateError:
+        return []  # not in the journal: nothing of it is pending
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if all(d.chunks_pending == 0 for d in report.destinations.values()):
+            break
+        time.sleep(0.05)
+        report = streamer.report(previous.data_id)
+    mark = previous.first_chunk + previous.chunks_pushed
+    notes = []
+    for name, rep in report.destinations.items():
+        before = state.settled.get(name, 0)
+        if before >= mark:
+            continue
+        unconfirmed = mark - max(before, previous.first_chunk)
+        rejected = [previous.first_chunk + r.chunk_index for r in rep.rejections]
+        if rep.chunks_pending == 0 and rep.chunks_dropped == 0:
+            state.settle(name, mark, rejected)
+        elif rep.chunks_pending == rep.chunks_accepted == unconfirmed and not rep.chunks_dropped:
+            state.settle(name, mark, rejected)
+            notes.append(
+                f"  {name}: labstream's journal still holds the last {unconfirmed} chunk(s) of "
+                f"stream {previous.data_id} and delivers them there; they are not sent again."
+            )
+    state.save()
+    return notes
+
+
+class _Tracker:
+    """Follows one stream's delivery from its reports: progress, back-pressure, resume marks."""
+
+    POLL_S = 0.1
+    POLL_CHUNKS = 16
+    CHECKPOINT_S = 30.0  # drain at least this often, so a crash loses little of the resume mark
+    SAVE_S = 1.0
+
+    def __init__(
+        self,
+        streamer: TimeseriesStreamer,
+        data_id: str,
+        state: PushState,
+        part: Part,
+        view: ProgressView,
+        cfg: Resolved,
+    ) -> None:
+        self.streamer = streamer
+        self.data_id = data_id
+        self.state = state
+        self.part = part
+        self.view = view
+        self.cap = int(cfg["push.max_pending_chunks"])
+        self.stall_s = float(cfg["push.stall_timeout"])
+        self.finalize_s = float(cfg["push.finalize_timeout"])
+        now = time.monotonic()
+        self.last_poll = now
+        self.polled_at_chunk = 0
+        self.last_checkpoint = now
+        self.last_save = now
+        self.progress: dict[str, tuple[int, float]] = {}
+
+    def poll(self) -> StreamReport:
+        report = self.streamer.report(self.data_id)
+        now = time.monotonic()
+        self.last_poll = now
+        self.polled_at_chunk = self.part.chunks_pushed
+        self.view.update(report)
+        for name, rep in report.destinations.items():
+            done = rep.chunks_delivered + rep.chunks_rejected + rep.chunks_dropped
+            if self.progress.get(name, (-1, 0.0))[0] != done:
+                self.progress[name] = (done, now)
+        if self._settle(report) and now - self.last_save >= self.SAVE_S:
+            self.state.save()
+            self.last_save = now
+        return report
+
+    def _settle(self, report: StreamReport) -> bool:
+        pushed = self.part.chunks_pushed
+        moved = False
+        for name, rep in report.destinations.items():
+            if rep.chunks_accepted == pushed and rep.chunks_pending == 0 and not rep.chunks_dropped:
+                rejected = [self.part.first_chunk + r.chunk_index for r in rep.rejections]
+                moved |= self.state.settle(name, self.part.first_chunk + pushed, rejected)
+        return moved
+
+    def _check_stall(self, report: StreamReport) -> None:
+        now = time.monotonic()
+        for name, rep in report.destinations.items():
+            since = self.progress.get(name, (0, now))[1]
+            if rep.chunks_pending and now - since > self.stall_s:
+                why = f" (last error: {rep.last_error})" if rep.last_error else ""
+                raise _StalledError(
+                    f"{name} confirmed nothing for {self.stall_s:g} s with "
+                    f"{rep.chunks_pending} chunks pending{why}; stopping. Run the same command "
+                    "again later to send the rest."
+                )
+
+    def _wait_until(self, limit: int) -> None:
+        report = self.poll()
+        while max((d.chunks_pending for d in report.destinations.values()), default=0) > limit:
+            self._check_stall(report)
+            time.sleep(0.02)
+            report = self.poll()
+
+    def after_push(self) -> None:
+        now = time.monotonic()
+        if (
+            now - self.last_poll < self.POLL_S
+            and self.part.chunks_pushed - self.polled_at_chunk < self.POLL_CHUNKS
+        ):
+            return
+        report = self.poll()
+        if max((d.chunks_pending for d in report.destinations.values()), default=0) >= self.cap:
+            self._wait_until(self.cap // 2)
+        if now - self.last_checkpoint >= self.CHECKPOINT_S:
+            self._wait_until(0)
+            self.last_checkpoint = time.monotonic()
+
+    def drain(self) -> None:
+        self._wait_until(0)
+        self.view.update(self.streamer.report(self.data_id), force=True)
+
+    def finish(self, code: int) -> StreamReport:
+        """Finalize the stream (a second Ctrl-C gives up waiting) and record what settled."""
+        stopped = (EXIT_OK, EXIT_INTERRUPTED, EXIT_TERMINATED)
+        timeout = self.finalize_s if code in stopped else min(self.finalize_s, 5.0)
+        try:
+            report = self.streamer.finalize(self.data_id, timeout)
+        except KeyboardInterrupt:
+            _say("stopped waiting; what is unconfirmed stays in labstream's journal")
+            report = self.streamer.report(self.data_id)
+        self.view.update(report, force=True)
+        self._settle(report)
+        self.part.finalized = all(d.closed for d in report.destinations.values())
+        self.state.complete = (
+            self.part.finalized
+            and all(
+                self.state.settled.get(d, 0) >= self.state.total_chunks
+                for d in self.state.destinations
+            )
+            and not any(self.state.rejected.values())
+        )
+        self.state.save()
+        return report
+
+
+# --------------------------------------------------------------------------------------------------
+# The parser
+
+
+def _add_config_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help="read this config file only (default: the user's labstream.toml, then "
+        "./labstream.toml; or LABSTREAM_CONFIG)",
+    )
+
+
+def _add_destination_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "destinations",
+        "Without --atomscale or --atlas, every configured destination is used.",
+    )
+    group.add_argument("--atomscale", action="store_true", help="use Atomscale")
+    group.add_argument("--endpoint", metavar="URL", help="Atomscale API base URL")
+    group.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="Atomscale API key; prefer AS_API_KEY (a flag shows in the process list)",
+    )
+    group.add_argument(
+        "--atlas",
+        nargs="?",
+        const=True,
+        metavar="HOST:PORT",
+        help="use ATLAS, at this Stream API address or the configured one",
+    )
+    group.add_argument(
+        "--atlas-key-generator",
+        metavar="HOST:PORT",
+        help="ATLAS key generator (default: the Stream API host, port 15379)",
+    )
+    _add_config_arg(parser)
+    parser.add_argument(
+        "--verbose", "-v", action="store_true", help="show the library's log in detail"
+    )
+
+
+def _add_push_parser(sub: Any) -> None:
+    push = sub.add_parser(
+        "push",
+        help="stream CSV/Parquet instrument logs to the destinations",
+        description="Stream instrument logs (CSV or Parquet) to Atomscale and/or ATLAS. Every "
+        "file is checked first; a bad file stops everything before anything is sent. A re-run "
+        "of an interrupted push resumes instead of sending rows twice.",
+    )
+    push.add_argument("files", nargs="+", metavar="FILE", help="CSV or Parquet log files")
+    time_group = push.add_argument_group("time")
+    time_group.add_argument("--time-column", metavar="NAME", help="default: found by name")
+    time_group.add_argument(
+        "--time-format",
+        choices=("auto", "epoch", "iso", "elapsed"),
+        default="auto",
+        help="how to read the time column (default: from its first value)",
+    )
+    time_group.add_argument(
+        "--timezone",
+        metavar="ZONE",
+        help="IANA timezone of datetimes without one, e.g. Europe/Berlin (default: local time)",
+    )
+    time_group.add_argument(
+        "--start",
+        metavar="WHEN",
+        help="instant of elapsed time 0 (ISO-8601 or epoch seconds), for elapsed-seconds logs",
+    )
+    data = push.add_argument_group("data")
+    data.add_argument(
+        "--channel",
+        action="append",
+        metavar="NAME=COLUMN[:UNITS]",
+        help="stream this column as this channel (repeatable; default: every numeric column)",
+    )
+    data.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: detected)")
+    data.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding")
+    stream = push.add_argument_group("stream")
+    stream.add_argument("--stream-name", metavar="NAME", help="default: the file name")
+    stream.add_argument("--physical-sample", metavar="SAMPLE", help="name or id")
+    stream.add_argument("--project", metavar="ID", help="Atomscale project id")
+    stream.add_argument("--tag", action="append", metavar="TAG", help="repeatable")
+    stream.add_argument("--points-per-chunk", type=int, metavar="N", help="rows per chunk")
+    run = push.add_argument_group("run")
+    run.add_argument("--finalize-timeout", type=float, metavar="S")
+    run.add_argument("--max-pending-chunks", type=int, metavar="N")
+    run.add_argument("--stall-timeout", type=float, metavar="S")
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget an earlier run of this command and push everything as a new stream",
+    )
+    run.add_argument("--dry-run", action="store_true", help="check the files; send nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    run.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
+    _add_destination_args(push)
+    push.set_defaults(func=_push)
+
+
+# --------------------------------------------------------------------------------------------------
+# labstream spool
+
+
+def _spool_status(args: argparse.Namespace) -> int:
+    from . import spool
+
+    directory = spool.spool_dir(args.spool_dir)
+    print(spool.format_status(spool.status(directory), directory))
+    return 0
+
+
+def _spool_resume(args: argparse.Namespace) -> int:
+    from . import spool
+
+    try:
+        reports = spool.resume(
+            spool.spool_dir(args.spool_dir), api_key=args.api_key, timeout_s=args.timeout, out=print
+        )
+    except ValueError as exc:
+        _say(f"labstream spool resume: {exc}", sys.stderr)
+        return 2
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _spool_purge(args: argparse.Namespace) -> int:
+    from . import spool
+
+    directory = spool.spool_dir(args.spool_dir)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            _say("labstream spool purge: confirm with --yes (no terminal to ask)", sys.stderr)
+            return 2
+        answer = input(f"Forget {args.data_id} and every undelivered point of it? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            _say("nothing purged")
+            return 1
+    removed = spool.purge(directory, args.data_id)
+    print(f"purged {args.data_id}: {removed} chunk(s) removed from {directory}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="labstream",
         description="Stream lab instrument time series to Atomscale (and ATLAS) without loss.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+
+    _add_push_parser(sub)
+
+    check = sub.add_parser(
+        "check", help="test connectivity and credentials of the configured destinations"
+    )
+    check.add_argument(
+        "--timeout", type=float, default=5.0, metavar="S", help="per request (default 5)"
+    )
+    _add_destination_args(check)
+    check.set_defaults(func=_check)
+
+    config = sub.add_parser("config", help="the configuration")
+    config_sub = config.add_subparsers(dest="action", required=True)
+    show = config_sub.add_parser(
+        "show", help="the resolved configuration, where each value comes from (key masked)"
+    )
+    _add_config_arg(show)
+    show.set_defaults(func=_config_show)
 
     demo = sub.add_parser(
         "demo", help="stream a simulated MBE growth to the local emulator, with faults"
@@ -115,12 +1155,37 @@ def build_parser() -> argparse.ArgumentParser:
     areport.add_argument("--json", action="store_true", help="machine-readable report")
     areport.add_argument("--verbose", action="store_true", help="also list passed checks")
     areport.set_defaults(func=_atlas_report)
+
+    spool_parser = sub.add_parser("spool", help="the durable journal of undelivered data")
+    spool_sub = spool_parser.add_subparsers(dest="action", required=True)
+    for name, func, text in (
+        ("status", _spool_status, "per stream and destination: what is still held"),
+        ("resume", _spool_resume, "deliver and finalize what a stopped process left"),
+        ("purge", _spool_purge, "forget a stream and everything held for it"),
+    ):
+        cmd = spool_sub.add_parser(name, help=text)
+        cmd.add_argument("--spool-dir", default=None, help="default: LABSTREAM_SPOOL_DIR or cache")
+        cmd.set_defaults(func=func)
+        if name == "resume":
+            cmd.add_argument("--api-key", default=None, help="default: AS_API_KEY (never stored)")
+            cmd.add_argument("--timeout", type=float, default=300.0, help="seconds per stream")
+        if name == "purge":
+            cmd.add_argument("data_id")
+            cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    code: int = args.func(args)
+    try:
+        with _library_logging(bool(getattr(args, "verbose", False))):
+            code: int = args.func(args)
+    except _UsageError as exc:
+        _say(f"error: {exc}")
+        return exc.code
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return EXIT_INTERRUPTED
     return code
 
 

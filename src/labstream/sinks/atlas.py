@@ -100,6 +100,7 @@ class _Run:
     closed: Closed | None = None
     formats_seen: int = 0
     opened: bool = False
+    ending: bool = False  # Finalize was fed: nothing more can go into this session
     resumed_last_seq: int = 0  # chunks up to this seq were in ATLAS before a crash
     # finalize() closes from its own task while the runner's worker may be mid-chunk: one at a time
     lock: anyio.Lock = field(default_factory=anyio.Lock)
@@ -183,6 +184,14 @@ class AtlasSink:
         run = self._runs[chunk.data_id]
         if chunk.seq <= run.resumed_last_seq:
             return  # written before the crash; the journal had not yet heard it was done
+        if run.ending:
+            raise RejectedError(
+                "the ATLAS session was already ended (finalize's deadline passed before this "
+                "chunk could be written)",
+                destination=NAME,
+                data_id=chunk.data_id,
+                chunk_index=chunk.chunk_index,
+            )
         await self._drive(run, chunk.data_id, chunk, lambda: ChunkReady(chunk))
         self._save_state(run, chunk.data_id, chunk.seq)
         reason = run.rejected.pop(chunk.chunk_index, None)
@@ -193,6 +202,10 @@ class AtlasSink:
 
     async def send_marker(self, marker: Marker) -> None:
         run = self._runs[marker.data_id]
+        if run.ending:
+            raise RejectedError(
+                "the ATLAS session was already ended", destination=NAME, data_id=marker.data_id
+            )
         event = MarkerAdded(
             marker.label,
             marker.timestamp_ns,
@@ -204,6 +217,7 @@ class AtlasSink:
 
     async def close_stream(self, stream: StreamInfo) -> None:
         run = self._run(stream.data_id)
+        run.ending = True
         termination = seconds_to_ns_scalar(self._now())
         await self._drive(run, stream.data_id, run.session, lambda: Finalize(termination))
         if run.closed is not None and not run.closed.ended:

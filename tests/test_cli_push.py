@@ -1,0 +1,417 @@
+"""``labstream push`` end to end: real files, the CLI in-process, both local emulators.
+
+Each test gets its own state, spool and config directories, so runs never see each other's
+resume state or journal; the emulators are shared by the module and each test looks only at the
+streams it created.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from labstream import cli
+from labstream.config import ENV_VARS
+from labstream.emulators.atlas import AtlasEmulator
+from labstream.emulators.atlas import run_in_thread as atlas_thread
+from labstream.emulators.atlas_checker import check_session
+from labstream.emulators.atomscale import AtomscaleEmulator
+from labstream.emulators.atomscale import run_in_thread as atomscale_thread
+
+T0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z
+
+
+@pytest.fixture(scope="module")
+def atomscale() -> Iterator[AtomscaleEmulator]:
+    with atomscale_thread() as emu:
+        yield emu
+
+
+@pytest.fixture(scope="module")
+def atlas() -> Iterator[AtlasEmulator]:
+    with atlas_thread() as emu:
+        yield emu
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for var in (*ENV_VARS, "LABSTREAM_CONFIG"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LABSTREAM_STATE_DIR", str(tmp_path / "state"))
+    monkeypatch.setenv("LABSTREAM_SPOOL_DIR", str(tmp_path / "spool"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("ATOMSCALE_SKIP_CLOCK_SYNC", "1")
+    monkeypatch.setenv("AS_API_KEY", "test-key-not-secret")
+    monkeypatch.chdir(tmp_path)
+    saved = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, saved)
+
+
+class Run:
+    def __init__(self, atomscale: AtomscaleEmulator, atlas: AtlasEmulator) -> None:
+        self.atomscale = atomscale
+        self.atlas = atlas
+
+    def __call__(self, *args: str, atlas: bool = True) -> int:
+        argv = ["push", *args, "--atomscale", "--endpoint", self.atomscale.url]
+        if atlas:
+            argv += [
+                "--atlas",
+                self.atlas.address,
+                "--atlas-key-generator",
+                self.atlas.key_generator_address,
+            ]
+        return cli.main([*argv, "--finalize-timeout", "10", "--stall-timeout", "5"])
+
+
+@pytest.fixture
+def push(atomscale: AtomscaleEmulator, atlas: AtlasEmulator) -> Run:
+    return Run(atomscale, atlas)
+
+
+class NewStreams:
+    """The streams each emulator received since the fixture was made."""
+
+    def __init__(self, atomscale: AtomscaleEmulator, atlas: AtlasEmulator) -> None:
+        self.atomscale = atomscale
+        self.atlas = atlas
+        self._before = set(atomscale.streams)
+        self._before_sessions = set(atlas.sessions)
+
+    def ids(self) -> list[str]:
+        return [d for d in self.atomscale.streams if d not in self._before]
+
+    def points(self, channel: str) -> tuple[list[float], list[float]]:
+        ts: list[float] = []
+        vals: list[float] = []
+        for data_id in self.ids():
+            t, v = self.atomscale.points(data_id, channel)
+            ts += t
+            vals += v
+        return ts, vals
+
+    def sessions(self) -> list[Any]:
+        return [s for k, s in self.atlas.sessions.items() if k not in self._before_sessions]
+
+    def atlas_values(self, channel: str) -> tuple[list[int], list[float]]:
+        ts: list[int] = []
+        vals: list[float] = []
+        for session in self.sessions():
+            report = check_session(session)
+            assert report.clean, report
+            param = report.parameters.get(f"{channel}:labstream")
+            if param is not None:
+                ts += list(param.timestamps_ns)
+                vals += list(param.values)
+        return ts, vals
+
+
+@pytest.fixture
+def new(atomscale: AtomscaleEmulator, atlas: AtlasEmulator) -> NewStreams:
+    return NewStreams(atomscale, atlas)
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def epoch_csv(path: Path, rows: int, *, step: float = 0.5) -> Path:
+    lines = ["time,substrate_temperature [C],pressure (mbar),operator"]
+    lines += [f"{T0 + i * step},{600 + i * 0.25},{1e-9 * (i + 1)},ann" for i in range(rows)]
+    return write(path, "\n".join(lines) + "\n")
+
+
+def same(a: list[float], b: list[float]) -> bool:
+    return len(a) == len(b) and all(
+        (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=0, abs_tol=1e-6)
+        for x, y in zip(a, b, strict=True)
+    )
+
+
+# -- good files ------------------------------------------------------------------------------------
+
+
+def test_epoch_csv_reaches_both_destinations(
+    push: Run, new: NewStreams, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = epoch_csv(tmp_path / "growth_42.csv", 250)
+    assert push(str(log), "--points-per-chunk", "100", "--tag", "mbe", "--no-progress") == 0
+    (data_id,) = new.ids()
+    stored = new.atomscale.streams[data_id]
+    assert stored.stream_name == "growth_42" and stored.finalized
+    assert stored.summary()["channels"]["substrate_temperature"]["units"] == "C"
+    ts, vals = new.points("substrate_temperature")
+    assert same(ts, [T0 + i * 0.5 for i in range(250)])
+    assert same(vals, [600 + i * 0.25 for i in range(250)])
+    atlas_ts, atlas_vals = new.atlas_values("pressure")
+    assert len(atlas_ts) == 250 and same(atlas_vals, [1e-9 * (i + 1) for i in range(250)])
+    out, err = capsys.readouterr()
+    assert "complete" in out and "INCOMPLETE" not in out
+    assert "skipped: 'operator'" in err
+
+
+def test_iso_with_offset(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    log = write(
+        tmp_path / "iso.csv",
+        "timestamp,T\n2024-05-01T10:00:00+02:00,1\n2024-05-01T10:00:01+02:00,2\n"
+        "2024-05-01T08:00:02Z,3\n",
+    )
+    assert push(str(log), "--quiet") == 0
+    assert new.points("T") == ([T0, T0 + 1, T0 + 2], [1.0, 2.0, 3.0])
+
+
+def test_naive_iso_is_local_time_and_says_so(
+    push: Run, new: NewStreams, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(
+        tmp_path / "naive.csv", "datetime,T\n2024-05-01 10:00:00,1\n2024-05-01 10:00:01.5,2\n"
+    )
+    assert push(str(log), "--no-progress") == 0
+    local = datetime(2024, 5, 1, 10).timestamp()
+    assert new.points("T")[0] == [local, local + 1.5]
+    assert "no timezone; read as local time" in capsys.readouterr().err
+
+
+def test_naive_iso_with_timezone(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    log = write(tmp_path / "naive.csv", "time,T\n2024-05-01T10:00:00,1\n")
+    assert push(str(log), "--timezone", "Europe/Berlin", "--quiet") == 0
+    assert new.points("T")[0] == [T0]  # 10:00 CEST = 08:00 UTC
+
+
+def test_elapsed_seconds_with_start(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    log = write(tmp_path / "run.csv", "elapsed_s,T\n0,1\n0.5,2\n1.25,3\n")
+    assert push(str(log), "--start", "2024-05-01T08:00:00Z", "--quiet") == 0
+    assert new.points("T")[0] == [T0, T0 + 0.5, T0 + 1.25]
+
+
+def test_parquet(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    pa = pytest.importorskip("pyarrow")
+    pq = pytest.importorskip("pyarrow.parquet")
+    n = 130
+    table = pa.table(
+        {
+            "timestamp": pa.array(
+                [int((T0 + i) * 1_000_000) for i in range(n)], pa.timestamp("us", tz="UTC")
+            ),
+            "temp": pa.array([600.0 + i for i in range(n)]),
+            "counts": pa.array(list(range(n)), pa.int32()),
+            "comment": pa.array(["x"] * n),
+        }
+    )
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path, row_group_size=50)
+    assert push(str(path), "--points-per-chunk", "40", "--quiet") == 0
+    (data_id,) = new.ids()
+    assert sorted(new.atomscale.streams[data_id].channels()) == ["counts", "temp"]
+    assert new.points("temp") == ([T0 + i for i in range(n)], [600.0 + i for i in range(n)])
+    assert new.points("counts")[1] == [float(i) for i in range(n)]
+
+
+def test_channel_mapping(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    log = epoch_csv(tmp_path / "m.csv", 5)
+    code = push(
+        str(log),
+        "--channel",
+        "Tsub=substrate_temperature [C]:K",
+        "--channel",
+        "pressure (mbar)",
+        "--quiet",
+    )
+    assert code == 0
+    (data_id,) = new.ids()
+    summary = new.atomscale.streams[data_id].summary()["channels"]
+    assert set(summary) == {"Tsub", "pressure"}
+    assert summary["Tsub"]["units"] == "K" and summary["pressure"]["units"] == "mbar"
+
+
+def test_several_files_each_get_a_stream(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    a = epoch_csv(tmp_path / "a.csv", 3)
+    b = epoch_csv(tmp_path / "b.csv", 4)
+    assert push(str(a), str(b), "--stream-name", "run 7", "--quiet") == 0
+    names = sorted(new.atomscale.streams[d].stream_name or "" for d in new.ids())
+    assert names == ["run 7 - a", "run 7 - b"]
+
+
+def test_dry_run_sends_nothing(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    assert push(str(epoch_csv(tmp_path / "d.csv", 3)), "--dry-run") == 0
+    assert new.ids() == []
+
+
+# -- bad files -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "extra", "expected"),
+    [
+        ("when,temp\n1714550400,1\n", (), ["line 1", "no time column found"]),
+        ("time,T\n1714550400,1\n1714550401,1\n1714550402,abc\n", (), ["line 4", "column 'T'"]),
+        ("time,T\n1714550400,1\n1714550402,2\n1714550401,3\n", (), ["line 4", "column 'time'"]),
+        ("time,T\n1714550400000,1\n", (), ["line 2", "column 'time'", "milliseconds"]),
+        ("time,T\n12.5,1\n", (), ["line 2", "column 'time'", "--start"]),
+        ("time,T\n2024-05-01T10:00:00,1\nlater,2\n", (), ["line 3", "column 'time'"]),
+        ("time,T\n1714550400,1,2,3\n", (), ["line 2", "fields"]),
+        ("time,T\n1714550400,1\n", ("--channel", "X=nope"), ["no column 'nope'"]),
+    ],
+)
+def test_bad_files_are_named_with_line_and_column(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    text: str,
+    extra: tuple[str, ...],
+    expected: list[str],
+) -> None:
+    log = write(tmp_path / "bad.csv", text)
+    good = epoch_csv(tmp_path / "good.csv", 3)
+    assert push(str(good), str(log), *extra) == 2
+    err = capsys.readouterr().err
+    assert f"{log}" in err and "Traceback" not in err
+    for piece in expected:
+        assert piece in err
+    assert "nothing was sent" in err
+    assert new.ids() == []  # the good file is not sent either
+
+
+def test_missing_file(push: Run, capsys: pytest.CaptureFixture[str]) -> None:
+    assert push("nowhere.csv") == 2
+    assert "nowhere.csv: no such file" in capsys.readouterr().err
+
+
+def test_no_destination_is_a_usage_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("AS_API_KEY")
+    assert cli.main(["push", str(epoch_csv(tmp_path / "x.csv", 2))]) == 2
+    assert "no destination configured" in capsys.readouterr().err
+
+
+# -- interruption and resume ---------------------------------------------------------------------
+
+
+def test_interrupt_then_rerun_resumes_without_duplicates(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows, ppc = 500, 10
+    log = epoch_csv(tmp_path / "long.csv", rows)
+
+    def interrupt_after_20(pushed: int) -> None:
+        if pushed == 20:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "AFTER_CHUNK", interrupt_after_20)
+    assert push(str(log), "--points-per-chunk", str(ppc), "--no-progress") == 130
+    (first_id,) = new.ids()
+    assert new.atomscale.streams[first_id].finalized  # Ctrl-C finalizes
+    assert len(new.points("pressure")[0]) == 20 * ppc
+    err = capsys.readouterr().err
+    assert "interrupted: finalizing" in err and "Run the same command again" in err
+
+    monkeypatch.setattr(cli, "AFTER_CHUNK", None)
+    assert push(str(log), "--points-per-chunk", str(ppc), "--no-progress") == 0
+    err = capsys.readouterr().err
+    assert "rows 1-200 were confirmed by every destination" in err
+    assert "go to a NEW stream" in err
+    assert len(new.ids()) == 2
+    ts, vals = new.points("pressure")
+    assert sorted(ts) == [T0 + i * 0.5 for i in range(rows)]  # every row once, none twice
+    assert same(sorted(vals), [1e-9 * (i + 1) for i in range(rows)])
+    atlas_ts, _ = new.atlas_values("substrate_temperature")
+    assert len(atlas_ts) == rows and len(set(atlas_ts)) == rows
+
+    # A third run has nothing left to do.
+    assert push(str(log), "--points-per-chunk", str(ppc), "--no-progress") == 0
+    assert "already pushed completely" in capsys.readouterr().err
+    assert len(new.ids()) == 2
+
+    # --restart pushes everything again, as a new stream.
+    assert push(str(log), "--points-per-chunk", str(ppc), "--quiet", atlas=True) == 0
+    assert len(new.ids()) == 2  # still complete: --restart not given
+    assert push(str(log), "--points-per-chunk", str(ppc), "--quiet", "--restart") == 0
+    assert len(new.ids()) == 3
+
+
+def test_changed_file_is_a_new_push(push: Run, new: NewStreams, tmp_path: Path) -> None:
+    log = epoch_csv(tmp_path / "grow.csv", 5)
+    assert push(str(log), "--quiet") == 0
+    epoch_csv(log, 6)
+    assert push(str(log), "--quiet") == 0
+    assert len(new.ids()) == 2
+
+
+# -- back-pressure, stalls, the resume record ------------------------------------------------------
+
+
+def test_reading_waits_for_a_slow_destination(
+    push: Run, new: NewStreams, tmp_path: Path, atomscale: AtomscaleEmulator
+) -> None:
+    from labstream.emulators.atomscale import FaultPlan
+
+    atomscale.faults = FaultPlan(latency_s=0.003)
+    try:
+        log = epoch_csv(tmp_path / "slow.csv", 300)
+        args = ("--points-per-chunk", "10", "--max-pending-chunks", "2", "--quiet")
+        assert push(str(log), *args, atlas=False) == 0
+    finally:
+        atomscale.faults = FaultPlan()
+    assert len(new.points("pressure")[0]) == 300
+
+
+def test_a_destination_that_confirms_nothing_stops_the_push(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import socket
+
+    monkeypatch.delenv("AS_API_KEY")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = epoch_csv(tmp_path / "down.csv", 20)
+    address = f"127.0.0.1:{port}"
+    timeouts = ["--stall-timeout", "0.5", "--finalize-timeout", "0.5", "--no-progress"]
+    code = cli.main(
+        ["push", str(log), "--atlas", address, "--atlas-key-generator", address, *timeouts]
+    )
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "atlas confirmed nothing for 0.5 s" in captured.err
+    assert "INCOMPLETE" in captured.out and "Traceback" not in captured.err
+
+
+def test_push_state_marks_only_move_forward(tmp_path: Path) -> None:
+    from labstream.progress import PushState
+
+    def load() -> PushState:
+        return PushState.load_or_new(
+            tmp_path,
+            {"file": "x"},
+            file="x",
+            size=1,
+            mtime_ns=1,
+            destinations=["atlas", "atomscale"],
+            total_chunks=10,
+            total_rows=100,
+            points_per_chunk=10,
+        )
+
+    state = load()
+    assert state.settle("atlas", 4) and not state.settle("atlas", 3)
+    state.settle("atomscale", 6, rejected=[5])
+    state.save()
+    again = load()
+    assert again.settled == {"atlas": 4, "atomscale": 6} and again.rejected["atomscale"] == [5]
+    assert again.resume_from == 4
+    again.path.write_text("{not json", encoding="utf-8")
+    assert load().resume_from == 0  # a damaged record is not trusted
