@@ -98,6 +98,7 @@ def _demo(args: argparse.Namespace) -> int:
         fail_fraction=args.fail_fraction,
         drop_fraction=args.drop_fraction,
         pace_s=args.pace,
+        plot=args.plot,
     )
     return 0 if ok else 1
 
@@ -138,6 +139,10 @@ def _atlas_report(args: argparse.Namespace) -> int:
         print(json.dumps([r.to_json() for r in reports], indent=2))
     else:
         print(format_report(reports, verbose=args.verbose))
+    if args.plot:
+        from .plot import plot_atlas_record
+
+        print(f"plot written to {plot_atlas_record(args.file, args.plot)}")
     return 0 if all(r.ok for r in reports) else 1
 
 
@@ -1119,6 +1124,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--fail-fraction", type=float, default=0.25, help="chunk uploads to fail")
     demo.add_argument("--drop-fraction", type=float, default=0.05, help="connections to drop")
     demo.add_argument("--pace", type=float, default=0.01, help="seconds between chunks")
+    demo.add_argument("--plot", metavar="FILE", help="draw what each destination received")
     demo.set_defaults(func=_demo)
 
     atomscale = sub.add_parser("atomscale", help="the local Atomscale emulator")
@@ -1154,6 +1160,7 @@ def build_parser() -> argparse.ArgumentParser:
     areport.add_argument("file")
     areport.add_argument("--json", action="store_true", help="machine-readable report")
     areport.add_argument("--verbose", action="store_true", help="also list passed checks")
+    areport.add_argument("--plot", metavar="FILE", help="draw the data each session received")
     areport.set_defaults(func=_atlas_report)
 
     spool_parser = sub.add_parser("spool", help="the durable journal of undelivered data")

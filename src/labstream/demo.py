@@ -77,6 +77,7 @@ def run_demo(
     drop_fraction: float = 0.05,
     atlas_unavailable_fraction: float = 0.1,
     pace_s: float = 0.01,
+    plot: str | None = None,
     out: Callable[[str], None] = print,
 ) -> bool:
     """Run the demo; return True when both destinations stored exactly what was pushed."""
@@ -144,6 +145,19 @@ def run_demo(
         stored = emulator.streams[stream.data_id]
         (session,) = atlas.sessions.values()
         atlas_report = check_session(session)
+        if plot:
+            from .plot import plot_demo
+
+            path = plot_demo(
+                plot,
+                timestamps=growth.timestamps,
+                channels=growth.channels,
+                atomscale=emulator,
+                data_id=stream.data_id,
+                atlas=atlas_report,
+                clock_offset_s=offset,
+            )
+            out(f"receipts plot written to {path}")
         out(f"streamed and finalized in {elapsed:.1f} s; clock offset {offset * 1e3:+.3f} ms\n")
         out(str(report) + "\n")
         out(f"{'channel':<24}{'pushed':>8}{'Atomscale':>11}{'ATLAS':>8}  identical")
