@@ -124,10 +124,23 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
         items = arr.tolist()  # plain Python objects, so the message shows what the caller passed
         bad = next((v for v in items if not isinstance(v, int | float)), items[0])
         raise TypeError(f"{ctx}: {what} must be numbers; found {bad!r} ({type(bad).__name__})")
-    return arr.astype(np.float64)  # always a copy: the caller may reuse its buffer
+    if arr.dtype == np.float64 and arr is not obj and arr.base is None:
+        return arr  # numpy built it from a list: already our own copy
+    return arr.astype(np.float64)  # a copy: the caller may reuse its buffer
 
 
 def _check_timestamps(ts: Float64Array, ctx: str) -> None:
+    # Fast path, one vector op: ordered (a NaN fails every comparison), so the ends are the
+    # extremes, and finite ends inside the epoch range mean every timestamp is fine.
+    if ts.shape[0] == 1 or bool((ts[1:] >= ts[:-1]).all()):
+        lo, hi = float(ts[0]), float(ts[-1])
+        if lo >= EARLIEST_S and hi <= LATEST_S:  # False for NaN and +-inf
+            return
+    _explain_bad_timestamps(ts, ctx)
+
+
+def _explain_bad_timestamps(ts: Float64Array, ctx: str) -> None:
+    """Find what is wrong and say it (the slow path: only ever runs to raise)."""
     finite = np.isfinite(ts)
     if not finite.all():
         i = int(np.argmin(finite))
@@ -218,8 +231,8 @@ def validate_series(
     _check_timestamps(ts, ctx)
     ts.flags.writeable = False
     vals.flags.writeable = False
-    h = hashlib.blake2b(ts.tobytes(), digest_size=16)
-    h.update(vals.tobytes())
+    h = hashlib.blake2b(ts.data, digest_size=16)
+    h.update(vals.data)
     h.update((units or "\0").encode())
     return RawSeries(channel_name, units, ts, vals, h.digest())
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -292,11 +293,7 @@ class DeliveryRunner:
             self._held -= 1
             return
         try:
-            async for attempt in self._policy.retrying(
-                sleep=self._sleep, on_retry=self._retried(st)
-            ):
-                with attempt:
-                    await self.sink.send_chunk(chunk)
+            await self._send_with_retries(st, chunk)
         except TransientDestinationError as exc:
             # Out of attempts: set the chunk aside and put it back in the queue later.
             log.warning(
@@ -357,6 +354,24 @@ class DeliveryRunner:
                 reason = f"marker {marker.label!r}: {exc}"
                 st.update(marker_rejections=(*st.report.marker_rejections, reason))
             return
+
+    async def _send_with_retries(self, st: _StreamDelivery, chunk: Chunk) -> None:
+        """Send; retry transient failures with the policy. tenacity only runs after a failure:
+        on a healthy link the first attempt is a plain await (it is most of the traffic)."""
+        try:
+            await self.sink.send_chunk(chunk)
+            return
+        except TransientDestinationError as exc:
+            if self._policy.attempts <= 1:
+                raise
+            wait = self._policy.wait_for(1, exc.retry_after, random.random())
+            self._retried(st)(exc, wait)
+        await self._sleep(wait)
+        async for attempt in self._policy.retrying(
+            sleep=self._sleep, on_retry=self._retried(st), already_failed=1
+        ):
+            with attempt:
+                await self.sink.send_chunk(chunk)
 
     def _reject(
         self, st: _StreamDelivery, chunk: Chunk, status: int | str | None, reason: str

@@ -65,15 +65,18 @@ class RetryPolicy:
         attempts: int | None = None,
         deadline: float | None = None,
         clock: Callable[[], float] = time.monotonic,
+        already_failed: int = 0,
     ) -> tenacity.AsyncRetrying:
         """A tenacity controller for one operation; re-raises the last error when attempts run out.
 
         Attempts are counted since the operation last made progress, so a multi-step operation
         that keeps advancing between failures is not given up on. With ``deadline`` (a ``clock()``
         time) no retry starts after it, and no wait runs past it; the first attempt is always made.
+        ``already_failed`` counts attempts the caller made before (its fast path), so the budget
+        and the back-off continue from there.
         """
         limit = attempts or self.attempts
-        since = [0]  # attempt number at the last failure that followed progress
+        since = [-already_failed]  # attempt number at the last failure that followed progress
 
         def failures(state: tenacity.RetryCallState) -> int:
             exc = state.outcome.exception() if state.outcome else None

@@ -651,7 +651,8 @@ class AsyncTimeseriesStreamer:
         return any(r.pending_chunks(data_id) > self._max_pending_chunks for r in self._runners)
 
     async def wait_for_capacity(self, data_id: str, timeout: float | None = None) -> None:
-        """Back-pressure for ``run()``: wait until every destination is under the pending cap.
+        """Back-pressure for ``run()``: wait until every destination is down to half the cap
+        (hysteresis: one wait per half-window, not one per chunk once the cap is reached).
 
         Raises:
             DeliveryTimeoutError: no room within ``timeout`` seconds.
@@ -661,7 +662,7 @@ class AsyncTimeseriesStreamer:
         try:
             with anyio.fail_after(self.finalize_timeout if timeout is None else timeout):
                 for runner in self._runners:
-                    await runner.wait_pending_at_most(data_id, limit)
+                    await runner.wait_pending_at_most(data_id, limit // 2)
         except TimeoutError:
             raise DeliveryTimeoutError(
                 f"data_id={data_id}: destinations stopped taking chunks; "
