@@ -4,8 +4,11 @@ The streamer hands every accepted chunk to each runner and returns; a runner del
 pace, so a slow or dead destination holds back neither the caller nor the other destination. A
 transient failure is retried with the shared policy; a chunk that uses up its attempts is set aside
 for ``cooldown_s`` and tried again (never dropped while the streamer runs); a rejection is final
-and counted with the server's reason. Everything runs on the streamer's event loop, in tasks owned
-by the runner's task group.
+and counted with the server's reason. Outcomes are written to the journal, which keeps each chunk
+until every destination is done with it. A runner holds at most ``max_in_memory`` chunks; a
+destination that falls further behind reads its backlog back from the journal, in order, so memory
+stays flat through an outage. Everything runs on the streamer's event loop, in tasks owned by the
+runner's task group.
 """
 
 from __future__ import annotations
@@ -14,7 +17,6 @@ import contextlib
 import logging
 import math
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 import anyio
@@ -26,8 +28,7 @@ from .errors import DestinationError, RejectedError, TransientDestinationError
 from .journal import Journal
 from .report import DestinationReport, Rejection
 from .retry import RetryPolicy, Sleep
-from .sinks.atlas import Marker
-from .sinks.base import Sink, StreamInfo
+from .sinks.base import Marker, Sink, StreamInfo
 
 log = logging.getLogger("labstream.delivery")
 
@@ -244,9 +245,6 @@ class DeliveryRunner:
                     points_dropped=r.points_dropped + r.points_pending,
                     drop_reason=reason,
                 )
-
-    def streams(self) -> Iterator[str]:
-        return iter(self._streams)
 
     # -- workers -------------------------------------------------------------------------------
 

@@ -72,8 +72,7 @@ CREATE TABLE IF NOT EXISTS meta (
 CREATE TABLE IF NOT EXISTS atlas_sessions (
     data_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,           -- SessionState.to_dict() after the last completed chunk
-    last_seq INTEGER NOT NULL,     -- the last chunk that state includes
-    inflight_seq INTEGER           -- a chunk being written when the state was saved, if any
+    last_seq INTEGER NOT NULL      -- the last chunk that state includes
 );
 """
 
@@ -291,10 +290,8 @@ class Journal:
     def closed(self, data_id: str, destination: str) -> None:
         self._put(("closed", data_id, destination))
 
-    def save_atlas_state(
-        self, data_id: str, state: dict[str, Any], last_seq: int, inflight_seq: int | None
-    ) -> None:
-        self._put(("atlas", data_id, orjson.dumps(state), last_seq, inflight_seq))
+    def save_atlas_state(self, data_id: str, state: dict[str, Any], last_seq: int) -> None:
+        self._put(("atlas", data_id, orjson.dumps(state), last_seq))
 
     def _put(self, item: tuple[Any, ...]) -> None:
         self._queue.append(item)
@@ -391,7 +388,7 @@ class Journal:
                         (orjson.dumps(closed).decode(), item[1]),
                     )
             elif kind == "atlas":
-                db.execute("INSERT OR REPLACE INTO atlas_sessions VALUES (?,?,?,?)", item[1:5])
+                db.execute("INSERT OR REPLACE INTO atlas_sessions VALUES (?,?,?)", item[1:4])
         if top is not None:
             db.execute(
                 "INSERT INTO meta VALUES ('last_seq', ?) "
@@ -478,14 +475,13 @@ class Journal:
             for r in rows
         ]
 
-    def atlas_state(self, data_id: str) -> tuple[dict[str, Any], int, int | None] | None:
-        rows = self._rows(
-            "SELECT state, last_seq, inflight_seq FROM atlas_sessions WHERE data_id=?", (data_id,)
-        )
+    def atlas_state(self, data_id: str) -> tuple[dict[str, Any], int] | None:
+        """The ATLAS session state saved after the last completed chunk, and that chunk's seq."""
+        rows = self._rows("SELECT state, last_seq FROM atlas_sessions WHERE data_id=?", (data_id,))
         if not rows:
             return None
-        state, last_seq, inflight = rows[0]
-        return orjson.loads(state), int(last_seq), inflight
+        state, last_seq = rows[0]
+        return orjson.loads(state), int(last_seq)
 
     def status(self) -> list[SpoolStatus]:
         """What every stream still has in the journal, per destination."""

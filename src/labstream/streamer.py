@@ -48,9 +48,9 @@ from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
 from .journal import LIVE_OWNERS, Journal, JournalFull, default_spool_dir
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
-from .sinks.atlas import AtlasSink, Marker
+from .sinks.atlas import AtlasSink
 from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink
-from .sinks.base import Sink, StreamInfo
+from .sinks.base import Marker, Sink, StreamInfo
 from .timebase import seconds_to_ns_scalar
 
 log = logging.getLogger("labstream")
@@ -362,7 +362,8 @@ class AsyncTimeseriesStreamer:
     async def aclose(self, timeout: float | None = None) -> None:
         """Finalize every stream still open (each waits up to ``timeout``), then stop.
 
-        Chunks still undelivered after that are counted as dropped in the reports and logged.
+        Chunks still undelivered after that stay in the journal for a later streamer or
+        ``labstream spool resume``; with ``spool=False`` they are counted as dropped and logged.
         """
         if self._closed:
             return

@@ -1,5 +1,5 @@
 """Destinations. Each sink performs requests for one destination and translates its errors."""
 
-from .base import Sink, StreamInfo
+from .base import Marker, Sink, StreamInfo
 
-__all__ = ["Sink", "StreamInfo"]
+__all__ = ["Marker", "Sink", "StreamInfo"]

@@ -55,7 +55,7 @@ from ..chunk import Chunk
 from ..errors import RejectedError, TransientDestinationError
 from ..journal import Journal
 from ..timebase import seconds_to_ns_scalar
-from .base import StreamInfo
+from .base import Marker, StreamInfo
 
 log = logging.getLogger("labstream.atlas")
 
@@ -73,18 +73,6 @@ _CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", enc.MAX_REQUEST_BYTES),
 ]
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class Marker:
-    """A marker as the streamer accepted it (times in clock-corrected epoch ns)."""
-
-    data_id: str
-    label: str
-    timestamp_ns: int
-    end_time_ns: int | None = None
-    marker_type: str = "Marker"
-    description: str = ""
 
 
 @dataclass(eq=False)
@@ -174,7 +162,7 @@ class AtlasSink:
         saved = journal.atlas_state(data_id)
         if saved is None:
             return None
-        state, last_seq, _ = saved
+        state, last_seq = saved
         session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
         run = self._runs[data_id] = _Run(session, opened=True, resumed_last_seq=last_seq)
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
@@ -231,7 +219,7 @@ class AtlasSink:
         """Journal the session after a chunk, so a later process continues it without repeats."""
         if self._journal is None or not run.session.idle:
             return
-        self._journal.save_atlas_state(data_id, run.session.snapshot().to_dict(), last_seq, None)
+        self._journal.save_atlas_state(data_id, run.session.snapshot().to_dict(), last_seq)
 
     def marker_rejections(self, data_id: str) -> list[str]:
         run = self._runs.get(data_id)

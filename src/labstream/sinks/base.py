@@ -29,6 +29,18 @@ class StreamInfo:
     extra: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """A marker as the streamer accepted it (times in clock-corrected epoch ns)."""
+
+    data_id: str
+    label: str
+    timestamp_ns: int
+    end_time_ns: int | None = None
+    marker_type: str = "Marker"
+    description: str = ""
+
+
 class Sink(Protocol):
     """A destination, as seen by its delivery runner."""
 
