@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -81,8 +81,9 @@ class _Run:
 
     session: AtlasSession
     pending: deque[Action] = field(default_factory=deque)
-    fed: set[int] = field(default_factory=set)  # ids of the events already fed
-    keep: list[object] = field(default_factory=list)  # keeps fed objects alive: ids stay unique
+    # Operations whose event was fed but whose actions may not all be done yet: a retry resumes
+    # them instead of feeding again. Forgotten once done, so memory does not grow with the stream.
+    fed: set[Hashable] = field(default_factory=set)
     rejected: dict[int, str] = field(default_factory=dict)  # chunk_index -> reason
     marker_rejections: list[str] = field(default_factory=list)
     closed: Closed | None = None
@@ -154,7 +155,7 @@ class AtlasSink:
         run = run or self._run(stream.data_id)
         if run.opened:
             return
-        await self._drive(run, stream.data_id, stream, lambda: self._opened(stream))
+        await self._drive(run, stream.data_id, "open", lambda: self._opened(stream))
         run.opened = True
 
     def _resume(self, data_id: str, journal: Journal) -> _Run | None:
@@ -180,7 +181,9 @@ class AtlasSink:
                 data_id=chunk.data_id,
                 chunk_index=chunk.chunk_index,
             )
-        await self._drive(run, chunk.data_id, chunk, lambda: ChunkReady(chunk))
+        key = ("chunk", chunk.seq)
+        await self._drive(run, chunk.data_id, key, lambda: ChunkReady(chunk))
+        run.fed.discard(key)
         self._save_state(run, chunk.data_id, chunk.seq)
         reason = run.rejected.pop(chunk.chunk_index, None)
         if reason is not None:
@@ -201,13 +204,15 @@ class AtlasSink:
             marker.marker_type,
             marker.description,
         )
-        await self._drive(run, marker.data_id, marker, lambda: event)
+        key = ("marker", id(marker))  # the runner holds the marker while it retries it
+        await self._drive(run, marker.data_id, key, lambda: event)
+        run.fed.discard(key)
 
     async def close_stream(self, stream: StreamInfo) -> None:
         run = self._run(stream.data_id)
         run.ending = True
         termination = seconds_to_ns_scalar(self._now())
-        await self._drive(run, stream.data_id, run.session, lambda: Finalize(termination))
+        await self._drive(run, stream.data_id, "close", lambda: Finalize(termination))
         if run.closed is not None and not run.closed.ended:
             raise RejectedError(
                 f"the ATLAS session was not ended: {run.closed.reason}",
@@ -251,13 +256,12 @@ class AtlasSink:
         )
 
     async def _drive(
-        self, run: _Run, data_id: str, origin: object, make_event: Callable[[], Event]
+        self, run: _Run, data_id: str, key: Hashable, make_event: Callable[[], Event]
     ) -> None:
-        """Feed the event for ``origin`` once, then perform every action owed, in order."""
+        """Feed the event of operation ``key`` once, then perform every action owed, in order."""
         async with run.lock:
-            if id(origin) not in run.fed:
-                run.fed.add(id(origin))
-                run.keep.append(origin)
+            if key not in run.fed:
+                run.fed.add(key)
                 run.pending.extend(run.session.handle(make_event()))
             done = 0
             while run.pending:
