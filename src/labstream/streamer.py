@@ -56,6 +56,9 @@ from .timebase import seconds_to_ns_scalar
 log = logging.getLogger("labstream")
 
 CLOCK_MAX_AGE_S = 600.0  # re-measure the clock at initialize when the last round is older
+# Reuse of a (channel, chunk_index) is detected among this many most recent ones per stream, so a
+# days-long stream does not grow memory; older indexes are far behind any live acquisition.
+DIGEST_WINDOW = 100_000
 
 
 def resolve_api_key(api_key: str | None) -> str | None:
@@ -539,8 +542,11 @@ class AsyncTimeseriesStreamer:
             else:
                 self._seq += 1
                 seq = self._seq
+            digests = stream.digests
             for raw in raws:
-                stream.digests[(raw.name, index)] = raw.digest
+                digests[(raw.name, index)] = raw.digest
+            while len(digests) > DIGEST_WINDOW:
+                del digests[next(iter(digests))]  # the oldest (dicts keep insertion order)
             offset_ns = self._clock.offset_ns
         chunk = make_chunk(data_id, index, raws, multi=multi, offset_ns=offset_ns, seq=seq)
         if journal is not None:
