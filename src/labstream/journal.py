@@ -312,7 +312,11 @@ class Journal:
                 try:
                     self._commit(batch)
                 except sqlite3.Error:
+                    # e.g. the disk filled up. Delivery goes on from memory; only durability is
+                    # lost for these, so say it loudly, and leave the connection usable.
                     log.exception("journal write failed; %d operations not persisted", len(batch))
+                    with contextlib.suppress(sqlite3.Error):
+                        self._write.execute("ROLLBACK")
             if self._stopping and not self._queue:
                 return
 
