@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import anyio
 import httpx
 import pytest
 
@@ -195,3 +196,29 @@ def test_gateway_time_request(
         r.method == "GET" and r.headers["cache-control"] == "no-store" for r in time_requests
     )
     assert all(r.headers["x-api-key"] == API_KEY for r in time_requests)
+
+
+@pytest.mark.anyio
+async def test_instruments_listing_request(fake: FakeAtomscale) -> None:
+    from labstream.sinks.atomscale import AtomscaleSink
+
+    sink = AtomscaleSink(
+        API_KEY, "http://atomscale.test", sleep=anyio.sleep, transport=fake.transport()
+    )
+    fake.responders.append(
+        lambda rec, n: (
+            httpx.Response(200, json=[{"synth_source_id": 42, "source_name": "MBE-1"}])
+            if rec.path == "/instruments/synthesis"
+            else None
+        )
+    )
+    try:
+        assert await sink.list_growth_instruments() == [
+            {"synth_source_id": 42, "source_name": "MBE-1"}
+        ]
+    finally:
+        await sink.aclose()
+    (req,) = fake.requests
+    assert (req.method, req.path, req.body) == ("GET", "/instruments/synthesis", None)
+    assert req.headers["x-api-key"] == API_KEY
+    assert "content-type" not in req.headers  # no body, no JSON header
