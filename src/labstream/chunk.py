@@ -23,6 +23,7 @@ from .timebase import Float64Array, Int64Array, ns_to_seconds, seconds_to_ns
 # Plausible epoch-second range: anything outside is almost always a unit mistake.
 EARLIEST_S = 631_152_000.0  # 1990-01-01T00:00:00Z
 LATEST_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z
+MAX_CHUNK_INDEX = 2**63 - 1
 _UNIT_HINTS = ((1e17, "nanoseconds", 1e9), (1e14, "microseconds", 1e6), (1e11, "milliseconds", 1e3))
 
 
@@ -106,6 +107,11 @@ def check_chunk_index(data_id: str, chunk_index: object) -> int:
         ) from None
     if index < 0:
         raise ValueError(f"{where(data_id, None, index)}: chunk_index must be >= 0")
+    if index > MAX_CHUNK_INDEX:
+        raise ValueError(
+            f"{where(data_id, None, index)}: chunk_index must be at most {MAX_CHUNK_INDEX} "
+            "(a signed 64-bit integer)"
+        )
     return index
 
 
@@ -122,11 +128,27 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
     # "1.5" into a float, which hides a bug in the caller's parsing.
     if arr.dtype.kind not in "biuf":
         items = arr.tolist()  # plain Python objects, so the message shows what the caller passed
-        bad = next((v for v in items if not isinstance(v, int | float)), items[0])
+        bad = next((v for v in items if not isinstance(v, int | float)), None)
+        if arr.dtype.kind == "O" and bad is None:
+            # An object array of plain numbers (a pandas object column, say): fine as floats.
+            return np.array(items, dtype=np.float64)
+        if bad is None:
+            bad = items[0] if items else arr.dtype
         raise TypeError(f"{ctx}: {what} must be numbers; found {bad!r} ({type(bad).__name__})")
     if arr.dtype == np.float64 and arr is not obj and arr.base is None:
         return arr  # numpy built it from a list: already our own copy
     return arr.astype(np.float64)  # a copy: the caller may reuse its buffer
+
+
+def _check_text(ctx: str, what: str, text: str) -> None:
+    """Refuse text that cannot be sent or stored as UTF-8 (lone surrogates from bad decoding)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{ctx}: {what} {text!r} is not valid Unicode (character {exc.start}); "
+            "it cannot be sent or stored"
+        ) from None
 
 
 def _check_timestamps(ts: Float64Array, ctx: str) -> None:
@@ -214,6 +236,9 @@ def validate_series(
         raise ValueError(f"{ctx}: channel_name must not be empty")
     if units is not None and not isinstance(units, str):
         raise TypeError(f"{ctx}: units must be a str or None, not {type(units).__name__}")
+    _check_text(ctx, "channel_name", channel_name)
+    if units is not None:
+        _check_text(ctx, "units", units)
     ts = _as_float_array(timestamps, "timestamps", ctx)
     vals = _as_float_array(values, "values", ctx)
     if ts.shape[0] != vals.shape[0]:

@@ -182,6 +182,7 @@ class DeliveryRunner:
         if st is None:
             return self.report(data_id)
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            await st.opened.wait()  # a stream with no chunk may not be opened yet (busy worker)
             await self.wait_pending_at_most(data_id, 0)
         if st.report.chunks_pending:
             log.warning(

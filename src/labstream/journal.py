@@ -94,6 +94,15 @@ def default_spool_dir() -> Path:
 # -- chunk bodies ------------------------------------------------------------------------------
 
 
+def chunk_size(points: int) -> int:
+    """What a chunk counts against the spool cap: its samples plus a fixed allowance for its
+    header. One formula for adding and removing, so the count never drifts."""
+    return 16 * points + 64
+
+
+_SIZE_SQL = "16 * points + 64"
+
+
 def encode_body(chunk: Chunk) -> bytes:
     """A chunk's channels as bytes: a JSON header, then each channel's int64 ns and f64 values."""
     header = orjson.dumps([[c.name, c.units, c.size] for c in chunk.channels])
@@ -213,12 +222,13 @@ class Journal:
             with contextlib.suppress(OSError):
                 Path(f"{self.path}{suffix}").chmod(0o600)
         row = self._write.execute(
-            "SELECT COALESCE(MAX(seq), 0), COALESCE(SUM(LENGTH(body)), 0) FROM chunks"
+            f"SELECT COALESCE(MAX(seq), 0), COALESCE(SUM({_SIZE_SQL}), 0) FROM chunks"
         ).fetchone()
         meta = self._write.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
         # Delivered chunks are deleted, so the highest seq ever used is kept apart.
         self._next_seq = max(int(row[0]), int(meta[0]) if meta else 0) + 1
         self._bytes = int(row[1])
+        self._bytes_lock = threading.Lock()  # updated by pushing threads and the writer
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self._queue: deque[tuple[Any, ...]] = deque()
@@ -275,7 +285,8 @@ class Journal:
 
     def add_chunk(self, chunk: Chunk, destinations: Sequence[str]) -> None:
         """Queue the chunk for the next group commit, pending for every destination."""
-        self._bytes += 16 * chunk.points + 64  # estimate; corrected by SUM() at the next start
+        with self._bytes_lock:
+            self._bytes += chunk_size(chunk.points)
         self._put(("chunk", chunk, tuple(destinations)))
 
     def delivered(self, seq: int, destination: str) -> None:
@@ -311,9 +322,10 @@ class Journal:
             if batch:
                 try:
                     self._commit(batch)
-                except sqlite3.Error:
+                except Exception:
                     # e.g. the disk filled up. Delivery goes on from memory; only durability is
-                    # lost for these, so say it loudly, and leave the connection usable.
+                    # lost for these, so say it loudly, keep the thread alive and the connection
+                    # usable.
                     log.exception("journal write failed; %d operations not persisted", len(batch))
                     with contextlib.suppress(sqlite3.Error):
                         self._write.execute("ROLLBACK")
@@ -342,7 +354,7 @@ class Journal:
                 chunk, dests = item[1], item[2]
                 top = chunk.seq if top is None else max(top, chunk.seq)
                 if chunk.seq in settled:
-                    freed += 16 * chunk.points + 64  # the estimate add_chunk counted
+                    freed += chunk_size(chunk.points)
                     continue
                 body = encode_body(chunk)
                 db.execute(
@@ -400,7 +412,8 @@ class Journal:
                 (top,),
             )
         db.execute("COMMIT")
-        self._bytes = max(0, self._bytes - freed)
+        with self._bytes_lock:
+            self._bytes = max(0, self._bytes - freed)
         if top is not None:
             with self._committed:
                 self.committed_seq = max(self.committed_seq, top)
@@ -411,9 +424,9 @@ class Journal:
         db = self._write
         if db.execute("SELECT 1 FROM deliveries WHERE seq=? LIMIT 1", (seq,)).fetchone():
             return 0
-        row = db.execute("SELECT LENGTH(body) FROM chunks WHERE seq=?", (seq,)).fetchone()
+        row = db.execute("SELECT points FROM chunks WHERE seq=?", (seq,)).fetchone()
         db.execute("DELETE FROM chunks WHERE seq=?", (seq,))
-        return int(row[0]) if row else 0
+        return chunk_size(int(row[0])) if row else 0
 
     def flush(self, timeout: float = 5.0) -> None:
         """Wait until everything queued so far is committed."""

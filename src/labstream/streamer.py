@@ -97,6 +97,7 @@ class _Stream:
     refused_points: int = 0
     refusal_reason: str | None = None
     recovered: bool = False
+    closing: anyio.Event | None = None  # set once finalize is done; a second caller waits on it
 
 
 def split_run_item(
@@ -799,7 +800,14 @@ class AsyncTimeseriesStreamer:
                 raise StreamStateError(f"data_id={data_id}: unknown stream")
             if stream.report is not None:
                 return stream.report
+            closing = stream.closing
+            if closing is None:
+                stream.closing = anyio.Event()
             stream.finalized = True
+        if closing is not None:  # finalize is already running (e.g. resumed after a crash)
+            await closing.wait()
+            assert stream.report is not None
+            return stream.report
         if self._journal is not None:
             self._journal.finalize_requested(data_id)
         self._drain_handoff()
@@ -809,6 +817,8 @@ class AsyncTimeseriesStreamer:
                 tg.start_soon(runner.finalize, data_id, deadline)
         report = self._snapshot(stream)
         stream.report = report
+        assert stream.closing is not None
+        stream.closing.set()
         (log.info if report.ok else log.warning)("finalized:\n%s", report)
         return report
 

@@ -4,8 +4,8 @@ All protocol rules live in :mod:`labstream.atlas.session`; this sink only turns 
 RPCs and feeds the answers back. Every operation is resumable: an event is fed to the session once,
 and the actions it produced are performed in order and removed only once done, so when the runner
 retries after a transient failure the sink continues where it stopped, never writing a packet twice
-and never reordering. gRPC errors are translated here: UNAVAILABLE, DEADLINE_EXCEEDED and
-RESOURCE_EXHAUSTED are transient; anything else is final.
+and never reordering. gRPC errors are translated here: UNAVAILABLE, DEADLINE_EXCEEDED,
+RESOURCE_EXHAUSTED and CANCELLED (a server stopping mid-call) are transient; anything else is final.
 
 Packets are written with unary ``WriteDataPacket``: each call's OK is an acknowledgement, order is
 kept by awaiting each one, and no call is left waiting for the answer that the streaming
@@ -65,6 +65,8 @@ _TRANSIENT = frozenset(
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
+        # what a call in flight gets when the Stream API stops or restarts
+        grpc.StatusCode.CANCELLED,
     }
 )
 _WRITE_PATH = "/ma.streaming.api.v1.PacketWriterService/WriteDataPacket"
