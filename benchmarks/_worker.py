@@ -1,6 +1,7 @@
 """One measured run in a fresh process, for push_latency.py and run_throughput.py (not run by hand).
 
 Usage: python _worker.py CLIENT MODE SCENARIO ENDPOINT N_CHUNKS [PACE_US] [FINALIZE]
+       python _worker.py atlas-emulator shipped|nodecode   (an ATLAS emulator to stream to)
   CLIENT   labstream | sdk (the official ``atomscale.streaming.TimeseriesStreamer``)
   MODE     push (push() per chunk, each call timed) | run (run() over all chunks, then finalize())
   SCENARIO fast (ENDPOINT is the local nginx) | down (a throwaway nginx answers initialize, then
@@ -10,14 +11,31 @@ Usage: python _worker.py CLIENT MODE SCENARIO ENDPOINT N_CHUNKS [PACE_US] [FINAL
 
 Data and timing follow /work/shared/bench/anchor_atomscale.py: 100-point chunks as lists of floats,
 built before the clock starts; initialize() is outside the timed part; clock sync is off for both
-clients. Prints one JSON line.
+clients. labstream journals into a temporary spool directory of its own (removed at exit) unless
+LABSTREAM_SPOOL_DIR is set, and also streams to ATLAS when LABSTREAM_ATLAS (and
+LABSTREAM_ATLAS_KEY_GENERATOR) name one. Prints one JSON line. With BENCH_PROFILE=PREFIX (labstream
+only), cProfile runs in each of labstream's threads during the timed part: the caller's
+(``PREFIX.main``: run()'s iteration and push()), the event loop's (``PREFIX.loop``: delivery) and
+the journal writer's (``PREFIX.journal``, until ``close()``); each is dumped as pstats.
+
+``atlas-emulator``: labstream's ATLAS emulator on 127.0.0.1, ports chosen by the system, printed as
+``READY <stream api port> <key generator port>``. ``nodecode`` replaces its per-packet content
+decode with a stub (as atlas_writes.py does: the real server does not decode content either).
+Commands on stdin, one reply line each: ``count`` (packets recorded so far), ``quit``. The
+recording is moved out of the garbage collector's way every second (``gc.freeze()``): the emulator
+keeps every packet, a real server keeps none. Parents use :class:`AtlasProcess`.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
+import threading
 import time
 
 os.environ.setdefault("ATOMSCALE_SKIP_CLOCK_SYNC", "1")
@@ -32,9 +50,59 @@ def make_streamer(client: str, endpoint: str):  # type: ignore[no-untyped-def]
         return SdkStreamer(api_key="k", endpoint=endpoint, points_per_chunk=PPC)
     from labstream import TimeseriesStreamer
 
+    if not os.environ.get("LABSTREAM_SPOOL_DIR"):
+        global _SPOOL
+        _SPOOL = tempfile.mkdtemp(prefix="labstream-worker-spool-")
+        os.environ["LABSTREAM_SPOOL_DIR"] = _SPOOL
     return TimeseriesStreamer(
         api_key="k", endpoint=endpoint, points_per_chunk=PPC, clock_sync=False
     )
+
+
+_SPOOL: str | None = None  # the worker's own spool directory, removed at exit
+
+
+class ThreadProfiles:
+    """cProfile in the caller's, the loop's and the journal writer's threads (BENCH_PROFILE)."""
+
+    def __init__(self, prefix: str) -> None:
+        import cProfile
+
+        self.prefix = prefix
+        self.main = cProfile.Profile()
+        self.loop = cProfile.Profile()
+        from labstream import journal
+
+        writer = journal.Journal._writer
+
+        def profiled_writer(j: object) -> None:  # the thread's target: profile its whole life
+            prof = cProfile.Profile()
+            prof.enable()
+            try:
+                writer(j)  # type: ignore[arg-type]
+            finally:
+                prof.disable()
+                prof.dump_stats(f"{prefix}.journal")
+
+        journal.Journal._writer = profiled_writer  # type: ignore[method-assign,assignment]
+
+    def start(self, s) -> None:  # type: ignore[no-untyped-def]
+        async def enable() -> None:
+            self.loop.enable()
+
+        s._thread.call(enable)  # runs on the loop thread, so it profiles that thread
+        self.main.enable()
+
+    def stop(self, s) -> None:  # type: ignore[no-untyped-def]
+        self.main.disable()
+
+        async def disable() -> None:
+            self.loop.disable()
+
+        s._thread.call(disable)
+        self.main.dump_stats(f"{self.prefix}.main")
+        self.loop.dump_stats(f"{self.prefix}.loop")
+        s.close()  # stops the journal writer, which dumps its profile
 
 
 def main() -> None:
@@ -55,6 +123,9 @@ def main() -> None:
         init_server = BenchServer().start()
         endpoint = init_server.url
 
+    profiles = None
+    if os.environ.get("BENCH_PROFILE") and client == "labstream":
+        profiles = ThreadProfiles(os.environ["BENCH_PROFILE"])
     s = make_streamer(client, endpoint)
     data_id = s.initialize(stream_name="bench")
     if init_server is not None:
@@ -62,6 +133,9 @@ def main() -> None:
 
     out: dict[str, object] = {"client": client, "mode": mode, "scenario": scenario, "chunks": n}
     lat: list[float] = []
+    if profiles is not None:
+        profiles.start(s)
+    cpu0 = time.process_time()
     start = time.perf_counter()
     if mode == "run":
         s.run(data_id, "temperature", zip(ts, vs, strict=True), units="C")
@@ -88,11 +162,15 @@ def main() -> None:
             rep = s.finalize(data_id, 2.0 if scenario == "down" else 60.0)
             d = rep.destinations["atomscale"]
             out["delivered_chunks"] = d.chunks_delivered
+            out["delivered"] = {k: v.chunks_delivered for k, v in rep.destinations.items()}
             out["report_ok"] = bool(rep.ok)
     except Exception as exc:  # the SDK raises when the destination is down
         fin_error = f"{type(exc).__name__}: {str(exc)[:120]}"
     end = time.perf_counter()
     out["finalize_returned_unix"] = time.time()
+    out["cpu_seconds"] = time.process_time() - cpu0  # this process, all threads
+    if profiles is not None:
+        profiles.stop(s)
     finish(out, lat, start, pushed, end, fin_error)
 
 
@@ -123,10 +201,108 @@ def finish(
         )
     print(json.dumps(out), flush=True)
     sys.stdout.flush()
+    if _SPOOL is not None:
+        shutil.rmtree(_SPOOL, ignore_errors=True)
     # Exit at once: no atexit close of labstream's streams, and the SDK's runtime does not go on
     # with fire-and-forget uploads (the parent counts what reached the server).
     os._exit(0)
 
 
+# -- an ATLAS emulator in its own process ---------------------------------------------------------
+
+
+def serve_atlas(mode: str) -> None:
+    """The emulator until stdin says ``quit`` (or closes); see the module docstring."""
+    import asyncio
+
+    from labstream.emulators import atlas as emu_mod
+
+    decode = emu_mod.decode_content
+    count = 0
+
+    def counted(packet_type: str, content: bytes) -> tuple[object, str | None]:
+        nonlocal count  # called once per packet, under the emulator's lock, as it records it
+        count += 1
+        return (None, None) if mode == "nodecode" else decode(packet_type, content)
+
+    emu_mod.decode_content = counted  # type: ignore[assignment]
+    emulator = emu_mod.AtlasEmulator(host="127.0.0.1", port=0, key_generator_port=0)
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, name="emulator", daemon=True).start()
+    asyncio.run_coroutine_threadsafe(emulator.start(), loop).result(30)
+
+    def freeze() -> None:
+        while True:
+            time.sleep(1.0)
+            gc.freeze()
+
+    threading.Thread(target=freeze, name="gc-freeze", daemon=True).start()
+    print(f"READY {emulator.port} {emulator.key_generator_port}", flush=True)
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "quit":
+            break
+        print(count if cmd == "count" else f"unknown command {cmd!r}", flush=True)
+    os._exit(0)  # no orderly stop: nothing to keep, and it is quicker
+
+
+class AtlasProcess:
+    """``with AtlasProcess("shipped") as atlas:`` runs ``serve_atlas`` in a child process.
+
+    ``atlas.env`` holds the LABSTREAM_ATLAS* variables a labstream worker needs to stream to it.
+    """
+
+    def __init__(self, mode: str = "shipped") -> None:
+        self.mode = mode
+        self.proc: subprocess.Popen[str] | None = None
+        self.env: dict[str, str] = {}
+
+    def __enter__(self) -> AtlasProcess:
+        from _server import _die_with_parent
+
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "atlas-emulator", self.mode],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=_die_with_parent,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if len(line) != 3 or line[0] != "READY":
+            self.__exit__()
+            raise RuntimeError(f"ATLAS emulator did not start: {line!r}")
+        self.env = {
+            "LABSTREAM_ATLAS": f"127.0.0.1:{line[1]}",
+            "LABSTREAM_ATLAS_KEY_GENERATOR": f"127.0.0.1:{line[2]}",
+        }
+        return self
+
+    def count(self) -> int:
+        """Packets the emulator has recorded so far."""
+        assert self.proc is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
+        self.proc.stdin.write("count\n")
+        self.proc.stdin.flush()
+        return int(self.proc.stdout.readline())
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        try:
+            if proc.stdin:
+                proc.stdin.write("quit\n")
+                proc.stdin.close()
+            proc.wait(10)
+        except (OSError, subprocess.TimeoutExpired):
+            proc.kill()
+            proc.wait(10)
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["atlas-emulator"]:
+        serve_atlas(sys.argv[2] if len(sys.argv) > 2 else "shipped")
+    else:
+        main()

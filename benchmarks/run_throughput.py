@@ -1,7 +1,9 @@
 """run() throughput: points/s until run() and finalize() have returned with every chunk delivered.
 
-Run:  .venv/bin/python benchmarks/run_throughput.py             (about 1 min on 2 cores)
+Run:  .venv/bin/python benchmarks/run_throughput.py             (about 2.5 min on 2 cores)
+      .venv/bin/python benchmarks/run_throughput.py --atlas none          (Atomscale only, ~40 s)
       .venv/bin/python benchmarks/run_throughput.py --rounds 2 --chunks 5000
+      .venv/bin/python benchmarks/run_throughput.py --profile    (one profiled +atlas run, ~30 s)
 
 One run = a fresh process that initializes a stream, then times
 ``run(data_id, "temperature", zip(ts, vs), units="C")`` + ``finalize(data_id)`` over 10,000
@@ -9,18 +11,32 @@ chunks of 100 points (1M points, lists of floats built before the clock starts):
 
   sdk        /work/shared/bench/anchor_atomscale.py URL 10000 100 run (the official SDK, unchanged)
   labstream  benchmarks/_worker.py labstream run ..., the same steps with labstream's streamer
+  +atlas     labstream streaming to Atomscale (nginx) and ATLAS at once: labstream's ATLAS
+             emulator as shipped, in its own process (``_worker.py atlas-emulator``)
+  +atlas-nd  the same against the emulator with its per-packet content decode stubbed out
+             (``nodecode``, as in atlas_writes.py; the real server does not decode either): the
+             emulator then costs less, so this is closer to labstream's own limit
 
-Clock sync is off for both. The two alternate within every round (the order flips each round).
+Clock sync is off everywhere. The variants alternate within every round (the order rotates).
 Delivery is checked at the server: nginx logs every chunk request, and a run counts only if all
 10,000 arrived with status 200 (for labstream also: none after finalize() returned, and its report
-says delivered). Prints median points/s and the ratio labstream / SDK.
+says all delivered, to ATLAS too; the emulator must have recorded at least 10,000 more packets).
+labstream journals into a temporary spool directory per run (the default ``spool=True``). Prints
+median points/s, the client's CPU per chunk, and each variant's ratio to the SDK.
+
+``--profile``: one labstream run to both destinations (``--atlas nodecode`` for that emulator,
+``none`` for Atomscale alone) with cProfile in each of its threads (see _worker.py), then the top
+functions of each thread by own time and by cumulative time. cProfile slows Python code about 2x,
+so read shares, not absolute times.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -29,6 +45,7 @@ import time
 from pathlib import Path
 
 from _server import BenchServer, server_description
+from _worker import AtlasProcess
 
 HERE = Path(__file__).resolve().parent
 ANCHOR = Path("/work/shared/bench/anchor_atomscale.py")
@@ -36,8 +53,10 @@ ANCHOR = Path("/work/shared/bench/anchor_atomscale.py")
 PPC = 100
 
 
-def one_run(client: str, srv: BenchServer, n: int) -> dict:
+def one_run(client: str, srv: BenchServer, n: int, atlas: AtlasProcess | None = None) -> dict:
     srv.clear_chunk_log()
+    env = {**os.environ, **(atlas.env if atlas is not None else {})}
+    before = atlas.count() if atlas is not None else 0
     if client == "sdk":
         cmd = [sys.executable, str(ANCHOR), srv.url, str(n), str(PPC), "run"]
     else:
@@ -50,7 +69,7 @@ def one_run(client: str, srv: BenchServer, n: int) -> dict:
             srv.url,
             str(n),
         ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     if proc.returncode != 0:
         raise RuntimeError(f"{client} failed ({proc.returncode}): {proc.stderr[-1500:]}")
     if client == "sdk":
@@ -63,9 +82,15 @@ def one_run(client: str, srv: BenchServer, n: int) -> dict:
         res = {
             "points": n * PPC,
             "seconds": out["seconds"],
-            "report_delivered": out["delivered_chunks"],
+            "cpu_seconds": out["cpu_seconds"],
+            "report_delivered": min(out["delivered"].values()),
             "finalize_returned_unix": out["finalize_returned_unix"],
         }
+        if atlas is not None:
+            res["atlas_recorded"] = atlas.count() - before
+            res["report_delivered"] = min(res["report_delivered"], res["atlas_recorded"])
+            if set(out["delivered"]) != {"atomscale", "atlas"}:
+                raise RuntimeError(f"{client}: not streaming to both: {out['delivered']}")
     log = srv.chunk_log()
     ok = [t for t, status in log if status == 200]
     res["server_chunks_200"] = len(ok)
@@ -79,12 +104,59 @@ def one_run(client: str, srv: BenchServer, n: int) -> dict:
     return res
 
 
-def main(rounds: int, n: int) -> None:
+ATLAS_VARIANTS = {"+atlas": "shipped", "+atlas-nd": "nodecode"}
+
+
+def profile(n: int, atlas: str, top: int = 25) -> None:
+    import pstats
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="labstream-profile-") as tmp, BenchServer() as srv:
+        prefix = os.path.join(tmp, "prof")
+        os.environ["BENCH_PROFILE"] = prefix
+        with contextlib.ExitStack() as stack:
+            emu = None
+            if atlas != "none":
+                emu = stack.enter_context(
+                    AtlasProcess("nodecode" if atlas == "nodecode" else "shipped")
+                )
+            res = one_run("labstream", srv, n, emu)
+        del os.environ["BENCH_PROFILE"]
+        where = "Atomscale alone" if emu is None else f"Atomscale + ATLAS ({emu.mode} emulator)"
+        print(
+            f"profiled run, {where}: {res['points_per_s']:,.0f} points/s, client CPU "
+            f"{res['cpu_seconds'] / n * 1e6:.0f} us/chunk under cProfile; "
+            f"all delivered: {res['complete']}"
+        )
+        for thread in ("main", "loop", "journal"):
+            path = f"{prefix}.{thread}"
+            if not os.path.exists(path):
+                print(f"\n== {thread}: no profile")
+                continue
+            stats = pstats.Stats(path)
+            total = stats.total_tt  # type: ignore[attr-defined]
+            print(f"\n== thread {thread}: {total:.2f} s of own time profiled ({n} chunks)")
+            for key in ("tottime", "cumulative"):
+                print(f"-- by {key}")
+                stats.sort_stats(key).print_stats(top)
+
+
+def main(rounds: int, n: int, atlas: str) -> None:
     have_sdk = importlib.util.find_spec("atomscale") is not None and ANCHOR.exists()
     clients = ["labstream", "sdk"] if have_sdk else ["labstream"]
+    if atlas in ("shipped", "both"):
+        clients.append("+atlas")
+    if atlas in ("nodecode", "both"):
+        clients.append("+atlas-nd")
     rates: dict[str, list[float]] = {c: [] for c in clients}
+    cpu: dict[str, list[float]] = {c: [] for c in clients}
     started = time.perf_counter()
-    with BenchServer() as srv:
+    with BenchServer() as srv, contextlib.ExitStack() as stack:
+        emulators = {
+            c: stack.enter_context(AtlasProcess(ATLAS_VARIANTS[c]))
+            for c in clients
+            if c in ATLAS_VARIANTS
+        }
         print(
             f"server: {server_description(srv)}; {n} chunks x {PPC} points per run; {rounds} rounds"
         )
@@ -98,28 +170,33 @@ def main(rounds: int, n: int) -> None:
                 "delivery is checked by labstream's report only"
             )
         for r in range(rounds):
-            order = clients if r % 2 == 0 else clients[::-1]
+            order = clients[r % len(clients) :] + clients[: r % len(clients)]
             parts = []
             for client in order:
-                res = one_run(client, srv, n)
+                worker = "sdk" if client == "sdk" else "labstream"
+                res = one_run(worker, srv, n, emulators.get(client))
                 if srv.kind == "nginx" and not res["complete"]:
                     raise RuntimeError(f"{client} run {r + 1} did not deliver everything: {res}")
                 rates[client].append(res["points_per_s"])
-                parts.append(
-                    f"{client} {res['points_per_s']:,.0f} pts/s ({res['seconds']:.2f} s, "
-                    f"{res['server_chunks_200']} chunks at server)"
-                )
+                if "cpu_seconds" in res:
+                    cpu[client].append(res["cpu_seconds"] / n * 1e6)
+                parts.append(f"{client} {res['points_per_s']:,.0f} pts/s ({res['seconds']:.2f} s)")
             print(f"  round {r + 1}: " + "; ".join(parts), flush=True)
     print()
-    print(f"{'client':10} {'median points/s':>16} {'min':>10} {'max':>10}")
+    print(
+        f"{'variant':10} {'median points/s':>16} {'min':>10} {'max':>10} "
+        f"{'client CPU us/chunk':>20} {'vs SDK':>7} {'per round':>12}"
+    )
     for c in clients:
         med, lo, hi = statistics.median(rates[c]), min(rates[c]), max(rates[c])
-        print(f"{c:10} {med:16,.0f} {lo:10,.0f} {hi:10,.0f}")
-    if have_sdk:
-        lab, sdk = statistics.median(rates["labstream"]), statistics.median(rates["sdk"])
-        per_round = [a / b for a, b in zip(rates["labstream"], rates["sdk"], strict=True)]
-        spread = f"{min(per_round):.2f}-{max(per_round):.2f}x"
-        print(f"\nlabstream / SDK: {lab / sdk:.2f}x (per round {spread})")
+        cpu_txt = f"{statistics.median(cpu[c]):20.0f}" if cpu[c] else f"{'-':>20}"
+        ratio = spread = ""
+        if have_sdk:
+            ratio = f"{med / statistics.median(rates['sdk']):6.2f}x"
+            per_round = [a / b for a, b in zip(rates[c], rates["sdk"], strict=True)]
+            spread = f"{min(per_round):.2f}-{max(per_round):.2f}x"
+        print(f"{c:10} {med:16,.0f} {lo:10,.0f} {hi:10,.0f} {cpu_txt} {ratio:>7} {spread:>12}")
+    print("(client CPU: user+system time of the labstream process, all threads, per chunk)")
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
@@ -127,5 +204,15 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--chunks", type=int, default=10_000)
+    ap.add_argument(
+        "--atlas",
+        choices=["both", "shipped", "nodecode", "none"],
+        default="both",
+        help="which both-destination variants to run (emulator as shipped, nodecode, both, none)",
+    )
+    ap.add_argument("--profile", action="store_true", help="one profiled labstream run")
     args = ap.parse_args()
-    main(args.rounds, args.chunks)
+    if args.profile:
+        profile(args.chunks, args.atlas)
+    else:
+        main(args.rounds, args.chunks, args.atlas)

@@ -24,6 +24,7 @@ from .timebase import Float64Array, Int64Array, ns_to_seconds, seconds_to_ns
 EARLIEST_S = 631_152_000.0  # 1990-01-01T00:00:00Z
 LATEST_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 MAX_CHUNK_INDEX = 2**63 - 1
+_NONE = object()  # "no such item" where None is a possible item
 _UNIT_HINTS = ((1e17, "nanoseconds", 1e9), (1e14, "microseconds", 1e6), (1e11, "milliseconds", 1e3))
 
 
@@ -128,11 +129,11 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
     # "1.5" into a float, which hides a bug in the caller's parsing.
     if arr.dtype.kind not in "biuf":
         items = arr.tolist()  # plain Python objects, so the message shows what the caller passed
-        bad = next((v for v in items if not isinstance(v, int | float)), None)
-        if arr.dtype.kind == "O" and bad is None:
-            # An object array of plain numbers (a pandas object column, say): fine as floats.
-            return np.array(items, dtype=np.float64)
-        if bad is None:
+        bad = next((v for v in items if not isinstance(v, int | float)), _NONE)
+        if bad is _NONE:
+            if arr.dtype.kind == "O":
+                # An object array of plain numbers (a pandas object column, say): fine as floats.
+                return np.array(items, dtype=np.float64)
             bad = items[0] if items else arr.dtype
         raise TypeError(f"{ctx}: {what} must be numbers; found {bad!r} ({type(bad).__name__})")
     if arr.dtype == np.float64 and arr is not obj and arr.base is None:
