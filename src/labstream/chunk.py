@@ -133,7 +133,13 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
         if bad is _NONE:
             if arr.dtype.kind == "O":
                 # An object array of plain numbers (a pandas object column, say): fine as floats.
-                return np.array(items, dtype=np.float64)
+                try:
+                    return np.array(items, dtype=np.float64)
+                except OverflowError:
+                    big = next(v for v in items if isinstance(v, int) and abs(v) > 2**1023)
+                    raise ValueError(
+                        f"{ctx}: {what} contains {str(big)[:20]}..., too large for a float"
+                    ) from None
             bad = items[0] if items else arr.dtype
         raise TypeError(f"{ctx}: {what} must be numbers; found {bad!r} ({type(bad).__name__})")
     if arr.dtype == np.float64 and arr is not obj and arr.base is None:

@@ -103,6 +103,13 @@ def chunk_size(points: int) -> int:
 _SIZE_SQL = "16 * points + 64"
 
 
+def _size(nbytes: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if nbytes >= scale:
+            return f"{nbytes / scale:.1f} {unit}"
+    return f"{nbytes} bytes"
+
+
 def encode_body(chunk: Chunk) -> bytes:
     """A chunk's channels as bytes: a JSON header, then each channel's int64 ns and f64 values."""
     header = orjson.dumps([[c.name, c.units, c.size] for c in chunk.channels])
@@ -260,8 +267,8 @@ class Journal:
         """Raise :class:`JournalFull` when a chunk of ``nbytes`` would break a bound."""
         if self._bytes + nbytes > self.max_bytes:
             raise JournalFull(
-                f"spool cap reached ({self._bytes / 1e6:.1f} MB held, cap "
-                f"{self.max_bytes / 1e6:.1f} MB in {self.directory})"
+                f"spool cap reached ({_size(self._bytes)} held, cap {_size(self.max_bytes)} "
+                f"in {self.directory})"
             )
         now = time.monotonic()
         if now - self._free_checked_at > 1.0:  # statvfs at most once a second
@@ -269,7 +276,7 @@ class Journal:
             self._free_ok = shutil.disk_usage(self.directory).free >= self.min_free_bytes
         if not self._free_ok:
             raise JournalFull(
-                f"less than {self.min_free_bytes / 1e6:.0f} MB free on the disk of {self.directory}"
+                f"less than {_size(self.min_free_bytes)} free on the disk of {self.directory}"
             )
 
     def add_stream(
@@ -404,7 +411,11 @@ class Journal:
                         (orjson.dumps(closed).decode(), item[1]),
                     )
             elif kind == "atlas":
-                db.execute("INSERT OR REPLACE INTO atlas_sessions VALUES (?,?,?)", item[1:4])
+                db.execute(
+                    "INSERT OR REPLACE INTO atlas_sessions (data_id, state, last_seq) "
+                    "VALUES (?,?,?)",
+                    item[1:4],
+                )
         if top is not None:
             db.execute(
                 "INSERT INTO meta VALUES ('last_seq', ?) "

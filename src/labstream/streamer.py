@@ -45,7 +45,7 @@ from .chunk import (
 from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
 from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
-from .journal import LIVE_OWNERS, Journal, JournalFull, default_spool_dir
+from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
 from .sinks.atlas import AtlasSink
@@ -517,25 +517,27 @@ class AsyncTimeseriesStreamer:
                 raise StreamStateError(
                     f"data_id={data_id}: stream already finalized; no more pushes"
                 )
-            repeats = 0
+            # An identical re-push of a channel is harmless and sent nothing; other data under a
+            # used (channel, chunk_index) is refused.
+            fresh = []
             for raw in raws:
                 seen = stream.digests.get((raw.name, index))
                 if seen is None:
-                    continue
-                if seen != raw.digest:
+                    fresh.append(raw)
+                elif seen != raw.digest:
                     raise ValueError(
                         f"{where(data_id, raw.name, index)}: this chunk was already pushed with "
                         "different data; chunk indexes must not be reused"
                     )
-                repeats += 1
-            if repeats == len(raws):
+            if not fresh:
                 log.debug("ignoring identical re-push of %s chunk %d", data_id, index)
                 return None
+            raws = fresh  # ATLAS appends: channels already sent must not be sent twice
             journal = self._journal
             if journal is not None:
                 points = sum(r.values.shape[0] for r in raws)
                 try:
-                    journal.check_room(16 * points)
+                    journal.check_room(chunk_size(points))
                 except JournalFull as full:
                     self._refuse(stream, points, str(full))
                     return None

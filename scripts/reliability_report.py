@@ -1,0 +1,319 @@
+"""Run the reliability scenarios and write their figures to docs/reliability.md.
+
+The scenarios, and the checks they must pass, are those of ``tests/test_reliability.py`` (the same
+functions, imported from there): both local emulators in this process, over loopback, with seeded
+fault injection and a short retry policy. For every scenario and destination the report gives the
+points sent, received and duplicated, the scenario's own measurements, and whether its checks
+passed. It ends with the bugs in ``src/`` the suite pins as ``xfail(strict=True)``.
+
+    .venv/bin/python scripts/reliability_report.py            # writes docs/reliability.md
+    .venv/bin/python scripts/reliability_report.py --out -    # prints it instead
+
+Exit status 1 when a scenario's check failed (the report is written all the same).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO), str(REPO / "src")]
+
+from tests.test_reliability import (  # noqa: E402 - needs the paths above
+    CRASH_DUPLICATE_CHECKS,
+    DATA_DEPENDENT_CHECKS,
+    SCENARIOS,
+    Outcome,
+    fixed_bugs,
+    known_bugs,
+)
+
+COMMAND = ".venv/bin/python scripts/reliability_report.py"
+
+
+def _ms(value: float) -> str:
+    return f"{value:.1f} ms"
+
+
+def details(out: Outcome) -> list[str]:
+    """The scenario's own measurements, as sentences."""
+    f = out.facts
+    title = out.scenario
+    if title.startswith("1."):
+        return [
+            f"Atomscale: {f['atomscale_503'] + f['atomscale_429']} of "
+            f"{f['atomscale_requests']} chunk uploads failed ({f['atomscale_503']} x 503 in the "
+            f"first half, {f['atomscale_429']} x 429 with `Retry-After: 1` in the second).",
+            f"ATLAS: {f['atlas_unavailable']} of {f['atlas_rpcs']} RPCs answered UNAVAILABLE.",
+            f"Retries: {_join(f['retries'])}. `Retry-After` honoured (a 1 s wait was asked of "
+            f"the injected sleep): {_yes(f['retry_after_honoured'])}.",
+        ]
+    if title.startswith("2."):
+        down = f["down"]
+        healthy = "atlas" if down == "atomscale" else "atomscale"
+        p50, top = f["healthy_lag_ms_p50"], f["healthy_lag_ms_max"]
+        return [
+            f"{down} down for {f['outage_s']:.2f} s (chunks 20-39, one pushed every 20 ms); it "
+            f"received {f['down_received_during_outage']} of them during the outage, and all "
+            f"after it: {_yes(f['down_first_delivery_after_outage'])}.",
+            f"{healthy} received {f['healthy_delivered_during_outage']} of those 20 chunks during "
+            "the outage, each before the next push.",
+            f"{healthy} delivery lag (push to arrival): median {_ms(p50['before'])} before the "
+            f"outage, {_ms(p50['during'])} during it; worst {_ms(top['before'])} before, "
+            f"{_ms(top['during'])} during.",
+        ]
+    if title.startswith("3."):
+        down = f["down"]
+        healthy = "atlas" if down == "atomscale" else "atomscale"
+        first = f["first"]
+        return [
+            f"First streamer: finalize(timeout=1) returned in {f['finalize_s']:.2f} s; "
+            f"{healthy} had all {first[healthy]['delivered']} points and was closed "
+            f"(checked at the destination: {_yes(f['healthy_done_first'])}).",
+            f"{down} in that report: delivered {first[down]['delivered']}, pending "
+            f"{first[down]['pending']}, dropped {first[down]['dropped']}, closed "
+            f"{_yes(first[down]['closed'])} (close error: {_short(first[down]['close_error'])}).",
+            f"Second streamer on the same spool directory, once {down} was up: resumed the "
+            f"stream: {_yes(f['recovered'])}; {down} delivered {f['resumed'][down]['delivered']} "
+            f"points and closed: {_yes(f['resumed'][down]['closed'])}.",
+            f"Atomscale finalize requests for the stream: {f['atomscale_finalize_calls']}"
+            + (
+                " (one too many: see the bugs below)." if f["atomscale_finalize_calls"] > 1 else "."
+            ),
+        ]
+    if title.startswith("4."):
+        lost = f["lost_ms_before_kill"]
+        return [
+            f"The child pushed {f['pushed_by_child']} chunks (50 points each, one every 10 ms, "
+            "to destinations slowed to 30 ms an upload and 10 ms a packet) and was killed with "
+            f"SIGKILL; {f['pushed_100ms_before_kill']} of them were pushed at least 100 ms "
+            "before the kill.",
+            "Chunks the destinations had from the child, counted just after the kill: "
+            f"{_join(f['delivered_before_kill'])}; chunks the resuming streamer delivered "
+            f"(re-sends included): {_join(f['resumed_chunks'])} (stream resumed: "
+            f"{_yes(f['recovered'])}).",
+            "Pushed but not received (ms between that push and the kill): "
+            + "; ".join(f"{d}: {v or 'none'}" for d, v in lost.items())
+            + ".",
+            f"Atomscale stream finalized: {_yes(f['atomscale_finalized'])}. ATLAS: "
+            f"{f['atlas_sessions']} session (the same one continued), EndSession called: "
+            f"{_yes(f['atlas_end_session'])}, EndOfSession on every stream: "
+            f"{_yes(f['atlas_end_of_session'])}.",
+            f"ATLAS data packets written twice: {f['atlas_duplicate_packets']}; checks failed: "
+            f"{', '.join(f['atlas_failed_checks']) or 'none'}.",
+        ]
+    if title.startswith("5."):
+        return [
+            "The Stream API was stopped after chunk 19 and started again on the same port once "
+            "chunks 20-39 had been pushed and retried against it. Same session key throughout: "
+            f"{_yes(f['same_session_key'])}; CreateSession calls: {f['create_session_calls']}; "
+            f"successful EndSession calls: {f['end_session_calls']}; ATLAS retries: "
+            f"{f['atlas_retries']}.",
+        ]
+    if title.startswith("6."):
+        return [
+            f"`spool_max_bytes` = 20 chunks (by the journal's estimate); Atomscale down while 50 "
+            f"chunks were pushed: {len(f['accepted_while_down'])} accepted (chunks 0-"
+            f"{len(f['accepted_while_down']) - 1}), {f['refused_during']} refused, push() never "
+            "raised.",
+            f"Report: {f['refused_chunks']} chunks / {f['refused_points']} points refused before "
+            f"storing: “{f['refusal_reason']}”.",
+            f"After Atomscale came back: chunks {f['accepted_after_recovery'][0]}-"
+            f"{f['accepted_after_recovery'][-1]} accepted again; every accepted chunk delivered "
+            f"and closed at both: {_yes(f['complete_per_destination'])}.",
+            "ATLAS checks failed: "
+            + (", ".join(f["atlas_failed_checks"]) or "none")
+            + " (a warning: the refused chunks are a gap in time).",
+        ]
+    if title.startswith("7."):
+        p = f["push_us"]
+        return [
+            f"push() latency over {f['pushes']} pushes: p50 {p['fast_p50']:.0f} µs / p99 "
+            f"{p['fast_p99']:.0f} µs with fast destinations; p50 {p['slow_p50']:.0f} µs / p99 "
+            f"{p['slow_p99']:.0f} µs with slow ones.",
+            f"Backlog right after the pushes: {_join(f['backlog_after_pushes'])} chunks; most "
+            f"chunks held in memory at any time: {_join(f['max_held'])} "
+            f"(`memory_window_chunks` = {f['window']}); the rest waited in the journal.",
+        ]
+    if title.startswith("8."):
+        refused = f["refused"]
+        return [
+            f"{f['examples']} examples (a fresh stream each), {f['pushes']} pushes: "
+            f"{f['accepted']} accepted, {sum(refused.values())} refused "
+            f"({_join(refused)}); every refusal named the data_id: "
+            f"{_yes(not f['refusals_not_naming_the_push'])}; left out because they would hit an "
+            f"open bug: {f['skipped_open_bugs']}.",
+            f"Background machinery alive afterwards: {_yes(f['machinery_alive'])}; a finalize "
+            f"after the fuzz: {'ok' if f['finalize_after_fuzz_ok'] else 'FAILED'}; journal "
+            f"`PRAGMA integrity_check`: {f['journal_integrity']}; streams a fresh streamer "
+            f"found unfinished in it: {len(f['left_in_journal'])}.",
+        ]
+    return [f"{k}: {v}" for k, v in f.items()]
+
+
+def _join(counts: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def _yes(flag: object) -> str:
+    return "yes" if flag else "NO"
+
+
+def _short(text: str | None, limit: int = 90) -> str:
+    if not text:
+        return "none"
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def run() -> tuple[list[tuple[Outcome, str | None, float]], float]:
+    results = []
+    started = time.monotonic()
+    for scenario, check in SCENARIOS:
+        name = getattr(scenario, "__name__", None) or scenario.func.__name__  # type: ignore[attr-defined]
+        print(f"running {name} {getattr(scenario, 'keywords', '')}...", file=sys.stderr)
+        with tempfile.TemporaryDirectory(prefix="labstream-reliability-") as tmp:
+            t0 = time.monotonic()
+            try:
+                out = scenario(Path(tmp) / "spool")
+            except Exception:
+                out = Outcome(name)
+                error: str | None = traceback.format_exc(limit=3)
+            else:
+                try:
+                    check(out)
+                    error = None
+                except AssertionError:
+                    error = traceback.format_exc(limit=2)
+            results.append((out, error, time.monotonic() - t0))
+    return results, time.monotonic() - started
+
+
+def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> str:
+    today = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    lines = [
+        "# Reliability",
+        "",
+        "What labstream delivers when things go wrong, streaming to Atomscale (HTTP) and ATLAS "
+        "(gRPC) at once. Each scenario below is a test in `tests/test_reliability.py` (run by "
+        "`./scripts/test`); this page holds the figures of one run of the same scenarios.",
+        "",
+        f"Produced by `{COMMAND}` on {today} (UTC), in {total_s:.0f} s: Python "
+        f"{platform.python_version()}, {platform.system()}, {os.cpu_count()} CPU(s).",
+        "",
+        "## Setup",
+        "",
+        "- Both destinations are the local emulators (`labstream.emulators.atomscale` and "
+        "`labstream.emulators.atlas`), running in the test process on loopback. Faults come "
+        "from their seeded fault plans: HTTP 503, 429 with `Retry-After`, gRPC UNAVAILABLE, "
+        "outages and latency. The ATLAS emulator records every packet, and its protocol "
+        "checker (`atlas_checker.check_session`) rebuilds each parameter's samples.",
+        "- The streamers use a short retry policy, `RetryPolicy(initial_backoff_s=0.01, "
+        "max_backoff_s=0.05, jitter_s=0, cooldown_s=0.05)`, the durable journal (spool) in a "
+        "temporary directory, and no clock correction.",
+        "- Data: channels at 10 Hz, chunks of 50 points (20 in scenario 7), every value "
+        "distinct, so a missing, extra or misplaced point shows.",
+        "",
+        "What the columns count, in points:",
+        "",
+        "- **sent**: points accepted by `push()`. Refused points are not sent (scenario 6 counts "
+        "them apart). In scenario 4 it is every point whose `push()` returned in the killed "
+        "process.",
+        "- **received**: distinct points the destination stores. Atomscale stores by (channel, "
+        "chunk_index). For ATLAS it is the samples of the session's parameter data, each "
+        "timestamp once. Every scenario also checks the values one by one.",
+        "- **duplicated**: extra copies that reached the destination. Atomscale replaces a "
+        "re-sent chunk, so its stored result has no duplicates; the column counts the re-sent "
+        "points it received. ATLAS appends, so its duplicates stay in the session data.",
+        "",
+        "## Figures",
+        "",
+        "| scenario | destination | sent | received | duplicated | checks |",
+        "| --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for out, error, _ in results:
+        verdict = "pass" if error is None else "**FAIL**"
+        for row in out.rows:
+            lines.append(
+                f"| {out.scenario} | {row.destination} | {row.sent:,} | {row.received:,} | "
+                f"{row.duplicated:,} | {verdict} |"
+            )
+        if not out.rows:
+            lines.append(f"| {out.scenario} | - | - | - | - | {verdict} |")
+    lines += ["", "## Scenario by scenario", ""]
+    for out, error, seconds in results:
+        lines += [f"### {out.scenario}", "", f"Took {seconds:.1f} s.", ""]
+        if out.facts:
+            lines += [f"- {sentence}" for sentence in details(out)]
+        if error is not None:
+            lines += ["", "Check failed:", "", "```", error.rstrip(), "```"]
+        lines.append("")
+    lines += [
+        "## What a crash costs on ATLAS",
+        "",
+        "The Stream API acknowledges every packet. labstream then records that ATLAS has the "
+        "chunk, and where its session stands (packet ids, timelines), in the journal's next "
+        "group commit, at most 10 ms later. After a `kill -9` the next process continues the "
+        "same session from the last recorded state. A chunk ATLAS acknowledged after that state "
+        "was committed is written again, with the same packet ids and timestamps. These repeats "
+        "can fail the following checks, and no others: "
+        + ", ".join(f"`{c}`" for c in sorted(CRASH_DUPLICATE_CHECKS))
+        + ". The scenario counts the duplicates and allows only these failures. The Stream "
+        "API cannot tell whether it already has a packet, so the repeat cannot be avoided; "
+        "committing the session state before acknowledging the chunk would narrow the window. "
+        "A kill before the first chunk reached ATLAS leaves nothing to continue: the next "
+        "process creates a new session, and the first one is never ended. Scenario 4 waits "
+        "for ATLAS data before it kills, so this case is not measured.",
+        "",
+        "Atomscale has no such problem: it stores a re-sent chunk in place of the first copy.",
+        "",
+        "In the fuzz (scenario 8), a few ATLAS checks depend on the fuzzed data itself "
+        "(overlapping or sub-microsecond timestamps, one-sample chunks), not on labstream: "
+        + ", ".join(f"`{c}`" for c in sorted(DATA_DEPENDENT_CHECKS))
+        + ". All the other checks must pass.",
+        "",
+        "## Bugs in src/ found by the suite",
+        "",
+        "Open bugs are pinned by `test_bug_*` tests marked `xfail(strict=True)`: such a test "
+        "fails (XPASS) once its bug is fixed, and then becomes a `test_regression_*` test; the "
+        "fuzz keeps the inputs of open bugs out of its strategies until then.",
+        "",
+        "Open:",
+        "",
+    ]
+    lines += [f"- `{name}`: {reason}." for name, reason in known_bugs()] or ["- none"]
+    lines += ["", "Fixed since they were found (each kept as a regression test):", ""]
+    lines += [f"- `{name}`: {what}" for name, what in fixed_bugs()] or ["- none"]
+    lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(REPO / "docs" / "reliability.md"), help="or - ")
+    args = parser.parse_args(argv)
+    logging.disable(logging.CRITICAL)  # the scenarios provoke every warning labstream has
+    results, total_s = run()
+    text = render(results, total_s)
+    if args.out == "-":
+        sys.stdout.write(text)
+    else:
+        Path(args.out).write_text(text, encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    failed = [out.scenario for out, error, _ in results if error is not None]
+    for scenario in failed:
+        print(f"FAILED: {scenario}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
