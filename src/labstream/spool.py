@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .journal import Journal, SpoolStatus, default_spool_dir
+from .progress import ProgressView
 from .report import StreamReport
 from .streamer import resolve_api_key
 from .sync import TimeseriesStreamer
@@ -108,7 +109,7 @@ def resume(
 def _deliver(
     streamer: TimeseriesStreamer, data_id: str, timeout_s: float, out: Out
 ) -> StreamReport:
-    """Finalize one stream, showing progress while its backlog drains."""
+    """Finalize one stream, with a progress bar per destination while its backlog drains."""
     done = threading.Event()
     result: list[StreamReport] = []
 
@@ -118,17 +119,17 @@ def _deliver(
         finally:
             done.set()
 
+    start = streamer.report(data_id)
+    totals = {name: d.points_accepted for name, d in start.destinations.items()}
+    view = ProgressView(f"resuming {data_id}", totals, stream=sys.stdout, interval=5.0)
     worker = threading.Thread(target=finalize, name="labstream-spool-resume")
     worker.start()
-    interactive = sys.stdout.isatty()
-    while not done.wait(0.5 if interactive else 5.0):
-        report = streamer.report(data_id)
-        parts = [
-            f"{d.destination} {d.points_delivered}/{d.points_accepted}"
-            for d in report.destinations.values()
-        ]
-        out(f"{data_id}: " + ", ".join(parts) + " points delivered")
-    worker.join()
+    try:
+        while not done.wait(0.5):
+            view.update(streamer.report(data_id))
+    finally:
+        worker.join()
+        view.close()
     report = result[0]
     out(str(report))
     return report
