@@ -12,9 +12,10 @@ Usage: python _worker.py CLIENT MODE SCENARIO ENDPOINT N_CHUNKS [PACE_US] [FINAL
 Data and timing follow /work/shared/bench/anchor_atomscale.py: 100-point chunks as lists of floats,
 built before the clock starts; initialize() is outside the timed part; clock sync is off for both
 clients. labstream journals into a temporary spool directory of its own (removed at exit) unless
-LABSTREAM_SPOOL_DIR is set, and also streams to ATLAS when LABSTREAM_ATLAS (and
-LABSTREAM_ATLAS_KEY_GENERATOR) name one. Prints one JSON line. With BENCH_PROFILE=PREFIX (labstream
-only), cProfile runs in each of labstream's threads during the timed part: the caller's
+LABSTREAM_SPOOL_DIR is set (BENCH_SPOOL=0: no journal, ``spool=False``), and also streams to ATLAS
+when LABSTREAM_ATLAS (and LABSTREAM_ATLAS_KEY_GENERATOR) name one. Prints one JSON line. With
+BENCH_PROFILE=PREFIX (labstream only), cProfile runs in each of labstream's threads during the
+timed part: the caller's
 (``PREFIX.main``: run()'s iteration and push()), the event loop's (``PREFIX.loop``: delivery) and
 the journal writer's (``PREFIX.journal``, until ``close()``); each is dumped as pstats.
 
@@ -50,6 +51,10 @@ def make_streamer(client: str, endpoint: str):  # type: ignore[no-untyped-def]
         return SdkStreamer(api_key="k", endpoint=endpoint, points_per_chunk=PPC)
     from labstream import TimeseriesStreamer
 
+    if os.environ.get("BENCH_SPOOL") == "0":  # the journal off: spool=False
+        return TimeseriesStreamer(
+            api_key="k", endpoint=endpoint, points_per_chunk=PPC, clock_sync=False, spool=False
+        )
     if not os.environ.get("LABSTREAM_SPOOL_DIR"):
         global _SPOOL
         _SPOOL = tempfile.mkdtemp(prefix="labstream-worker-spool-")

@@ -3,6 +3,7 @@
 Run:  .venv/bin/python benchmarks/run_throughput.py             (about 2.5 min on 2 cores)
       .venv/bin/python benchmarks/run_throughput.py --atlas none          (Atomscale only, ~40 s)
       .venv/bin/python benchmarks/run_throughput.py --rounds 2 --chunks 5000
+      .venv/bin/python benchmarks/run_throughput.py --atlas nodecode --nospool    (~2 min)
       .venv/bin/python benchmarks/run_throughput.py --profile    (one profiled +atlas run, ~30 s)
 
 One run = a fresh process that initializes a stream, then times
@@ -16,6 +17,8 @@ chunks of 100 points (1M points, lists of floats built before the clock starts):
   +atlas-nd  the same against the emulator with its per-packet content decode stubbed out
              (``nodecode``, as in atlas_writes.py; the real server does not decode either): the
              emulator then costs less, so this is closer to labstream's own limit
+  ...-nospool with ``--nospool``: labstream and +atlas-nd again with ``spool=False`` (no journal),
+             to show what the journal costs
 
 Clock sync is off everywhere. The variants alternate within every round (the order rotates).
 Delivery is checked at the server: nginx logs every chunk request, and a run counts only if all
@@ -53,9 +56,13 @@ ANCHOR = Path("/work/shared/bench/anchor_atomscale.py")
 PPC = 100
 
 
-def one_run(client: str, srv: BenchServer, n: int, atlas: AtlasProcess | None = None) -> dict:
+def one_run(
+    client: str, srv: BenchServer, n: int, atlas: AtlasProcess | None = None, spool: bool = True
+) -> dict:
     srv.clear_chunk_log()
     env = {**os.environ, **(atlas.env if atlas is not None else {})}
+    if not spool:
+        env["BENCH_SPOOL"] = "0"
     before = atlas.count() if atlas is not None else 0
     if client == "sdk":
         cmd = [sys.executable, str(ANCHOR), srv.url, str(n), str(PPC), "run"]
@@ -141,21 +148,25 @@ def profile(n: int, atlas: str, top: int = 25) -> None:
                 stats.sort_stats(key).print_stats(top)
 
 
-def main(rounds: int, n: int, atlas: str) -> None:
+def main(rounds: int, n: int, atlas: str, nospool: bool) -> None:
     have_sdk = importlib.util.find_spec("atomscale") is not None and ANCHOR.exists()
     clients = ["labstream", "sdk"] if have_sdk else ["labstream"]
     if atlas in ("shipped", "both"):
         clients.append("+atlas")
     if atlas in ("nodecode", "both"):
         clients.append("+atlas-nd")
+    if nospool:
+        clients.insert(1, "nospool")
+        if "+atlas-nd" in clients:
+            clients.append("+atlas-nd-nospool")
     rates: dict[str, list[float]] = {c: [] for c in clients}
     cpu: dict[str, list[float]] = {c: [] for c in clients}
     started = time.perf_counter()
     with BenchServer() as srv, contextlib.ExitStack() as stack:
         emulators = {
-            c: stack.enter_context(AtlasProcess(ATLAS_VARIANTS[c]))
+            c: stack.enter_context(AtlasProcess(ATLAS_VARIANTS[c.removesuffix("-nospool")]))
             for c in clients
-            if c in ATLAS_VARIANTS
+            if c.removesuffix("-nospool") in ATLAS_VARIANTS
         }
         print(
             f"server: {server_description(srv)}; {n} chunks x {PPC} points per run; {rounds} rounds"
@@ -174,7 +185,8 @@ def main(rounds: int, n: int, atlas: str) -> None:
             parts = []
             for client in order:
                 worker = "sdk" if client == "sdk" else "labstream"
-                res = one_run(worker, srv, n, emulators.get(client))
+                spool = not client.endswith("nospool")
+                res = one_run(worker, srv, n, emulators.get(client), spool)
                 if srv.kind == "nginx" and not res["complete"]:
                     raise RuntimeError(f"{client} run {r + 1} did not deliver everything: {res}")
                 rates[client].append(res["points_per_s"])
@@ -184,7 +196,7 @@ def main(rounds: int, n: int, atlas: str) -> None:
             print(f"  round {r + 1}: " + "; ".join(parts), flush=True)
     print()
     print(
-        f"{'variant':10} {'median points/s':>16} {'min':>10} {'max':>10} "
+        f"{'variant':17} {'median points/s':>16} {'min':>10} {'max':>10} "
         f"{'client CPU us/chunk':>20} {'vs SDK':>7} {'per round':>12}"
     )
     for c in clients:
@@ -195,7 +207,7 @@ def main(rounds: int, n: int, atlas: str) -> None:
             ratio = f"{med / statistics.median(rates['sdk']):6.2f}x"
             per_round = [a / b for a, b in zip(rates[c], rates["sdk"], strict=True)]
             spread = f"{min(per_round):.2f}-{max(per_round):.2f}x"
-        print(f"{c:10} {med:16,.0f} {lo:10,.0f} {hi:10,.0f} {cpu_txt} {ratio:>7} {spread:>12}")
+        print(f"{c:17} {med:16,.0f} {lo:10,.0f} {hi:10,.0f} {cpu_txt} {ratio:>7} {spread:>12}")
     print("(client CPU: user+system time of the labstream process, all threads, per chunk)")
     print(f"total {time.perf_counter() - started:.0f} s")
 
@@ -210,9 +222,10 @@ if __name__ == "__main__":
         default="both",
         help="which both-destination variants to run (emulator as shipped, nodecode, both, none)",
     )
+    ap.add_argument("--nospool", action="store_true", help="also run labstream with spool=False")
     ap.add_argument("--profile", action="store_true", help="one profiled labstream run")
     args = ap.parse_args()
     if args.profile:
         profile(args.chunks, args.atlas)
     else:
-        main(args.rounds, args.chunks, args.atlas)
+        main(args.rounds, args.chunks, args.atlas, args.nospool)

@@ -206,3 +206,34 @@ def test_atlas_session_continues_after_a_crash(monkeypatch: pytest.MonkeyPatch) 
         checked = check_session(session)
     assert checked.clean, format_report(checked, verbose=True)
     assert checked.parameters["T:labstream"].values == [float(i) for i in range(80)]
+
+
+def test_a_writer_that_falls_behind_bounds_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pushing faster than the disk: push() waits briefly, then refuses (counted), never queues
+    without bound."""
+    import labstream.journal as journal_module
+
+    monkeypatch.setattr(journal_module, "MAX_QUEUED", 4)
+    monkeypatch.setattr(journal_module, "WRITER_WAIT_S", 0.05)
+    journal = journal_module.Journal(tmp_path)
+    stall = threading.Event()
+    monkeypatch.setattr(journal, "_commit", lambda batch: stall.wait(5))
+    try:
+        ts = np.array([1_760_000_000_000_000_000], dtype=np.int64)
+        chunk = Chunk("d", 0, (ChannelSeries("T", None, ts, np.array([1.0])),), False, 0, 1)
+        refused = None
+        for _ in range(50):
+            try:
+                journal.check_room(100)
+            except journal_module.JournalFull as full:
+                refused = str(full)
+                break
+            journal.add_chunk(chunk, ["atomscale"])
+        assert refused is not None
+        assert "journal writer is" in refused
+        assert len(journal._queue) <= 4 + 1
+    finally:
+        stall.set()
+        journal.close()

@@ -35,6 +35,10 @@ from .chunk import ChannelSeries, Chunk
 log = logging.getLogger("labstream.journal")
 
 SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
+# Operations queued for the writer before push() waits for it: bounds memory when pushes outrun
+# the disk (each queued chunk holds its arrays).
+MAX_QUEUED = 4096
+WRITER_WAIT_S = 2.0
 FILE_NAME = "journal.sqlite3"
 
 _SCHEMA = """
@@ -264,7 +268,21 @@ class Journal:
         return seq
 
     def check_room(self, nbytes: int) -> None:
-        """Raise :class:`JournalFull` when a chunk of ``nbytes`` would break a bound."""
+        """Raise :class:`JournalFull` when a chunk of ``nbytes`` would break a bound.
+
+        When the writer thread falls behind (pushes faster than the disk takes them), wait
+        briefly for it rather than queue without bound in memory; refuse if it stays behind.
+        """
+        if len(self._queue) > MAX_QUEUED:
+            deadline = time.monotonic() + WRITER_WAIT_S
+            self._wake.set()
+            while len(self._queue) > MAX_QUEUED // 2 and time.monotonic() < deadline:
+                time.sleep(self._interval / 4)
+            if len(self._queue) > MAX_QUEUED:
+                raise JournalFull(
+                    f"the journal writer is {len(self._queue)} operations behind for "
+                    f"{WRITER_WAIT_S:.0f} s (disk too slow for this rate?)"
+                )
         if self._bytes + nbytes > self.max_bytes:
             raise JournalFull(
                 f"spool cap reached ({_size(self._bytes)} held, cap {_size(self.max_bytes)} "
