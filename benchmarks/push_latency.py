@@ -126,7 +126,7 @@ def main(rounds: int) -> None:
                 f"{fin['finalize_seconds']:.2f} s, "
                 f"{fin['delivered_chunks']}/{fin['chunks']} chunks delivered"
                 + (
-                    " (finalize timeout 2 s; the close request still gets a full retry round)"
+                    " (finalize timeout 2 s, which bounds the close too)"
                     if scenario.startswith("down")
                     else ""
                 )
