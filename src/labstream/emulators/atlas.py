@@ -64,6 +64,7 @@ from labstream._proto.ma.streaming.api.v1 import api_pb2
 from labstream._proto.ma.streaming.key_generator.v1 import key_generator_pb2
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
 
+from ._threaded import started_in_thread
 from .atlas_checker import (
     FormatRecord,
     RecordedPacket,
@@ -1203,20 +1204,8 @@ def run_in_thread(*, timeout_s: float = 10.0, **kwargs: Any) -> Iterator[AtlasEm
     ``asyncio.run_coroutine_threadsafe(emu.restart(), emu.loop).result()``.
     """
     emulator = AtlasEmulator(**kwargs)
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="atlas-emulator", daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(emulator.start(), loop).result(timeout_s)
-        yield emulator
-    finally:
-        try:
-            asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result(timeout_s)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout_s)
-            if not thread.is_alive():
-                loop.close()
+    with started_in_thread(emulator, name="atlas-emulator", timeout_s=timeout_s) as running:
+        yield running
 
 
 def serve(

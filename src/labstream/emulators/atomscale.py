@@ -38,6 +38,8 @@ from typing import Any, Final, TypeGuard
 import orjson
 from aiohttp import web
 
+from ._threaded import started_in_thread
+
 __all__ = [
     "CHUNK_PATHS",
     "FAULT_KINDS",
@@ -897,20 +899,8 @@ def run_in_thread(
     emulator = AtomscaleEmulator(
         host=host, port=port, faults=faults, api_key=api_key, clock_offset_s=clock_offset_s
     )
-    loop = asyncio.new_event_loop()
-    thread = threading.Thread(target=loop.run_forever, name="atomscale-emulator", daemon=True)
-    thread.start()
-    try:
-        asyncio.run_coroutine_threadsafe(emulator.start(), loop).result(timeout_s)
-        yield emulator
-    finally:
-        try:
-            asyncio.run_coroutine_threadsafe(emulator.stop(), loop).result(timeout_s)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join(timeout_s)
-            if not thread.is_alive():
-                loop.close()
+    with started_in_thread(emulator, name="atomscale-emulator", timeout_s=timeout_s) as running:
+        yield running
 
 
 def serve(
