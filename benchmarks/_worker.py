@@ -22,7 +22,8 @@ the journal writer's (``PREFIX.journal``, until ``close()``); each is dumped as 
 ``atlas-emulator``: labstream's ATLAS emulator on 127.0.0.1, ports chosen by the system, printed as
 ``READY <stream api port> <key generator port>``. ``nodecode`` replaces its per-packet content
 decode with a stub (as atlas_writes.py does: the real server does not decode content either).
-Commands on stdin, one reply line each: ``count`` (packets recorded so far), ``quit``. The
+Commands on stdin, one reply line each: ``samples`` (samples in the data packets recorded so
+far), ``quit``. The
 recording is moved out of the garbage collector's way every second (``gc.freeze()``): the emulator
 keeps every packet, a real server keeps none. Parents use :class:`AtlasProcess`.
 """
@@ -223,14 +224,29 @@ def serve_atlas(mode: str) -> None:
     from labstream.emulators import atlas as emu_mod
 
     decode = emu_mod.decode_content
-    count = 0
+    data: list[tuple[str, bytes]] = []  # every data packet's content, decoded only when counted
+    counted_so_far = [0, 0]  # packets decoded, samples in them
 
-    def counted(packet_type: str, content: bytes) -> tuple[object, str | None]:
-        nonlocal count  # called once per packet, under the emulator's lock, as it records it
-        count += 1
+    def recorded(packet_type: str, content: bytes) -> tuple[object, str | None]:
+        # called once per packet, under the emulator's lock, as it records it
+        if packet_type in ("PeriodicData", "RowData"):
+            data.append((packet_type, content))
         return (None, None) if mode == "nodecode" else decode(packet_type, content)
 
-    emu_mod.decode_content = counted  # type: ignore[assignment]
+    def samples() -> int:
+        """Samples in the data packets so far (a packet may carry many chunks), decoded now,
+        after the timed run, so that counting costs the timed part nothing."""
+        done, total = counted_so_far
+        for packet_type, content in data[done:]:
+            msg, _ = decode(packet_type, content)
+            if packet_type == "RowData":
+                total += len(msg.timestamps)  # type: ignore[attr-defined]
+            else:
+                total += len(msg.columns[0].double_samples.samples)  # type: ignore[attr-defined]
+        counted_so_far[:] = [len(data), total]
+        return total
+
+    emu_mod.decode_content = recorded  # type: ignore[assignment]
     emulator = emu_mod.AtlasEmulator(host="127.0.0.1", port=0, key_generator_port=0)
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, name="emulator", daemon=True).start()
@@ -247,7 +263,7 @@ def serve_atlas(mode: str) -> None:
         cmd = line.strip()
         if cmd == "quit":
             break
-        print(count if cmd == "count" else f"unknown command {cmd!r}", flush=True)
+        print(samples() if cmd == "samples" else f"unknown command {cmd!r}", flush=True)
     os._exit(0)  # no orderly stop: nothing to keep, and it is quicker
 
 
@@ -283,12 +299,12 @@ class AtlasProcess:
         }
         return self
 
-    def count(self) -> int:
-        """Packets the emulator has recorded so far."""
+    def samples(self) -> int:
+        """Samples the emulator has recorded so far, in every data packet."""
         assert self.proc is not None
         assert self.proc.stdin is not None
         assert self.proc.stdout is not None
-        self.proc.stdin.write("count\n")
+        self.proc.stdin.write("samples\n")
         self.proc.stdin.flush()
         return int(self.proc.stdout.readline())
 

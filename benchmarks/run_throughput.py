@@ -23,7 +23,8 @@ chunks of 100 points (1M points, lists of floats built before the clock starts):
 Clock sync is off everywhere. The variants alternate within every round (the order rotates).
 Delivery is checked at the server: nginx logs every chunk request, and a run counts only if all
 10,000 arrived with status 200 (for labstream also: none after finalize() returned, and its report
-says all delivered, to ATLAS too; the emulator must have recorded at least 10,000 more packets).
+says all delivered, to ATLAS too; the emulator's data packets must hold all 1M more samples,
+counted after the run).
 labstream journals into a temporary spool directory per run (the default ``spool=True``). Prints
 median points/s, the client's CPU per chunk, and each variant's ratio to the SDK.
 
@@ -63,7 +64,7 @@ def one_run(
     env = {**os.environ, **(atlas.env if atlas is not None else {})}
     if not spool:
         env["BENCH_SPOOL"] = "0"
-    before = atlas.count() if atlas is not None else 0
+    before = atlas.samples() if atlas is not None else 0
     if client == "sdk":
         cmd = [sys.executable, str(ANCHOR), srv.url, str(n), str(PPC), "run"]
     else:
@@ -94,7 +95,7 @@ def one_run(
             "finalize_returned_unix": out["finalize_returned_unix"],
         }
         if atlas is not None:
-            res["atlas_recorded"] = atlas.count() - before
+            res["atlas_recorded"] = (atlas.samples() - before) // PPC  # in chunks
             res["report_delivered"] = min(res["report_delivered"], res["atlas_recorded"])
             if set(out["delivered"]) != {"atomscale", "atlas"}:
                 raise RuntimeError(f"{client}: not streaming to both: {out['delivered']}")

@@ -11,7 +11,9 @@ import anyio
 import httpx
 import pytest
 
-from labstream import RetryPolicy, TimeseriesStreamer
+from labstream import DestinationReport, RetryPolicy, TimeseriesStreamer
+from labstream.chunk import Chunk
+from labstream.errors import DestinationError
 
 from .fakes import FakeAtomscale, Recorded, RecordingSleep, fail_every
 
@@ -266,3 +268,91 @@ def test_finalize_timeout_bounds_the_close_too(
     assert 1 <= len(closes) < 50  # tried, then given up at the deadline instead of 50 times
     assert not dest.closed
     assert "503" in (dest.close_error or "")
+
+
+class BatchingSink:
+    """A destination taking queued chunks together; the first call waits until released."""
+
+    name = "batching"
+    max_concurrency = 1
+    max_batch_points = 500  # five 100-point chunks
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, ...]] = []  # chunk indexes per call
+        self.called = anyio.Event()
+        self.release = anyio.Event()
+        self.failures_left = 0
+        self.refuse: set[int] = set()  # chunk indexes refused for good
+
+    async def open_stream(self, stream: object) -> None:
+        return None
+
+    async def send_chunk(self, chunk: object) -> None:
+        raise AssertionError("a batching sink is given batches")
+
+    async def send_chunks(self, chunks: tuple[Chunk, ...]) -> dict[int, DestinationError]:
+        from labstream import RejectedError, TransientDestinationError
+
+        self.calls.append(tuple(c.chunk_index for c in chunks))
+        self.called.set()
+        await self.release.wait()
+        if self.failures_left:
+            self.failures_left -= 1
+            raise TransientDestinationError("busy", destination=self.name)
+        return {
+            c.seq: RejectedError("no", destination=self.name, chunk_index=c.chunk_index)
+            for c in chunks
+            if c.chunk_index in self.refuse
+        }
+
+    async def close_stream(self, stream: object) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        return None
+
+
+def run_batches(sink: BatchingSink, chunks: int, policy: RetryPolicy) -> DestinationReport:
+    from labstream.chunk import make_chunk, validate_series
+    from labstream.delivery import DeliveryRunner
+    from labstream.sinks.base import StreamInfo
+
+    sleeper = RecordingSleep()
+    runner = DeliveryRunner(sink, policy, sleep=sleeper)
+
+    async def main() -> DestinationReport:
+        async with anyio.create_task_group() as tg:
+            await tg.start(runner.serve)
+            runner.open(StreamInfo("d1"))
+            for c in range(chunks):
+                raw = validate_series("d1", c, "T", *chunk(c), None, max_points=100)
+                runner.submit(make_chunk("d1", c, [raw], multi=False, offset_ns=0, seq=c + 1))
+                await sink.called.wait()  # the first chunk goes alone: the others come later
+            sink.release.set()  # ... and queue behind its write
+            report = await runner.finalize("d1", anyio.current_time() + 10)
+            tg.cancel_scope.cancel()
+        return report
+
+    return anyio.run(main)
+
+
+def test_a_batching_sink_gets_the_queued_chunks_together() -> None:
+    sink = BatchingSink()
+    report = run_batches(sink, 13, FAST)
+    assert sink.calls == [(0,), (1, 2, 3, 4, 5), (6, 7, 8, 9, 10), (11, 12)]
+    assert (report.chunks_delivered, report.points_delivered) == (13, 1300)
+    assert report.complete
+
+
+def test_a_batch_is_retried_whole_and_its_refusals_count_per_chunk() -> None:
+    sink = BatchingSink()
+    sink.failures_left = 3  # all of the first call's attempts: it is set aside
+    sink.refuse = {3}
+    policy = RetryPolicy(attempts=3, initial_backoff_s=0.1, jitter_s=0, cooldown_s=30)
+    report = run_batches(sink, 6, policy)
+    # (0,) failed 3 times, was set aside, and came back after the batch queued behind it; a
+    # retried batch always comes back with the same chunks, so the sink can resume its writes.
+    assert sink.calls == [(0,), (0,), (0,), (1, 2, 3, 4, 5), (0,)]
+    assert (report.chunks_delivered, report.chunks_rejected, report.points_rejected) == (5, 1, 100)
+    assert [r.chunk_index for r in report.rejections] == [3]
+    assert report.retries == 2  # the third failure was not retried at once but set aside

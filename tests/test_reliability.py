@@ -246,16 +246,23 @@ def atomscale_delivery_times(
 
 
 def atlas_delivery_times(grpc: AtlasEmulator, n: int = 50) -> dict[int, float]:
-    """chunk -> arrival time (epoch s) of the first data packet of the chunk."""
+    """chunk -> arrival time (epoch s) of the first data packet holding any of its samples.
+
+    A packet may carry several chunks: labstream merges the chunks queued behind a write.
+    """
     out: dict[int, float] = {}
     for p in grpc.packets:
+        c = p.content
         if p.type == "PeriodicData":
-            first = p.content.start_time  # type: ignore[union-attr]
+            count = len(c.columns[0].double_samples.samples)  # type: ignore[union-attr]
+            first = c.start_time  # type: ignore[union-attr]
+            last = first + (count - 1) * c.interval  # type: ignore[union-attr]
         elif p.type == "RowData":
-            first = p.content.timestamps[0]  # type: ignore[union-attr]
+            first, last = c.timestamps[0], c.timestamps[-1]  # type: ignore[union-attr]
         else:
             continue
-        out.setdefault(chunk_of(first, n), p.received_ns / 1e9)
+        for chunk in range(chunk_of(first, n), chunk_of(last, n) + 1):
+            out.setdefault(chunk, p.received_ns / 1e9)
     return out
 
 

@@ -82,6 +82,37 @@ class Chunk:
         return f"data_id={self.data_id} chunk_index={self.chunk_index} channels={names}"
 
 
+def continues(before: Chunk, after: Chunk) -> bool:
+    """True when ``after`` picks up where ``before`` ends: same stream, same channels (names, units,
+    order), and every channel's points strictly later. Such chunks can travel as one."""
+    if after.data_id != before.data_id or len(after.channels) != len(before.channels):
+        return False
+    return all(
+        b.name == a.name and b.units == a.units and a.timestamps_ns[0] > b.timestamps_ns[-1]
+        for b, a in zip(before.channels, after.channels, strict=True)
+    )
+
+
+def concatenate(chunks: Sequence[Chunk]) -> Chunk:
+    """One chunk holding the points of ``chunks`` (each :func:`continues` the one before).
+
+    It carries the first chunk's index and the last one's seq.
+    """
+    first = chunks[0]
+    if len(chunks) == 1:
+        return first
+    channels = []
+    for i, c in enumerate(first.channels):
+        ts = np.concatenate([k.channels[i].timestamps_ns for k in chunks])
+        vals = np.concatenate([k.channels[i].values for k in chunks])
+        ts.flags.writeable = vals.flags.writeable = False
+        channels.append(ChannelSeries(c.name, c.units, ts, vals))
+    return Chunk(
+        first.data_id, first.chunk_index, tuple(channels), first.multi, first.offset_ns,
+        chunks[-1].seq,
+    )  # fmt: skip
+
+
 def where(data_id: str, channel: str | None, chunk_index: object) -> str:
     """The prefix every input error starts with, so the user knows which push was wrong."""
     ch = f" channel={channel!r}" if channel is not None else ""

@@ -14,10 +14,11 @@ kept by awaiting each one, and no call is left waiting for the answer that the s
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -51,8 +52,8 @@ from ..atlas.session import (
     SessionState,
     WritePacket,
 )
-from ..chunk import Chunk
-from ..errors import RejectedError, TransientDestinationError
+from ..chunk import Chunk, concatenate, continues
+from ..errors import DestinationError, RejectedError, TransientDestinationError
 from ..journal import Journal
 from ..timebase import seconds_to_ns_scalar
 from .base import Marker, StreamInfo
@@ -102,6 +103,9 @@ class AtlasSink:
 
     name = NAME
     max_concurrency = 1  # one writer per streamer keeps packets in order
+    # Points per batch of chunks (see send_chunks): a few hundred kB of packets, and what a crash
+    # mid-write may repeat at most.
+    max_batch_points = 10_000
 
     def __init__(
         self,
@@ -172,26 +176,46 @@ class AtlasSink:
         return run
 
     async def send_chunk(self, chunk: Chunk) -> None:
-        run = self._runs[chunk.data_id]
-        if chunk.seq <= run.resumed_last_seq:
-            return  # written before the crash; the journal had not yet heard it was done
+        refused = await self.send_chunks((chunk,))
+        if refused:
+            raise refused[chunk.seq]
+
+    async def send_chunks(self, chunks: Sequence[Chunk]) -> Mapping[int, DestinationError]:
+        """Write consecutive chunks of one stream; chunks that continue each other go as one.
+
+        Merged chunks share their packets (one write, one session update, one state save), which
+        is what keeps up with a backlog: the per-write cost is paid per batch, not per chunk.
+        """
+        data_id = chunks[0].data_id
+        run = self._runs[data_id]
+        todo = [c for c in chunks if c.seq > run.resumed_last_seq]  # the rest was written before
+        if not todo:  # a crash; the journal had not heard yet that it was done
+            return {}
         if run.ending:
             raise RejectedError(
                 "the ATLAS session was already ended (finalize's deadline passed before this "
                 "chunk could be written)",
                 destination=NAME,
-                data_id=chunk.data_id,
-                chunk_index=chunk.chunk_index,
+                data_id=data_id,
+                chunk_index=todo[0].chunk_index,
             )
-        key = ("chunk", chunk.seq)
-        await self._drive(run, chunk.data_id, key, lambda: ChunkReady(chunk))
-        run.fed.discard(key)
-        self._save_state(run, chunk.data_id, chunk.seq)
-        reason = run.rejected.pop(chunk.chunk_index, None)
-        if reason is not None:
-            raise RejectedError(
-                reason, destination=NAME, data_id=chunk.data_id, chunk_index=chunk.chunk_index
-            )
+        groups = _continuing_runs(todo)
+        keys = [("chunks", g[0].seq, g[-1].seq) for g in groups]
+        for key, group in zip(keys, groups, strict=True):
+            # A retry passes the same chunks: a group already fed is resumed, not fed again.
+            await self._drive(run, data_id, key, functools.partial(_merged, group))
+        run.fed.difference_update(keys)
+        self._save_state(run, data_id, chunks[-1].seq)
+        refused: dict[int, DestinationError] = {}
+        for group in groups:
+            reason = run.rejected.pop(group[0].chunk_index, None)
+            if reason is None:
+                continue
+            for c in group:
+                refused[c.seq] = RejectedError(
+                    reason, destination=NAME, data_id=data_id, chunk_index=c.chunk_index
+                )
+        return refused
 
     async def send_marker(self, marker: Marker) -> None:
         run = self._runs[marker.data_id]
@@ -226,7 +250,8 @@ class AtlasSink:
         """Journal the session after a chunk, so a later process continues it without repeats."""
         if self._journal is None or not run.session.idle:
             return
-        self._journal.save_atlas_state(data_id, run.session.snapshot().to_dict(), last_seq)
+        # to_dict() is already a deep copy in plain values: no snapshot() copy first
+        self._journal.save_atlas_state(data_id, run.session.state.to_dict(), last_seq)
 
     def marker_rejections(self, data_id: str) -> list[str]:
         run = self._runs.get(data_id)
@@ -389,6 +414,21 @@ class AtlasSink:
                 f"{what} failed", destination=NAME, data_id=data_id, status=code.name,
                 detail=exc.details() or None,
             ) from None  # fmt: skip
+
+
+def _merged(chunks: list[Chunk]) -> ChunkReady:
+    return ChunkReady(concatenate(chunks))
+
+
+def _continuing_runs(chunks: list[Chunk]) -> list[list[Chunk]]:
+    """Split ``chunks`` where one does not continue the one before (see :func:`continues`)."""
+    runs = [[chunks[0]]]
+    for chunk in chunks[1:]:
+        if continues(runs[-1][-1], chunk):
+            runs[-1].append(chunk)
+        else:
+            runs.append([chunk])
+    return runs
 
 
 def _utc_offset_ns() -> int:

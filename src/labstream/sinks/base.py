@@ -8,10 +8,12 @@ the runner, so a sink stays a thin translation of labstream's operations to one 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..chunk import Chunk
+from ..errors import DestinationError
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,4 +70,25 @@ class Sink(Protocol):
 
     async def aclose(self) -> None:
         """Release connections."""
+        ...
+
+
+class BatchingSink(Sink, Protocol):
+    """A destination that can take several consecutive chunks of a stream in one go (ATLAS).
+
+    The runner hands it every chunk already queued behind the first, up to ``max_batch_points``,
+    so a backlog costs one write instead of one per chunk.
+    """
+
+    @property
+    def max_batch_points(self) -> int:
+        """Most points per :meth:`send_chunks` call."""
+        ...
+
+    async def send_chunks(self, chunks: Sequence[Chunk]) -> Mapping[int, DestinationError]:
+        """Deliver consecutive chunks of one stream, in order; return the refused ones by seq.
+
+        Raises ``TransientDestinationError`` to be called again with the same chunks; it must then
+        continue where it stopped (nothing written twice).
+        """
         ...
