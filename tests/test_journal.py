@@ -237,3 +237,39 @@ def test_a_writer_that_falls_behind_bounds_memory(
     finally:
         stall.set()
         journal.close()
+
+
+def test_a_chunk_leaves_the_journal_once_every_destination_confirmed_it(tmp_path: Path) -> None:
+    """Across commits, and across processes: held until the last destination confirms; a
+    rejection keeps it; the held bytes come back to zero."""
+    from labstream.journal import Journal
+
+    def chunk(seq: int) -> Chunk:
+        ts = np.arange(3, dtype=np.int64) + 1_760_000_000_000_000_000 + seq * 10
+        return Chunk("d", seq - 1, (ChannelSeries("T", "C", ts, np.ones(3)),), False, 0, seq)
+
+    def on_disk(j: Journal) -> dict[str, int]:
+        j.flush()
+        return {dest: j.pending_summary(dest, "d")[0] for dest in ("atomscale", "atlas")}
+
+    def held(j: Journal) -> list[int]:
+        return [r[0] for r in j._rows("SELECT seq FROM chunks ORDER BY seq", ())]
+
+    j = Journal(tmp_path)
+    for seq in (1, 2, 3):
+        j.add_chunk(chunk(seq), ("atomscale", "atlas"))
+    assert on_disk(j) == {"atomscale": 3, "atlas": 3}
+    j.delivered(1, "atomscale")
+    j.delivered(2, "atomscale")
+    j.delivered(2, "atlas")  # chunk 2 is done
+    j.rejected(3, "atlas", "bad")
+    assert on_disk(j) == {"atomscale": 1, "atlas": 1}
+    assert held(j) == [1, 3]  # atlas owes 1; 3 was rejected by atlas: kept, with the reason
+    j.close()
+
+    again = Journal(tmp_path)  # a later process confirms what the first one wrote
+    again.delivered(1, "atlas")
+    again.delivered(3, "atomscale")
+    assert on_disk(again) == {"atomscale": 0, "atlas": 0}
+    assert held(again) == [3]
+    again.close()

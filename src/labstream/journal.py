@@ -248,6 +248,9 @@ class Journal:
         self._committed = threading.Condition()
         self.committed_seq = self._next_seq - 1
         self._free_checked_at = 0.0
+        # Writer thread only: chunks this process wrote -> (points, destinations still owing),
+        # so a confirmation needs no SELECT to know whether the chunk can go.
+        self._owed: dict[int, tuple[int, set[str]]] = {}
         self._free_ok = True
         self._thread = threading.Thread(target=self._writer, name="labstream-journal", daemon=True)
         self._thread.start()
@@ -372,7 +375,15 @@ class Journal:
             for item in batch
             if item[0] == "chunk" and set(item[2]) <= confirmed.get(item[1].seq, set())
         }
-        db.execute("BEGIN")
+        # Chunks and confirmations go in a few executemany() calls per commit, not statements
+        # per chunk: each statement takes the GIL back from the event loop.
+        chunk_rows: list[tuple[Any, ...]] = []
+        pending_rows: list[tuple[int, str]] = []
+        done_rows: list[tuple[int, str]] = []
+        dropped: list[tuple[int]] = []
+        unknown: list[int] = []  # written by an earlier process: ask the database
+        others: list[tuple[Any, ...]] = []
+        owed = self._owed
         for item in batch:
             kind = item[0]
             if kind == "chunk":
@@ -381,9 +392,7 @@ class Journal:
                 if chunk.seq in settled:
                     freed += chunk_size(chunk.points)
                     continue
-                body = encode_body(chunk)
-                db.execute(
-                    "INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?)",
+                chunk_rows.append(
                     (
                         chunk.seq,
                         chunk.data_id,
@@ -391,20 +400,44 @@ class Journal:
                         int(chunk.multi),
                         chunk.offset_ns,
                         chunk.points,
-                        body,
+                        encode_body(chunk),
                         time.time(),
-                    ),
+                    )
                 )
-                db.executemany(
-                    "INSERT OR REPLACE INTO deliveries VALUES (?,?,'pending',NULL)",
-                    [(chunk.seq, d) for d in dests],
-                )
+                pending_rows.extend((chunk.seq, d) for d in dests)
+                owed[chunk.seq] = (chunk.points, set(dests))
             elif kind == "delivered":
-                if item[1] in settled:
+                seq, destination = item[1], item[2]
+                if seq in settled:
                     continue
-                db.execute("DELETE FROM deliveries WHERE seq=? AND destination=?", item[1:3])
-                freed += self._drop_if_done(item[1])
-            elif kind == "rejected":
+                done_rows.append((seq, destination))
+                entry = owed.get(seq)
+                if entry is None:
+                    unknown.append(seq)
+                    continue
+                entry[1].discard(destination)
+                if not entry[1]:
+                    del owed[seq]
+                    dropped.append((seq,))
+                    freed += chunk_size(entry[0])
+            else:
+                others.append(item)
+        db.execute("BEGIN")
+        if chunk_rows:
+            db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?)", chunk_rows)
+            db.executemany(
+                "INSERT OR REPLACE INTO deliveries VALUES (?,?,'pending',NULL)", pending_rows
+            )
+        if done_rows:
+            db.executemany("DELETE FROM deliveries WHERE seq=? AND destination=?", done_rows)
+        if dropped:
+            db.executemany("DELETE FROM chunks WHERE seq=?", dropped)
+        for seq in unknown:
+            freed += self._drop_if_done(seq)
+        for item in others:
+            kind = item[0]
+            if kind == "rejected":
+                # The rejected destination stays owed: the chunk is kept, with the reason.
                 db.execute(
                     "UPDATE deliveries SET state='rejected', reason=? "
                     "WHERE seq=? AND destination=?",
