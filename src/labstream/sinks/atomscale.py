@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 import orjson
@@ -24,7 +24,10 @@ from ..clock import TimeSample
 from ..errors import DestinationError, RejectedError, TransientDestinationError
 from ..retry import RetryPolicy, Sleep
 from .base import StreamInfo
+from .curl import CurlClient
 from .http import AiohttpClient, HttpAnswer, HttpClient, HttpxClient, TransportError
+
+HttpEngine = Literal["curl", "aiohttp"]
 
 log = logging.getLogger("labstream.atomscale")
 
@@ -101,8 +104,10 @@ class AtomscaleSink:
         policy: retry policy for the control requests made here (create, link, finalize); chunk
             uploads are retried by the delivery runner with the same policy.
         sleep: injected sleep for those retries.
-        transport: an httpx transport (tests pass ``httpx.MockTransport``); default: aiohttp,
-            directly (see :mod:`labstream.sinks.http`).
+        transport: an httpx transport (tests pass ``httpx.MockTransport``, users may need httpx's
+            proxy or auth features); when given, ``http_engine`` is not used.
+        http_engine: ``"curl"`` (default: libcurl on a thread of its own, the fastest; see
+            :mod:`labstream.sinks.curl`) or ``"aiohttp"`` (on the event loop).
         max_concurrency: parallel chunk uploads (and pooled connections).
         timeout_s: per-request timeout (the SDK uses 30 s).
         now: wall clock, injected for the clock-exchange tests.
@@ -121,6 +126,7 @@ class AtomscaleSink:
         max_concurrency: int = 8,
         timeout_s: float = 30.0,
         now: Callable[[], float] = time.time,
+        http_engine: HttpEngine = "curl",
     ) -> None:
         self._api_key = api_key
         self.endpoint = endpoint.rstrip("/")
@@ -129,13 +135,16 @@ class AtomscaleSink:
         self.max_concurrency = max_concurrency
         self._now = now
         headers = {"X-API-KEY": api_key}
-        self._client: HttpClient = (
-            HttpxClient(self.endpoint, headers, transport=transport, timeout_s=timeout_s)
-            if transport is not None
-            else AiohttpClient(
+        self._client: HttpClient
+        if transport is not None:
+            self._client = HttpxClient(
+                self.endpoint, headers, transport=transport, timeout_s=timeout_s
+            )
+        else:
+            engine = CurlClient if http_engine == "curl" else AiohttpClient
+            self._client = engine(
                 self.endpoint, headers, max_connections=max_concurrency + 2, timeout_s=timeout_s
             )
-        )
 
     def __repr__(self) -> str:
         return f"AtomscaleSink(endpoint={self.endpoint!r}, api_key=***)"

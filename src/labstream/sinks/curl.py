@@ -1,0 +1,190 @@
+"""libcurl (pycurl) as labstream's HTTP engine: uploads run on a thread of their own.
+
+Why: with aiohttp, each chunk upload costs the event loop ~90-125 µs of Python per request (the
+request and response objects, the protocol callbacks); that, not the network, capped ``run()``.
+Here one thread drives a ``CurlMulti``; libcurl builds requests, parses responses and keeps the
+connections alive in C, with the GIL released while it waits or works, so a request costs ~25 µs
+of the process's CPU (``benchmarks/http_transport.py``). The event loop only hands a request over
+and is woken once per batch of finished ones.
+
+Behaviour matches :class:`~labstream.sinks.http.AiohttpClient`: the same answers and
+:class:`~labstream.sinks.http.TransportError` (``timed_out`` for curl's timeout), no proxy taken
+from the environment, no ``Expect: 100-continue`` round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import queue
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import anyio
+import pycurl
+from multidict import CIMultiDict
+
+from .http import HttpAnswer, TransportError
+
+_POLL_S = 0.001  # how long the thread waits on sockets before taking new requests
+_CLOSED = "the HTTP client was closed"
+# (status or 0, headers, body, curl error number or 0, error message)
+_Outcome = tuple[int, CIMultiDict[str], bytes, int, str]
+
+
+@dataclass(eq=False, slots=True)
+class _Job:
+    method: str
+    url: str
+    content: bytes | None
+    headers: list[str]
+    future: asyncio.Future[_Outcome]
+    loop: asyncio.AbstractEventLoop
+    body: list[bytes] = field(default_factory=list)
+    header_lines: list[bytes] = field(default_factory=list)
+
+
+class CurlClient:
+    """One ``CurlMulti`` on a daemon thread, started on first use."""
+
+    def __init__(
+        self, endpoint: str, headers: Mapping[str, str], *, max_connections: int, timeout_s: float
+    ) -> None:
+        self._endpoint = endpoint
+        self._headers = [f"{k}: {v}" for k, v in headers.items()] + ["Expect:"]
+        self._max_connections = max_connections
+        self._timeout_ms = max(1, int(timeout_s * 1000))
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._closed = False
+
+    async def request(
+        self, method: str, path: str, content: bytes | None, headers: Mapping[str, str]
+    ) -> HttpAnswer:
+        if self._closed:
+            raise TransportError(_CLOSED, timed_out=False)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="labstream-curl", daemon=True)
+            self._thread.start()
+        loop = asyncio.get_running_loop()
+        job = _Job(
+            method,
+            self._endpoint + path,
+            content,
+            self._headers + [f"{k}: {v}" for k, v in headers.items()],
+            loop.create_future(),
+            loop,
+        )
+        self._jobs.put(job)
+        status, answer_headers, body, errno, message = await job.future
+        if errno:
+            raise TransportError(message, timed_out=errno == pycurl.E_OPERATION_TIMEDOUT)
+        return HttpAnswer(status, answer_headers, body)
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if self._thread is not None:
+            self._jobs.put(None)  # the thread fails what is in flight and stops
+            await anyio.to_thread.run_sync(self._thread.join)
+
+    # -- the curl thread -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        multi = pycurl.CurlMulti()
+        multi.setopt(pycurl.M_MAXCONNECTS, self._max_connections)
+        free: list[pycurl.Curl] = []
+        busy: dict[pycurl.Curl, _Job] = {}
+        try:
+            while True:
+                # Take new requests; block only when nothing is in flight.
+                try:
+                    while True:
+                        job = self._jobs.get(block=not busy)
+                        if job is None:
+                            return
+                        handle = free.pop() if free else pycurl.Curl()
+                        self._prepare(handle, job)
+                        busy[handle] = job
+                        multi.add_handle(handle)
+                except queue.Empty:
+                    pass
+                while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+                    pass
+                done = self._finished(multi, busy, free)
+                if done:
+                    _resolve_all(done)
+                else:
+                    multi.select(_POLL_S)  # releases the GIL
+        finally:
+            _resolve_all([(job, (0, CIMultiDict(), b"", -1, _CLOSED)) for job in busy.values()])
+            for handle in [*busy, *free]:
+                handle.close()
+            multi.close()
+
+    def _prepare(self, handle: pycurl.Curl, job: _Job) -> None:
+        handle.reset()  # keeps the connection cache; clears the last request's options
+        handle.setopt(pycurl.URL, job.url)
+        handle.setopt(pycurl.HTTPHEADER, job.headers)
+        handle.setopt(pycurl.NOSIGNAL, 1)
+        handle.setopt(pycurl.PROXY, "")  # as aiohttp: no proxy from the environment
+        handle.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
+        handle.setopt(pycurl.WRITEFUNCTION, job.body.append)
+        handle.setopt(pycurl.HEADERFUNCTION, job.header_lines.append)
+        if job.method == "POST":
+            handle.setopt(pycurl.POSTFIELDS, job.content or b"")
+        elif job.method != "GET":
+            handle.setopt(pycurl.CUSTOMREQUEST, job.method)
+            if job.content is not None:
+                handle.setopt(pycurl.POSTFIELDS, job.content)
+
+    @staticmethod
+    def _finished(
+        multi: pycurl.CurlMulti, busy: dict[pycurl.Curl, _Job], free: list[pycurl.Curl]
+    ) -> list[tuple[_Job, _Outcome]]:
+        done: list[tuple[_Job, _Outcome]] = []
+        while True:
+            left, ok, failed = multi.info_read()
+            for handle in ok:
+                job = busy.pop(handle)
+                status = int(handle.getinfo(pycurl.RESPONSE_CODE))
+                outcome = (status, _parse_headers(job.header_lines), b"".join(job.body), 0, "")
+                done.append((job, outcome))
+            for handle, errno, message in failed:
+                job = busy.pop(handle)
+                text = f"curl error {errno}: {message}"
+                done.append((job, (0, CIMultiDict(), b"", int(errno), text)))
+            for handle in (*ok, *(f[0] for f in failed)):
+                multi.remove_handle(handle)
+                free.append(handle)
+            if not left:
+                return done
+
+
+def _resolve_all(done: list[tuple[_Job, _Outcome]]) -> None:
+    """Hand finished requests to their event loops: one wake-up per loop, not per request."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, _Outcome]]] = {}
+    for job, outcome in done:
+        by_loop.setdefault(job.loop, []).append((job, outcome))
+    for loop, items in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # that loop is gone: nobody waits any more
+            loop.call_soon_threadsafe(_set_results, items)
+
+
+def _set_results(items: list[tuple[_Job, _Outcome]]) -> None:
+    for job, outcome in items:
+        if not job.future.done():  # the caller may have been cancelled meanwhile
+            job.future.set_result(outcome)
+
+
+def _parse_headers(lines: list[bytes]) -> CIMultiDict[str]:
+    """The headers of the last response (after any interim 1xx one)."""
+    headers: CIMultiDict[str] = CIMultiDict()
+    for raw in lines:
+        line = raw.decode("latin-1").rstrip("\r\n")
+        if line.startswith("HTTP/"):
+            headers = CIMultiDict()
+        elif ":" in line:
+            name, _, value = line.partition(":")
+            headers.add(name.strip(), value.strip())
+    return headers

@@ -1,0 +1,136 @@
+"""Both HTTP engines (libcurl on its thread, aiohttp on the loop) answer the sink alike: status,
+headers, body, and the same TransportError for a refused connection or a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+
+import pytest
+from aiohttp import web
+
+from labstream.sinks.curl import CurlClient
+from labstream.sinks.http import AiohttpClient, HttpClient, TransportError
+
+Engine = Callable[..., HttpClient]
+ENGINES = pytest.mark.parametrize("engine", [CurlClient, AiohttpClient], ids=["curl", "aiohttp"])
+KEY = "secret-key-123"
+
+
+@dataclass
+class Server:
+    url: str
+    seen: list[web.Request] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+@asynccontextmanager
+async def server() -> AsyncIterator[Server]:
+    srv = Server("")
+
+    async def echo(request: web.Request) -> web.Response:
+        srv.seen.append(request)
+        srv.arrived.set()
+        srv.bodies.append(await request.read())
+        if request.path == "/busy":
+            return web.Response(status=503, text="try later", headers={"retry-after": "7"})
+        if request.path == "/slow":
+            await asyncio.sleep(1)
+        return web.json_response({"method": request.method}, headers={"X-Thing": "a"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    srv.url = f"http://127.0.0.1:{port}"
+    try:
+        yield srv
+    finally:
+        await runner.cleanup()
+
+
+def run(main: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(main())  # type: ignore[arg-type]
+
+
+def client(engine: Engine, url: str, timeout_s: float = 5.0) -> HttpClient:
+    return engine(url, {"X-API-KEY": KEY}, max_connections=4, timeout_s=timeout_s)
+
+
+@ENGINES
+def test_requests_and_answers(engine: Engine) -> None:
+    async def main() -> None:
+        async with server() as srv:
+            http = client(engine, srv.url)
+            try:
+                posted = await http.request(
+                    "POST", "/chunk", b'{"a":1}', {"Content-Type": "application/json"}
+                )
+                got = await http.request("GET", "/time", None, {})
+                deleted = await http.request("DELETE", "/thing", None, {})
+                busy = await http.request("POST", "/busy", b"{}", {})
+                many = await asyncio.gather(
+                    *(http.request("POST", f"/c/{i}", str(i).encode(), {}) for i in range(20))
+                )
+            finally:
+                await http.aclose()
+            assert (posted.status, posted.body) == (200, b'{"method": "POST"}')
+            assert posted.headers.get("x-thing") == "a"  # case-insensitive, as aiohttp's
+            assert got.body == b'{"method": "GET"}'
+            assert deleted.body == b'{"method": "DELETE"}'
+            assert (busy.status, busy.text) == (503, "try later")
+            assert busy.headers.get("Retry-After") == "7"
+            assert [a.status for a in many] == [200] * 20
+            assert srv.seen[0].headers["X-API-KEY"] == KEY
+            assert srv.seen[0].headers["Content-Type"] == "application/json"
+            assert "Expect" not in srv.seen[0].headers
+            assert srv.bodies[0] == b'{"a":1}' and sorted(srv.bodies[4:]) == sorted(
+                str(i).encode() for i in range(20)
+            )
+
+    run(main)
+
+
+@ENGINES
+def test_refused_and_timed_out_are_transport_errors(engine: Engine) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+
+    async def main() -> None:
+        refused = client(engine, f"http://127.0.0.1:{closed_port}")
+        with pytest.raises(TransportError) as err:
+            await refused.request("POST", "/chunk", b"{}", {})
+        await refused.aclose()
+        assert not err.value.timed_out
+        assert KEY not in str(err.value)
+        async with server() as srv:
+            slow = client(engine, srv.url, timeout_s=0.2)
+            with pytest.raises(TransportError) as err:
+                await slow.request("GET", "/slow", None, {})
+            await slow.aclose()
+        assert err.value.timed_out
+
+    run(main)
+
+
+def test_closing_fails_what_is_in_flight() -> None:
+    async def main() -> None:
+        async with server() as srv:
+            http = client(CurlClient, srv.url)
+            pending = asyncio.ensure_future(http.request("GET", "/slow", None, {}))
+            await srv.arrived.wait()
+            await http.aclose()
+            with pytest.raises(TransportError, match="closed"):
+                await pending
+            with pytest.raises(TransportError, match="closed"):
+                await http.request("GET", "/time", None, {})
+
+    run(main)
