@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
 import anyio
@@ -30,7 +30,7 @@ from .http import HttpAnswer, TransportError
 _POLL_S = 0.001  # how long the thread waits on sockets before taking new requests
 _CLOSED = "the HTTP client was closed"
 # (status or 0, headers, body, curl error number or 0, error message)
-_Outcome = tuple[int, CIMultiDict[str], bytes, int, str]
+_Outcome = tuple[int, Mapping[str, str], bytes, int, str]
 
 
 @dataclass(eq=False, slots=True)
@@ -123,20 +123,25 @@ class CurlClient:
             multi.close()
 
     def _prepare(self, handle: pycurl.Curl, job: _Job) -> None:
-        handle.reset()  # keeps the connection cache; clears the last request's options
+        # A handle keeps its options (and its connection) from one request to the next; only
+        # what changes is set: a chunk upload is four setopt() calls, and the answer comes in
+        # through two C-level appends (no Python frame).
+        if getattr(handle, "method", None) != job.method:
+            handle.reset()
+            handle.setopt(pycurl.NOSIGNAL, 1)
+            handle.setopt(pycurl.PROXY, "")  # as aiohttp: no proxy from the environment
+            handle.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
+            if job.method == "GET":
+                handle.setopt(pycurl.HTTPGET, 1)
+            elif job.method != "POST":
+                handle.setopt(pycurl.CUSTOMREQUEST, job.method)
+            handle.method = job.method  # pycurl handles take attributes
         handle.setopt(pycurl.URL, job.url)
         handle.setopt(pycurl.HTTPHEADER, job.headers)
-        handle.setopt(pycurl.NOSIGNAL, 1)
-        handle.setopt(pycurl.PROXY, "")  # as aiohttp: no proxy from the environment
-        handle.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
         handle.setopt(pycurl.WRITEFUNCTION, job.body.append)
         handle.setopt(pycurl.HEADERFUNCTION, job.header_lines.append)
-        if job.method == "POST":
+        if job.method != "GET":
             handle.setopt(pycurl.POSTFIELDS, job.content or b"")
-        elif job.method != "GET":
-            handle.setopt(pycurl.CUSTOMREQUEST, job.method)
-            if job.content is not None:
-                handle.setopt(pycurl.POSTFIELDS, job.content)
 
     @staticmethod
     def _finished(
@@ -148,7 +153,7 @@ class CurlClient:
             for handle in ok:
                 job = busy.pop(handle)
                 status = int(handle.getinfo(pycurl.RESPONSE_CODE))
-                outcome = (status, _parse_headers(job.header_lines), b"".join(job.body), 0, "")
+                outcome = (status, _Headers(job.header_lines), b"".join(job.body), 0, "")
                 done.append((job, outcome))
             for handle, errno, message in failed:
                 job = busy.pop(handle)
@@ -177,14 +182,31 @@ def _set_results(items: list[tuple[_Job, _Outcome]]) -> None:
             job.future.set_result(outcome)
 
 
-def _parse_headers(lines: list[bytes]) -> CIMultiDict[str]:
-    """The headers of the last response (after any interim 1xx one)."""
-    headers: CIMultiDict[str] = CIMultiDict()
-    for raw in lines:
-        line = raw.decode("latin-1").rstrip("\r\n")
-        if line.startswith("HTTP/"):
-            headers = CIMultiDict()
-        elif ":" in line:
-            name, _, value = line.partition(":")
-            headers.add(name.strip(), value.strip())
-    return headers
+class _Headers(Mapping[str, str]):
+    """The last response's headers (after any interim 1xx), case-insensitive, parsed on first
+    use: a successful upload never looks at them."""
+
+    def __init__(self, lines: list[bytes]) -> None:
+        self._lines = lines
+        self._parsed: CIMultiDict[str] | None = None
+
+    def _headers(self) -> CIMultiDict[str]:
+        if self._parsed is None:
+            self._parsed = CIMultiDict()
+            for raw in self._lines:
+                line = raw.decode("latin-1").rstrip("\r\n")
+                if line.startswith("HTTP/"):
+                    self._parsed = CIMultiDict()
+                elif ":" in line:
+                    name, _, value = line.partition(":")
+                    self._parsed.add(name.strip(), value.strip())
+        return self._parsed
+
+    def __getitem__(self, name: str) -> str:
+        return self._headers()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._headers())
+
+    def __len__(self) -> int:
+        return len(self._headers())
