@@ -4,8 +4,9 @@ Run:  .venv/bin/python benchmarks/atlas_encoding.py             (about 30 s on 2
       .venv/bin/python benchmarks/atlas_encoding.py --rounds 3 --seconds 0.1
 
 A chunk here is what the ATLAS session holds when it writes data: int64 ns timestamps and one
-float64 numpy column per parameter. Cases: 100 and 100,000 samples per column, 1 and 4 columns,
-as ``PeriodicDataPacket`` (start, interval, one ``SampleColumn`` per parameter) and as
+float64 numpy column per parameter. Cases: 100, 10,000 and 100,000 samples per column (10,000 is
+what one write carries when chunks queue up behind it, see ``AtlasSink.max_batch_points``), 1 and
+4 columns, as ``PeriodicDataPacket`` (start, interval, one ``SampleColumn`` per parameter) and as
 ``RowDataPacket`` (a timestamp and one ``SampleRow`` per sample). The output is the list of packet
 content bytes, split under the default 4 MiB budget exactly as labstream splits it (100,000 x 4
 columns is two packets). Three ways, in the same run, alternating every round:
@@ -225,7 +226,7 @@ def main(rounds: int, seconds: float) -> None:
         f"({api_implementation.Type()}), Python {sys.version.split()[0]}; one thread; "
         f"{rounds} rounds"
     )
-    cases = [(kind, n, k) for kind in WAYS for n in (100, 100_000) for k in (1, 4)]
+    cases = [(kind, n, k) for kind in WAYS for n in (100, 10_000, 100_000) for k in (1, 4)]
     print("check (once, before timing):")
     for kind, n, k in cases:
         print(f"  {kind:12} {n:>7,} x {k}: {check(kind, n, k)}", flush=True)

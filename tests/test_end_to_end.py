@@ -1,4 +1,4 @@
-"""End to end over real loopback HTTP: the default aiohttp transport against the emulator."""
+"""End to end over real loopback HTTP against the emulator, with both HTTP engines."""
 
 from __future__ import annotations
 
@@ -38,9 +38,13 @@ def chunk(c: int, n: int = 100) -> tuple[list[float], list[float]]:
     return [T0 + (c * n + i) * 0.01 for i in range(n)], [float(c * n + i) for i in range(n)]
 
 
-def test_one_in_four_503_every_point_stored_once(emulator: AtomscaleEmulator) -> None:
+ENGINES = pytest.mark.parametrize("engine", ["curl", "aiohttp"])
+
+
+@ENGINES
+def test_one_in_four_503_every_point_stored_once(emulator: AtomscaleEmulator, engine: str) -> None:
     emulator.faults = FaultPlan(fail_every=4)
-    with make(emulator, clock_sync=False) as streamer:
+    with make(emulator, clock_sync=False, http_engine=engine) as streamer:
         data_id = streamer.initialize(stream_name="e2e")
         for c in range(200):
             streamer.push(data_id, c, "T", *chunk(c), units="C")
@@ -55,10 +59,11 @@ def test_one_in_four_503_every_point_stored_once(emulator: AtomscaleEmulator) ->
     assert emulator.fault_counts["fail_every"] >= 50
 
 
-def test_dropped_connections_and_429_retry_after(emulator: AtomscaleEmulator) -> None:
+@ENGINES
+def test_dropped_connections_and_429_retry_after(emulator: AtomscaleEmulator, engine: str) -> None:
     emulator.faults = FaultPlan(fail_fraction=0.2, retry_after_s=3, drop_connection_fraction=0.1)
     sleeper = RecordingSleep()
-    with make(emulator, clock_sync=False, sleep=sleeper) as streamer:
+    with make(emulator, clock_sync=False, sleep=sleeper, http_engine=engine) as streamer:
         data_id = streamer.initialize()
         for c in range(50):
             streamer.push_multi(
@@ -94,6 +99,11 @@ def test_clock_offset_from_the_emulator() -> None:
         streamer.finalize(data_id)
         ts, _ = skewed.points(data_id, "T")
     assert ts[0] == pytest.approx(T0 + streamer.clock_status().offset_s, abs=1e-6)
+
+
+def test_an_unknown_http_engine_is_refused() -> None:
+    with pytest.raises(ValueError, match="http_engine"):
+        TimeseriesStreamer(API_KEY, "http://127.0.0.1:9", http_engine="requests")  # type: ignore[arg-type]
 
 
 def test_wrong_key_is_rejected_and_never_shown(

@@ -277,6 +277,7 @@ def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
                 atlas=atlas,
                 finalize_timeout=cfg["push.finalize_timeout"],
                 clock_sync=bool(cfg["atomscale.clock_sync"]),
+                http_engine=cfg["atomscale.http_engine"],
             )
     except (ValueError, TypeError) as exc:
         raise _UsageError(f"cannot start streaming: {exc}") from None

@@ -98,6 +98,13 @@ KEYS: Final[tuple[Key, ...]] = (
         help="correct timestamps by the Atomscale gateway clock",
     ),
     Key(
+        "atomscale.http_engine",
+        str,
+        "curl",
+        env=("LABSTREAM_HTTP_ENGINE",),
+        help="how uploads are made: curl (libcurl on its own thread, fastest) or aiohttp",
+    ),
+    Key(
         "atlas.address",
         str,
         env=("LABSTREAM_ATLAS",),
