@@ -215,7 +215,7 @@ def test_a_writer_that_falls_behind_bounds_memory(
     without bound."""
     import labstream.journal as journal_module
 
-    monkeypatch.setattr(journal_module, "MAX_QUEUED", 4)
+    monkeypatch.setattr(journal_module, "MAX_QUEUED_BYTES", 4 * journal_module.chunk_size(1))
     monkeypatch.setattr(journal_module, "WRITER_WAIT_S", 0.05)
     journal = journal_module.Journal(tmp_path)
     stall = threading.Event()
@@ -233,7 +233,7 @@ def test_a_writer_that_falls_behind_bounds_memory(
             journal.add_chunk(chunk, ["atomscale"])
         assert refused is not None
         assert "journal writer is" in refused
-        assert len(journal._queue) <= 4 + 1
+        assert len(journal._queue) <= 5  # at most the bound, and the chunk that crossed it
     finally:
         stall.set()
         journal.close()

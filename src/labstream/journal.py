@@ -35,9 +35,9 @@ from .chunk import ChannelSeries, Chunk
 log = logging.getLogger("labstream.journal")
 
 SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
-# Operations queued for the writer before push() waits for it: bounds memory when pushes outrun
-# the disk (each queued chunk holds its arrays).
-MAX_QUEUED = 4096
+# Chunk data queued for the writer before push() waits for it: bounds memory when pushes outrun
+# the disk, while a burst of a million points (16 MB) still goes through without a wait.
+MAX_QUEUED_BYTES = 64 * 1024**2
 WRITER_WAIT_S = 2.0
 FILE_NAME = "journal.sqlite3"
 
@@ -240,6 +240,7 @@ class Journal:
         self._next_seq = max(int(row[0]), int(meta[0]) if meta else 0) + 1
         self._bytes = int(row[1])
         self._bytes_lock = threading.Lock()  # updated by pushing threads and the writer
+        self._queued_bytes = 0  # chunk data queued for the writer, not taken yet
         self._read = self._connect()
         self._read_lock = threading.Lock()
         self._queue: deque[tuple[Any, ...]] = deque()
@@ -276,14 +277,14 @@ class Journal:
         When the writer thread falls behind (pushes faster than the disk takes them), wait
         briefly for it rather than queue without bound in memory; refuse if it stays behind.
         """
-        if len(self._queue) > MAX_QUEUED:
+        if self._queued_bytes > MAX_QUEUED_BYTES:
             deadline = time.monotonic() + WRITER_WAIT_S
             self._wake.set()
-            while len(self._queue) > MAX_QUEUED // 2 and time.monotonic() < deadline:
+            while self._queued_bytes > MAX_QUEUED_BYTES // 2 and time.monotonic() < deadline:
                 time.sleep(self._interval / 4)
-            if len(self._queue) > MAX_QUEUED:
+            if self._queued_bytes > MAX_QUEUED_BYTES:
                 raise JournalFull(
-                    f"the journal writer is {len(self._queue)} operations behind for "
+                    f"the journal writer is {_size(self._queued_bytes)} behind for "
                     f"{WRITER_WAIT_S:.0f} s (disk too slow for this rate?)"
                 )
         if self._bytes + nbytes > self.max_bytes:
@@ -313,8 +314,10 @@ class Journal:
 
     def add_chunk(self, chunk: Chunk, destinations: Sequence[str]) -> None:
         """Queue the chunk for the next group commit, pending for every destination."""
+        size = chunk_size(chunk.points)
         with self._bytes_lock:
-            self._bytes += chunk_size(chunk.points)
+            self._bytes += size
+            self._queued_bytes += size
         self._put(("chunk", chunk, tuple(destinations)))
 
     def delivered(self, seq: int, destination: str) -> None:
@@ -345,8 +348,14 @@ class Journal:
                 time.sleep(self._interval)  # let a burst accumulate: one commit for all of it
             self._wake.clear()
             batch = []
+            taken = 0
             while self._queue:
-                batch.append(self._queue.popleft())
+                item = self._queue.popleft()
+                if item[0] == "chunk":
+                    taken += chunk_size(item[1].points)
+                batch.append(item)
+            with self._bytes_lock:
+                self._queued_bytes -= taken
             if batch:
                 try:
                     self._commit(batch)
