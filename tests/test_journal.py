@@ -239,10 +239,17 @@ def test_a_writer_that_falls_behind_bounds_memory(
         journal.close()
 
 
-def test_a_chunk_leaves_the_journal_once_every_destination_confirmed_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize("remembered", [65_536, 1], ids=["in-memory", "looked-up-on-disk"])
+def test_a_chunk_leaves_the_journal_once_every_destination_confirmed_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, remembered: int
+) -> None:
     """Across commits, and across processes: held until the last destination confirms; a
-    rejection keeps it; the held bytes come back to zero."""
+    rejection keeps it. The writer remembers who owes what for a bounded number of chunks and
+    asks the database for the others: both ways give the same result."""
+    import labstream.journal as journal_module
     from labstream.journal import Journal
+
+    monkeypatch.setattr(journal_module, "MAX_OWED", remembered)
 
     def chunk(seq: int) -> Chunk:
         ts = np.arange(3, dtype=np.int64) + 1_760_000_000_000_000_000 + seq * 10

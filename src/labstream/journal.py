@@ -36,8 +36,9 @@ log = logging.getLogger("labstream.journal")
 
 SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
 # Chunk data queued for the writer before push() waits for it: bounds memory when pushes outrun
-# the disk, while a burst of a million points (16 MB) still goes through without a wait.
-MAX_QUEUED_BYTES = 64 * 1024**2
+# the disk, while a burst of a million points (16 MB of data) still goes through without a wait.
+MAX_QUEUED_BYTES = 32 * 1024**2
+MAX_OWED = 65_536  # chunks whose owing destinations the writer keeps in memory
 WRITER_WAIT_S = 2.0
 FILE_NAME = "journal.sqlite3"
 
@@ -249,9 +250,11 @@ class Journal:
         self._committed = threading.Condition()
         self.committed_seq = self._next_seq - 1
         self._free_checked_at = 0.0
-        # Writer thread only: chunks this process wrote -> (points, destinations still owing),
-        # so a confirmation needs no SELECT to know whether the chunk can go.
-        self._owed: dict[int, tuple[int, set[str]]] = {}
+        # Writer thread only: recent chunks this process wrote -> points << 8 | a bit per
+        # destination still owing, so a confirmation needs no SELECT to know whether the chunk
+        # can go. Bounded (~100 bytes an entry): a backlog beyond it is looked up on disk.
+        self._owed: dict[int, int] = {}
+        self._dest_bits: dict[str, int] = {}
         self._free_ok = True
         self._thread = threading.Thread(target=self._writer, name="labstream-journal", daemon=True)
         self._thread.start()
@@ -414,7 +417,8 @@ class Journal:
                     )
                 )
                 pending_rows.extend((chunk.seq, d) for d in dests)
-                owed[chunk.seq] = (chunk.points, set(dests))
+                if len(owed) < MAX_OWED:
+                    owed[chunk.seq] = chunk.points << 8 | self._bits(dests)
             elif kind == "delivered":
                 seq, destination = item[1], item[2]
                 if seq in settled:
@@ -424,11 +428,13 @@ class Journal:
                 if entry is None:
                     unknown.append(seq)
                     continue
-                entry[1].discard(destination)
-                if not entry[1]:
+                entry &= ~self._bits((destination,))
+                if entry & 0xFF:
+                    owed[seq] = entry
+                else:
                     del owed[seq]
                     dropped.append((seq,))
-                    freed += chunk_size(entry[0])
+                    freed += chunk_size(entry >> 8)
             else:
                 others.append(item)
         db.execute("BEGIN")
@@ -489,6 +495,16 @@ class Journal:
             with self._committed:
                 self.committed_seq = max(self.committed_seq, top)
                 self._committed.notify_all()
+
+    def _bits(self, destinations: Sequence[str]) -> int:
+        """One bit per destination name (labstream has two; the low byte holds them)."""
+        mask = 0
+        for d in destinations:
+            bit = self._dest_bits.get(d)
+            if bit is None:
+                bit = self._dest_bits[d] = 1 << len(self._dest_bits)
+            mask |= bit
+        return mask
 
     def _drop_if_done(self, seq: int) -> int:
         """Delete a chunk no destination still needs; return the bytes freed."""

@@ -247,7 +247,7 @@ class AtlasSink:
             )
 
     def _save_state(self, run: _Run, data_id: str, last_seq: int) -> None:
-        """Journal the session after a chunk, so a later process continues it without repeats."""
+        """Journal the session after a write, so a later process continues it without repeats."""
         if self._journal is None or not run.session.idle:
             return
         # to_dict() is already a deep copy in plain values: no snapshot() copy first
