@@ -23,7 +23,9 @@ SDK (if installed) alternate within every round. With ``--atlas``, a third clien
 labstream streaming to nginx and to labstream's ATLAS emulator at once (``_worker.py
 atlas-emulator nodecode``, in its own process: per-packet content decode stubbed out, as the real
 server does not decode either); its runs also count only if labstream's report says ATLAS got
-every chunk. ATLAS gets one packet per chunk (push_multi: one packet for all the channels).
+every chunk. ATLAS gets the channels of a push_multi in one packet, and the chunks that queue up
+behind a write in one packet too (up to 10,000 points), so its "requests" are fewer than
+Atomscale's when it is busy.
 
 Prints, per case and client: median points/s, microseconds per point and per request; and a
 two-part model of each series, us/request = fixed + per_point x points (per_point: the slope
