@@ -109,7 +109,7 @@ def details(out: Outcome) -> list[str]:
             f"{f['atlas_sessions']} session (the same one continued), EndSession called: "
             f"{_yes(f['atlas_end_session'])}, EndOfSession on every stream: "
             f"{_yes(f['atlas_end_of_session'])}.",
-            f"ATLAS data packets written twice: {f['atlas_duplicate_packets']}; checks failed: "
+            f"ATLAS points written twice: {f['atlas_points_written_twice']}; checks failed: "
             f"{', '.join(f['atlas_failed_checks']) or 'none'}.",
         ]
     if title.startswith("5."):
