@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp import web
 
-from labstream.sinks.curl import CurlClient
+from labstream.sinks.curl import CurlClient, trust_store
 from labstream.sinks.http import AiohttpClient, HttpClient, TransportError
 
 Engine = Callable[..., HttpClient]
@@ -134,3 +137,55 @@ def test_closing_fails_what_is_in_flight() -> None:
                 await http.request("GET", "/time", None, {})
 
     run(main)
+
+
+@asynccontextmanager
+async def https_server(ca: trustme.CA) -> AsyncIterator[str]:
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response({"tls": True})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", ok)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"https://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def test_curl_trusts_what_the_system_trusts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wheel's libcurl looks for a Red Hat CA path; the engine must use the system's store
+    (here SSL_CERT_FILE, as OpenSSL and Python's ssl read it) instead."""
+    ca = trustme.CA()
+    ca_file = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+
+    async def main() -> None:
+        async with https_server(ca) as url:
+            untrusted = client(CurlClient, url)
+            with pytest.raises(TransportError) as err:
+                await untrusted.request("GET", "/", None, {})
+            await untrusted.aclose()
+            assert not err.value.timed_out
+            monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+            trust_store.cache_clear()
+            trusted = client(CurlClient, url)
+            try:
+                answer = await trusted.request("POST", "/chunk", b"{}", {})
+            finally:
+                await trusted.aclose()
+            assert (answer.status, answer.body) == (200, b'{"tls": true}')
+
+    trust_store.cache_clear()
+    try:
+        run(main)
+    finally:
+        trust_store.cache_clear()

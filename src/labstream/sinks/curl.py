@@ -9,14 +9,19 @@ and is woken once per batch of finished ones.
 
 Behaviour matches :class:`~labstream.sinks.http.AiohttpClient`: the same answers and
 :class:`~labstream.sinks.http.TransportError` (``timed_out`` for curl's timeout), no proxy taken
-from the environment, no ``Expect: 100-continue`` round trip.
+from the environment, no ``Expect: 100-continue`` round trip, and the same certificates trusted:
+the system's, as Python's :mod:`ssl` finds them (``SSL_CERT_FILE``/``SSL_CERT_DIR`` included).
+That one is not a detail: the libcurl in pycurl's wheels looks for a Red Hat CA bundle path that
+Debian and Ubuntu do not have, so without it every HTTPS upload would fail there.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import queue
+import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -43,6 +48,18 @@ class _Job:
     loop: asyncio.AbstractEventLoop
     body: list[bytes] = field(default_factory=list)
     header_lines: list[bytes] = field(default_factory=list)
+
+
+@functools.cache
+def trust_store() -> tuple[str | None, str | None]:
+    """(CA file, CA directory) that Python's ssl, and so aiohttp, trusts; certifi's bundle when the
+    system has neither."""
+    paths = ssl.get_default_verify_paths()  # honours SSL_CERT_FILE / SSL_CERT_DIR
+    if paths.cafile is None and paths.capath is None:
+        import certifi
+
+        return certifi.where(), None
+    return paths.cafile, paths.capath
 
 
 class CurlClient:
@@ -131,6 +148,11 @@ class CurlClient:
             handle.setopt(pycurl.NOSIGNAL, 1)
             handle.setopt(pycurl.PROXY, "")  # as aiohttp: no proxy from the environment
             handle.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
+            cafile, capath = trust_store()
+            if cafile is not None:
+                handle.setopt(pycurl.CAINFO, cafile)
+            if capath is not None:
+                handle.setopt(pycurl.CAPATH, capath)
             if job.method == "GET":
                 handle.setopt(pycurl.HTTPGET, 1)
             elif job.method != "POST":
