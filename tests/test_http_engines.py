@@ -189,3 +189,32 @@ def test_curl_trusts_what_the_system_trusts(
         run(main)
     finally:
         trust_store.cache_clear()
+
+
+def test_a_failing_engine_thread_fails_its_requests_and_is_replaced(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A bug in the curl thread must not leave requests waiting forever."""
+    finished = CurlClient._finished
+    calls = {"n": 0}
+
+    def broken_once(*args: object) -> object:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("boom")
+        return finished(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CurlClient, "_finished", staticmethod(broken_once))
+
+    async def main() -> None:
+        async with server() as srv:
+            http = client(CurlClient, srv.url)
+            try:
+                with pytest.raises(TransportError, match="HTTP engine failed: RuntimeError: boom"):
+                    await http.request("GET", "/time", None, {})
+                answer = await http.request("GET", "/time", None, {})  # a new thread serves it
+            finally:
+                await http.aclose()
+            assert answer.status == 200
+
+    run(main)

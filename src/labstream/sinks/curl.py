@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import logging
 import queue
 import ssl
 import threading
@@ -31,6 +32,8 @@ import pycurl
 from multidict import CIMultiDict
 
 from .http import HttpAnswer, TransportError
+
+log = logging.getLogger("labstream.http")
 
 _POLL_S = 0.001  # how long the thread waits on sockets before taking new requests
 _CLOSED = "the HTTP client was closed"
@@ -74,6 +77,8 @@ class CurlClient:
         self._timeout_ms = max(1, int(timeout_s * 1000))
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._running = False
+        self._lock = threading.Lock()
         self._closed = False
 
     async def request(
@@ -81,9 +86,6 @@ class CurlClient:
     ) -> HttpAnswer:
         if self._closed:
             raise TransportError(_CLOSED, timed_out=False)
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="labstream-curl", daemon=True)
-            self._thread.start()
         loop = asyncio.get_running_loop()
         job = _Job(
             method,
@@ -93,7 +95,14 @@ class CurlClient:
             loop.create_future(),
             loop,
         )
-        self._jobs.put(job)
+        with self._lock:  # against a thread that is ending: it fails what it finds queued
+            self._jobs.put(job)
+            if not self._running:  # first use, or the thread died (a bug): start one
+                self._running = True
+                self._thread = threading.Thread(
+                    target=self._run, name="labstream-curl", daemon=True
+                )
+                self._thread.start()
         status, answer_headers, body, errno, message = await job.future
         if errno:
             raise TransportError(message, timed_out=errno == pycurl.E_OPERATION_TIMEDOUT)
@@ -101,9 +110,11 @@ class CurlClient:
 
     async def aclose(self) -> None:
         self._closed = True
-        if self._thread is not None:
+        with self._lock:
+            thread = self._thread if self._running else None
             self._jobs.put(None)  # the thread fails what is in flight and stops
-            await anyio.to_thread.run_sync(self._thread.join)
+        if thread is not None:
+            await anyio.to_thread.run_sync(thread.join)
 
     # -- the curl thread -----------------------------------------------------------------------
 
@@ -112,36 +123,54 @@ class CurlClient:
         multi.setopt(pycurl.M_MAXCONNECTS, self._max_connections)
         free: list[pycurl.Curl] = []
         busy: dict[pycurl.Curl, _Job] = {}
+        why = _CLOSED
         try:
             while True:
                 # Take new requests; block only when nothing is in flight.
+                refused: list[tuple[_Job, _Outcome]] = []
                 try:
                     while True:
-                        job = self._jobs.get(block=not busy)
+                        job = self._jobs.get(block=not busy and not refused)
                         if job is None:
                             return
                         handle = free.pop() if free else pycurl.Curl()
-                        self._prepare(handle, job)
-                        busy[handle] = job
-                        multi.add_handle(handle)
+                        try:
+                            self._prepare(handle, job)
+                            multi.add_handle(handle)
+                        except pycurl.error as exc:  # this request only (a bad header, say)
+                            refused.append((job, _failure(exc.args[0], str(exc))))
+                            free.append(handle)
+                        else:
+                            busy[handle] = job
                 except queue.Empty:
                     pass
                 while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
                     pass
-                done = self._finished(multi, busy, free)
+                done = refused + self._finished(multi, busy, free)
                 if done:
                     _resolve_all(done)
                 else:
                     multi.select(_POLL_S)  # releases the GIL
+        except Exception as exc:  # a bug: logged, and nothing is left waiting on it
+            log.exception("the HTTP engine's thread failed; the next request starts a new one")
+            why = f"the HTTP engine failed: {type(exc).__name__}: {exc}"
         finally:
-            _resolve_all([(job, (0, CIMultiDict(), b"", -1, _CLOSED)) for job in busy.values()])
+            failed = [(job, _failure(-1, why)) for job in busy.values()]
+            with self._lock:
+                with contextlib.suppress(queue.Empty):
+                    while True:
+                        queued = self._jobs.get_nowait()
+                        if queued is not None:
+                            failed.append((queued, _failure(-1, why)))
+                self._running = False
+            _resolve_all(failed)
             for handle in [*busy, *free]:
                 handle.close()
             multi.close()
 
     def _prepare(self, handle: pycurl.Curl, job: _Job) -> None:
         # A handle keeps its options (and its connection) from one request to the next; only
-        # what changes is set: a chunk upload is four setopt() calls, and the answer comes in
+        # what changes is set: a chunk upload is five setopt() calls, and the answer comes in
         # through two C-level appends (no Python frame).
         if getattr(handle, "method", None) != job.method:
             handle.reset()
@@ -178,14 +207,17 @@ class CurlClient:
                 outcome = (status, _Headers(job.header_lines), b"".join(job.body), 0, "")
                 done.append((job, outcome))
             for handle, errno, message in failed:
-                job = busy.pop(handle)
-                text = f"curl error {errno}: {message}"
-                done.append((job, (0, CIMultiDict(), b"", int(errno), text)))
+                done.append((busy.pop(handle), _failure(int(errno), message)))
             for handle in (*ok, *(f[0] for f in failed)):
                 multi.remove_handle(handle)
                 free.append(handle)
             if not left:
                 return done
+
+
+def _failure(errno: int, message: str) -> _Outcome:
+    text = message if errno < 0 else f"curl error {errno}: {message}"
+    return (0, CIMultiDict(), b"", errno, text)
 
 
 def _resolve_all(done: list[tuple[_Job, _Outcome]]) -> None:
