@@ -436,6 +436,8 @@ class Journal:
                     dropped.append((seq,))
                     freed += chunk_size(entry >> 8)
             else:
+                if kind == "rejected":  # kept on disk with its reason: the database decides
+                    owed.pop(item[1], None)
                 others.append(item)
         db.execute("BEGIN")
         if chunk_rows:
