@@ -260,6 +260,7 @@ def test_a_chunk_leaves_the_journal_once_every_destination_confirmed_it(
         return {dest: j.pending_summary(dest, "d")[0] for dest in ("atomscale", "atlas")}
 
     def held(j: Journal) -> list[int]:
+        j.flush()
         return [r[0] for r in j._rows("SELECT seq FROM chunks ORDER BY seq", ())]
 
     j = Journal(tmp_path)
@@ -272,6 +273,11 @@ def test_a_chunk_leaves_the_journal_once_every_destination_confirmed_it(
     j.rejected(3, "atlas", "bad")
     assert on_disk(j) == {"atomscale": 1, "atlas": 1}
     assert held(j) == [1, 3]  # atlas owes 1; 3 was rejected by atlas: kept, with the reason
+    j.add_chunk(chunk(4), ("atomscale", "atlas"))
+    j.delivered(4, "atomscale")  # within the same group commit: only atlas is owed on disk
+    assert on_disk(j) == {"atomscale": 1, "atlas": 2}  # atomscale still owes 3
+    j.delivered(4, "atlas")
+    assert held(j) == [1, 3]
     j.close()
 
     again = Journal(tmp_path)  # a later process confirms what the first one wrote

@@ -394,6 +394,7 @@ class Journal:
         done_rows: list[tuple[int, str]] = []
         dropped: list[tuple[int]] = []
         unknown: list[int] = []  # written by an earlier process: ask the database
+        written_early: dict[int, set[str]] = {}  # written now, minus who already confirmed
         others: list[tuple[Any, ...]] = []
         owed = self._owed
         for item in batch:
@@ -416,12 +417,17 @@ class Journal:
                         time.time(),
                     )
                 )
-                pending_rows.extend((chunk.seq, d) for d in dests)
+                # A destination that confirmed within this commit gets no row to delete again.
+                early = confirmed.get(chunk.seq, ())
+                owing = [d for d in dests if d not in early]
+                pending_rows.extend((chunk.seq, d) for d in owing)
+                if early:
+                    written_early[chunk.seq] = early
                 if len(owed) < MAX_OWED:
-                    owed[chunk.seq] = chunk.points << 8 | self._bits(dests)
+                    owed[chunk.seq] = chunk.points << 8 | self._bits(owing)
             elif kind == "delivered":
                 seq, destination = item[1], item[2]
-                if seq in settled:
+                if seq in settled or destination in written_early.get(seq, ()):
                     continue
                 done_rows.append((seq, destination))
                 entry = owed.get(seq)
