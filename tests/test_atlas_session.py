@@ -492,6 +492,21 @@ def test_rate_change_starts_a_new_timeline(od: ModuleType) -> None:
     assert d.session.state.timelines["T:labstream"].interval_ns == b.interval
 
 
+@pytest.mark.parametrize("start", [T0 + k * 0.37 for k in range(5)])
+def test_a_long_chunk_after_a_short_one_continues_the_timeline(
+    od: ModuleType, start: float
+) -> None:
+    """A short first packet's interval carries float-seconds noise of several ns; a long packet
+    after it (chunks queued behind a write travel as one) is the same rate and must continue the
+    timeline exactly, not start a new one that overlaps the first (regression)."""
+    d = started()
+    ts = grid(start, 2_000, 10.0)
+    d.feed(one(0, ts[:50]), one(1, ts[50:]))
+    a, b = (decode(od, w) for w in d.writes("PeriodicData"))
+    assert b.start_time == a.start_time + 50 * a.interval
+    assert d.session.state.timelines["T:labstream"].samples == 2_000
+
+
 def test_irregular_chunk_is_row_data_with_exact_timestamps(od: ModuleType) -> None:
     d = started()
     ts = T0 + np.array([0.0, 0.1, 0.25, 0.3, 0.9])

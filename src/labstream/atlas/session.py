@@ -1032,7 +1032,16 @@ def _choose_layout(t: Int64Array, tl: Timeline | None) -> tuple[int, int, Timeli
         # relative to the anchor: float64 is exact to far below 1 ns there (absolute ns are not)
         mean = (t_last - tl.anchor_ns) / (total - 1)
         iv = round((total * mean - (s - tl.anchor_ns)) / n)
-        same_rate = abs(iv - tl.interval_ns) <= 1 + 2 * tol / max(n - 1, 1)
+        # The chunk's own mean step against the timeline's: each is known to within 2 * tol over
+        # its span (plus rounding), so a short chunk or a short timeline is judged loosely and a
+        # long one tightly. Packets of any size follow each other (chunks queued behind a write
+        # go as one), so comparing with the last packet's interval alone, as before, took the
+        # noise of a short first packet for a change of rate.
+        kept = (s - tl.anchor_ns) / tl.samples
+        own = (t_last - t0) / (n - 1) if n > 1 else kept
+        same_rate = abs(own - kept) <= 1 + 2 * tol / max(n - 1, 1) + 2 * tol / max(
+            tl.samples - 1, 1
+        )
         if 0 < iv <= enc.UINT32_MAX and same_rate and enc.fits_grid(t, s, iv, 2 * tol):
             return s, iv, Timeline(tl.anchor_ns, total, s + n * iv, iv)
     sp = enc.detect_spacing(t)
