@@ -177,3 +177,33 @@ def test_bad_constructor_and_initialize_arguments(
         streamer.initialize(synth_source_id="42")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="tags must be strings"):
         streamer.initialize(tags=["ok", 3])  # type: ignore[list-item]
+
+
+def test_push_multi_channels_sharing_one_timestamps_object_are_checked_and_converted_once() -> None:
+    """The common instrument case (one clock, many gauges) costs one timestamp conversion per
+    chunk, not one per channel; channels with their own timestamps keep their own."""
+    from labstream.chunk import make_chunk, validate_multi
+    from labstream.sinks.atomscale import chunk_body
+    from labstream.timebase import ns_to_seconds, seconds_to_ns
+
+    ts = [1_760_000_000.0 + i * 0.1 for i in range(5)]
+    own = [1_760_000_000.05 + i * 0.1 for i in range(5)]
+    channels = {
+        "T": {"timestamps": ts, "values": [1.0] * 5, "units": "C"},
+        "P": {"timestamps": ts, "values": [2.0] * 5},
+        "R": {"timestamps": own, "values": [3.0] * 5},
+    }
+    chunk = make_chunk("d", 0, validate_multi("d", 0, channels, max_points=5), multi=True,
+                       offset_ns=7)  # fmt: skip
+    t, p, r = chunk.channels
+    assert t.timestamps_ns is p.timestamps_ns and r.timestamps_ns is not t.timestamps_ns
+    assert t.timestamps_ns[0] == 1_760_000_000 * 10**9 + 7  # the clock offset applied once
+    assert (r.timestamps_ns == seconds_to_ns(np.asarray(own)) + 7).all()
+    body = chunk_body(chunk)["channels"]
+    assert body["T"]["timestamps"] is body["P"]["timestamps"]
+    assert (body["R"]["timestamps"] == ns_to_seconds(r.timestamps_ns)).all()
+
+    bad = [*ts[:4], math.nan]
+    shared_bad = {name: {"timestamps": bad, "values": [1.0] * 5} for name in ("T", "P")}
+    with pytest.raises(ValueError, match=r"channel='T' chunk_index=3: timestamps\[4\] is nan"):
+        validate_multi("d", 3, shared_bad, max_points=5)

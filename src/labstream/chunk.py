@@ -239,11 +239,14 @@ class RawSeries:
     values: Float64Array
     digest: bytes  # identifies the content, to tell an idempotent re-push from a conflicting one
 
-    def corrected(self, offset_ns: int) -> ChannelSeries:
-        ts_ns = seconds_to_ns(self.timestamps_s)
-        if offset_ns:
-            ts_ns += offset_ns
-        ts_ns.flags.writeable = False
+    def corrected(self, offset_ns: int, ts_ns: Int64Array | None = None) -> ChannelSeries:
+        """The channel with clock-corrected ns timestamps (``ts_ns``: already converted, shared
+        with another channel of the chunk that has the same timestamps)."""
+        if ts_ns is None:
+            ts_ns = seconds_to_ns(self.timestamps_s)
+            if offset_ns:
+                ts_ns += offset_ns
+            ts_ns.flags.writeable = False
         return ChannelSeries(self.name, self.units, ts_ns, self.values)
 
 
@@ -256,8 +259,12 @@ def validate_series(
     units: object,
     *,
     max_points: int,
+    checked: dict[int, Float64Array] | None = None,
 ) -> RawSeries:
     """Validate one channel of one chunk.
+
+    ``checked`` maps ``id(timestamps)`` to timestamps already validated in this call, so that
+    channels of a ``push_multi`` that share one timestamps object are converted and checked once.
 
     Raises:
         TypeError: channel name or units not strings, timestamps/values not numeric sequences.
@@ -277,7 +284,8 @@ def validate_series(
     _check_text(ctx, "channel_name", channel_name)
     if units is not None:
         _check_text(ctx, "units", units)
-    ts = _as_float_array(timestamps, "timestamps", ctx)
+    known = checked.get(id(timestamps)) if checked is not None else None
+    ts = known if known is not None else _as_float_array(timestamps, "timestamps", ctx)
     vals = _as_float_array(values, "values", ctx)
     if ts.shape[0] != vals.shape[0]:
         raise ValueError(
@@ -291,8 +299,11 @@ def validate_series(
             "Atomscale places chunk N at points N*points_per_chunk.., so a longer chunk would "
             "overwrite the next one. Raise points_per_chunk or split the chunk."
         )
-    _check_timestamps(ts, ctx)
-    ts.flags.writeable = False
+    if known is None:
+        _check_timestamps(ts, ctx)
+        ts.flags.writeable = False
+        if checked is not None:
+            checked[id(timestamps)] = ts
     vals.flags.writeable = False
     h = hashlib.blake2b(ts.data, digest_size=16)
     h.update(vals.data)
@@ -317,6 +328,7 @@ def validate_multi(
             f"not {type(channels).__name__}"
         )
     out: list[RawSeries] = []
+    checked: dict[int, Float64Array] = {}
     for name, spec in channels.items():
         if not isinstance(spec, Mapping):
             raise TypeError(
@@ -345,6 +357,7 @@ def validate_multi(
                 spec["values"],
                 spec.get("units"),
                 max_points=max_points,
+                checked=checked,
             )
         )
     if not out:
@@ -369,10 +382,16 @@ def make_chunk(
     seq: int = 0,
 ) -> Chunk:
     """Apply the clock correction and freeze the chunk."""
+    converted: dict[int, Int64Array] = {}  # channels sharing timestamps share the conversion
+    channels = []
+    for s in series:
+        ch = s.corrected(offset_ns, converted.get(id(s.timestamps_s)))
+        converted[id(s.timestamps_s)] = ch.timestamps_ns
+        channels.append(ch)
     return Chunk(
         data_id=data_id,
         chunk_index=chunk_index,
-        channels=tuple(s.corrected(offset_ns) for s in series),
+        channels=tuple(channels),
         multi=multi,
         offset_ns=offset_ns,
         seq=seq,

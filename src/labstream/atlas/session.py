@@ -875,7 +875,8 @@ class AtlasSession:
         chans = chunk.channels
         first = chans[0]
         shared = all(
-            c.size == first.size and np.array_equal(c.timestamps_ns, first.timestamps_ns)
+            c.timestamps_ns is first.timestamps_ns  # push_multi with one timestamps object
+            or (c.size == first.size and np.array_equal(c.timestamps_ns, first.timestamps_ns))
             for c in chans[1:]
         )
         # channels sharing timestamps go in one packet (one column / value per parameter)

@@ -56,8 +56,12 @@ def chunk_body(chunk: Chunk) -> dict[str, Any]:
     """The JSON body of a chunk upload, keys as the SDK writes them (``units`` left out if None)."""
     if chunk.multi:
         channels: dict[str, dict[str, Any]] = {}
+        seconds: dict[int, Any] = {}  # channels sharing timestamps share the conversion
         for ch in chunk.channels:
-            spec: dict[str, Any] = {"timestamps": ch.timestamps_s(), "values": ch.values}
+            ts = seconds.get(id(ch.timestamps_ns))
+            if ts is None:
+                ts = seconds[id(ch.timestamps_ns)] = ch.timestamps_s()
+            spec: dict[str, Any] = {"timestamps": ts, "values": ch.values}
             if ch.units is not None:
                 spec["units"] = ch.units
             channels[ch.name] = spec
