@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import operator
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,6 +64,8 @@ class Chunk:
         multi: True when pushed with ``push_multi`` (Atomscale then gets one multi-channel request).
         offset_ns: the clock correction that was added to every timestamp.
         seq: the chunk's place in the streamer's (and the journal's) order of acceptance.
+        points: the number of points, all channels together (counted once: every runner, the
+            journal and the reports ask for it, several times per chunk).
     """
 
     data_id: str
@@ -72,10 +74,10 @@ class Chunk:
     multi: bool
     offset_ns: int = 0
     seq: int = 0
+    points: int = field(init=False)
 
-    @property
-    def points(self) -> int:
-        return sum(c.size for c in self.channels)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "points", sum(c.size for c in self.channels))
 
     def describe(self) -> str:
         names = ",".join(c.name for c in self.channels)

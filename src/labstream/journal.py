@@ -340,7 +340,10 @@ class Journal:
 
     def _put(self, item: tuple[Any, ...]) -> None:
         self._queue.append(item)
-        self._wake.set()
+        # set() takes a lock; when the writer is already woken (it clears the flag before it
+        # drains the queue), this item is in its next drain anyway.
+        if not self._wake.is_set():
+            self._wake.set()
 
     # -- the writer thread ---------------------------------------------------------------------
 
