@@ -101,9 +101,12 @@ def test_clock_offset_from_the_emulator() -> None:
     assert ts[0] == pytest.approx(T0 + streamer.clock_status().offset_s, abs=1e-6)
 
 
-def test_an_unknown_http_engine_is_refused() -> None:
+def test_an_unknown_http_engine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="http_engine"):
         TimeseriesStreamer(API_KEY, "http://127.0.0.1:9", http_engine="requests")  # type: ignore[arg-type]
+    monkeypatch.setenv("LABSTREAM_HTTP_ENGINE", "urllib")  # the environment is read too
+    with pytest.raises(ValueError, match="'urllib'"):
+        TimeseriesStreamer(API_KEY, "http://127.0.0.1:9")
 
 
 def test_wrong_key_is_rejected_and_never_shown(

@@ -379,17 +379,16 @@ class Journal:
         db = self._write
         top = None
         freed = 0
-        # A chunk every destination confirmed before this commit never needs to touch the disk:
-        # on a healthy link that is most chunks, and it saves an insert and a delete each.
+        # Confirmations of chunks queued in this same commit are settled here, before anything
+        # is written: a chunk every destination confirmed never touches the disk (on a healthy
+        # link that is most chunks), and a destination that confirmed gets no pending row.
         confirmed: dict[int, set[str]] = {}
+        arrived: set[int] = set()
         for item in batch:
             if item[0] == "delivered":
                 confirmed.setdefault(item[1], set()).add(item[2])
-        settled = {
-            item[1].seq
-            for item in batch
-            if item[0] == "chunk" and set(item[2]) <= confirmed.get(item[1].seq, set())
-        }
+            elif item[0] == "chunk":
+                arrived.add(item[1].seq)
         # Chunks and confirmations go in a few executemany() calls per commit, not statements
         # per chunk: each statement takes the GIL back from the event loop.
         chunk_rows: list[tuple[Any, ...]] = []
@@ -397,7 +396,6 @@ class Journal:
         done_rows: list[tuple[int, str]] = []
         dropped: list[tuple[int]] = []
         unknown: list[int] = []  # written by an earlier process: ask the database
-        written_early: dict[int, set[str]] = {}  # written now, minus who already confirmed
         others: list[tuple[Any, ...]] = []
         owed = self._owed
         for item in batch:
@@ -405,7 +403,9 @@ class Journal:
             if kind == "chunk":
                 chunk, dests = item[1], item[2]
                 top = chunk.seq if top is None else max(top, chunk.seq)
-                if chunk.seq in settled:
+                early = confirmed.get(chunk.seq, ())
+                owing = [d for d in dests if d not in early]
+                if not owing:
                     freed += chunk_size(chunk.points)
                     continue
                 chunk_rows.append(
@@ -420,18 +420,13 @@ class Journal:
                         time.time(),
                     )
                 )
-                # A destination that confirmed within this commit gets no row to delete again.
-                early = confirmed.get(chunk.seq, ())
-                owing = [d for d in dests if d not in early]
                 pending_rows.extend((chunk.seq, d) for d in owing)
-                if early:
-                    written_early[chunk.seq] = early
                 if len(owed) < MAX_OWED:
                     owed[chunk.seq] = chunk.points << 8 | self._bits(owing)
             elif kind == "delivered":
                 seq, destination = item[1], item[2]
-                if seq in settled or destination in written_early.get(seq, ()):
-                    continue
+                if seq in arrived:
+                    continue  # settled above, with its chunk
                 done_rows.append((seq, destination))
                 entry = owed.get(seq)
                 if entry is None:
