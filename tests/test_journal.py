@@ -226,7 +226,7 @@ def test_a_writer_that_falls_behind_bounds_memory(
         refused = None
         for _ in range(50):
             try:
-                journal.check_room(100)
+                journal.reserve(journal_module.chunk_size(chunk.points))
             except journal_module.JournalFull as full:
                 refused = str(full)
                 break

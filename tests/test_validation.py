@@ -113,8 +113,46 @@ def test_caller_mutating_its_buffer_after_push_changes_nothing(
     values = np.array(VS)
     streamer.push(data_id, 0, "t", np.array(TS), values)
     values[:] = -1.0
+    listed = list(VS)
+    streamer.push(data_id, 1, "t", [t + 1 for t in TS], listed)
+    listed[:] = [-1.0] * len(listed)
     streamer.finalize(data_id)
-    assert fake.chunk_requests()[0].body["values"] == VS
+    assert [r.body["values"] for r in fake.chunk_requests()] == [VS, VS]
+
+
+def test_a_list_a_tuple_and_an_array_of_the_same_points_are_the_same_chunk(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    """Lists and tuples take a path of their own (no numpy on the caller's thread); what they
+    become must not depend on it: a re-push in another form is recognised, and sent once."""
+    data_id = streamer.initialize()
+    streamer.push(data_id, 0, "t", TS, VS)
+    streamer.push(data_id, 0, "t", tuple(TS), tuple(VS))
+    streamer.push(data_id, 0, "t", np.array(TS), np.array(VS))
+    with pytest.raises(ValueError, match="already pushed with different data"):
+        streamer.push(data_id, 0, "t", np.array(TS), np.array(VS) + 1)
+    streamer.push(data_id, 1, "t", np.array(TS) + 1, np.array(VS))
+    with pytest.raises(ValueError, match="already pushed with different data"):
+        streamer.push(data_id, 1, "t", [t + 1 for t in TS], [v + 1 for v in VS])
+    assert streamer.finalize(data_id).ok
+    bodies = [r.body for r in fake.chunk_requests()]
+    assert [b["timestamps"] for b in bodies] == [TS, [t + 1 for t in TS]]
+    assert [b["values"] for b in bodies] == [VS, VS]
+
+
+def test_numbers_that_are_not_floats_count_as_numbers_in_every_form(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    data_id = streamer.initialize()
+    mixed = [Decimal("1.5"), Fraction(1, 4), np.float32(2.0), 3, True, *VS[5:]]
+    streamer.push(data_id, 0, "t", TS, mixed)
+    streamer.push(data_id, 1, "t", [t + 1 for t in TS], np.array(mixed, dtype=object))
+    assert streamer.finalize(data_id).ok
+    expected = [1.5, 0.25, 2.0, 3.0, 1.0, *VS[5:]]
+    assert [r.body["values"] for r in fake.chunk_requests()] == [expected, expected]
 
 
 def test_unknown_data_id_and_push_after_finalize(streamer: TimeseriesStreamer) -> None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import operator
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from itertools import islice
+from typing import Any, TypeAlias
 
 import numpy as np
 
@@ -162,7 +164,7 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
     # "1.5" into a float, which hides a bug in the caller's parsing.
     if arr.dtype.kind not in "biuf":
         items = arr.tolist()  # plain Python objects, so the message shows what the caller passed
-        bad = next((v for v in items if not isinstance(v, int | float)), _NONE)
+        bad = next((v for v in items if not _is_number(v)), _NONE)
         if bad is _NONE:
             if arr.dtype.kind == "O":
                 # An object array of plain numbers (a pandas object column, say): fine as floats.
@@ -178,6 +180,30 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
     if arr.dtype == np.float64 and arr is not obj and arr.base is None:
         return arr  # numpy built it from a list: already our own copy
     return arr.astype(np.float64)  # a copy: the caller may reuse its buffer
+
+
+def _is_number(item: object) -> bool:
+    """What ``float()`` takes, strings aside (Decimal, Fraction and numpy scalars are numbers)."""
+    kind = type(item)
+    return not isinstance(item, str | bytes) and (
+        hasattr(kind, "__float__") or hasattr(kind, "__index__")
+    )
+
+
+def _list_of_floats(obj: object) -> array[float] | None:
+    """A list or tuple of numbers (what most callers push) as float64, in one C call.
+
+    None when ``obj`` is anything else, or holds something that is not a number: the numpy path
+    then converts it, or names what is wrong. Validating without numpy keeps ``push()`` short;
+    numpy's per-call cost is most of a 100-point push, and more so when the caller's loop sleeps
+    between pushes and its caches go cold.
+    """
+    if type(obj) is list or type(obj) is tuple:
+        try:
+            return array("d", obj)
+        except (TypeError, OverflowError):
+            return None
+    return None
 
 
 def _check_text(ctx: str, what: str, text: str) -> None:
@@ -199,6 +225,17 @@ def _check_timestamps(ts: Float64Array, ctx: str) -> None:
         if lo >= EARLIEST_S and hi <= LATEST_S:  # False for NaN and +-inf
             return
     _explain_bad_timestamps(ts, ctx)
+
+
+def _check_timestamp_list(ts: array[float], ctx: str) -> None:
+    """:func:`_check_timestamps` for a list's floats, without numpy (same rules)."""
+    if (
+        ts[0] >= EARLIEST_S
+        and ts[-1] <= LATEST_S
+        and all(map(operator.le, ts, islice(ts, 1, None)))
+    ):
+        return
+    _explain_bad_timestamps(np.frombuffer(ts, dtype=np.float64), ctx)
 
 
 def _explain_bad_timestamps(ts: Float64Array, ctx: str) -> None:
@@ -231,25 +268,38 @@ def _explain_bad_timestamps(ts: Float64Array, ctx: str) -> None:
             )
 
 
+# Validated float64 points: a numpy array, or, for a list the caller pushed, the array.array made
+# from it (turned into numpy later, off the caller's thread).
+Floats: TypeAlias = "Float64Array | array[float]"  # array.array[...] needs Python 3.12
+
+
+def _frozen(floats: Floats) -> Float64Array:
+    if isinstance(floats, np.ndarray):
+        return floats
+    out = np.frombuffer(floats, dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
 @dataclass(frozen=True, slots=True)
 class RawSeries:
     """One channel's input after validation, before the clock correction is applied."""
 
     name: str
     units: str | None
-    timestamps_s: Float64Array
-    values: Float64Array
+    timestamps_s: Floats
+    values: Floats
     digest: bytes  # identifies the content, to tell an idempotent re-push from a conflicting one
 
     def corrected(self, offset_ns: int, ts_ns: Int64Array | None = None) -> ChannelSeries:
         """The channel with clock-corrected ns timestamps (``ts_ns``: already converted, shared
         with another channel of the chunk that has the same timestamps)."""
         if ts_ns is None:
-            ts_ns = seconds_to_ns(self.timestamps_s)
+            ts_ns = seconds_to_ns(_frozen(self.timestamps_s))
             if offset_ns:
                 ts_ns += offset_ns
             ts_ns.flags.writeable = False
-        return ChannelSeries(self.name, self.units, ts_ns, self.values)
+        return ChannelSeries(self.name, self.units, ts_ns, _frozen(self.values))
 
 
 def validate_series(
@@ -261,7 +311,7 @@ def validate_series(
     units: object,
     *,
     max_points: int,
-    checked: dict[int, Float64Array] | None = None,
+    checked: dict[int, Floats] | None = None,
 ) -> RawSeries:
     """Validate one channel of one chunk.
 
@@ -287,30 +337,44 @@ def validate_series(
     if units is not None:
         _check_text(ctx, "units", units)
     known = checked.get(id(timestamps)) if checked is not None else None
-    ts = known if known is not None else _as_float_array(timestamps, "timestamps", ctx)
-    vals = _as_float_array(values, "values", ctx)
-    if ts.shape[0] != vals.shape[0]:
-        raise ValueError(
-            f"{ctx}: {ts.shape[0]} timestamps but {vals.shape[0]} values; they must match"
-        )
-    if ts.shape[0] == 0:
+    ts = known if known is not None else _floats(timestamps, "timestamps", ctx)
+    vals = _floats(values, "values", ctx)
+    n = len(ts)
+    if n != len(vals):
+        raise ValueError(f"{ctx}: {n} timestamps but {len(vals)} values; they must match")
+    if n == 0:
         raise ValueError(f"{ctx}: empty chunk (no points); Atomscale rejects empty chunks")
-    if ts.shape[0] > max_points:
+    if n > max_points:
         raise ValueError(
-            f"{ctx}: {ts.shape[0]} points is more than points_per_chunk={max_points}; "
+            f"{ctx}: {n} points is more than points_per_chunk={max_points}; "
             "Atomscale places chunk N at points N*points_per_chunk.., so a longer chunk would "
             "overwrite the next one. Raise points_per_chunk or split the chunk."
         )
     if known is None:
-        _check_timestamps(ts, ctx)
-        ts.flags.writeable = False
+        if isinstance(ts, np.ndarray):
+            _check_timestamps(ts, ctx)
+            ts.flags.writeable = False
+        else:
+            _check_timestamp_list(ts, ctx)
         if checked is not None:
             checked[id(timestamps)] = ts
-    vals.flags.writeable = False
-    h = hashlib.blake2b(ts.data, digest_size=16)
-    h.update(vals.data)
+    if isinstance(vals, np.ndarray):
+        vals.flags.writeable = False
+    # The bytes of float64 points, whichever path made them: a list and an array of the same
+    # points have the same digest.
+    h = hashlib.blake2b(_buffer(ts), digest_size=16)
+    h.update(_buffer(vals))
     h.update((units or "\0").encode())
     return RawSeries(channel_name, units, ts, vals, h.digest())
+
+
+def _buffer(floats: Floats) -> memoryview | array[float]:
+    return floats.data if isinstance(floats, np.ndarray) else floats
+
+
+def _floats(obj: object, what: str, ctx: str) -> Floats:
+    fast = _list_of_floats(obj)
+    return fast if fast is not None else _as_float_array(obj, what, ctx)
 
 
 def validate_multi(
@@ -330,7 +394,7 @@ def validate_multi(
             f"not {type(channels).__name__}"
         )
     out: list[RawSeries] = []
-    checked: dict[int, Float64Array] = {}
+    checked: dict[int, Floats] = {}
     for name, spec in channels.items():
         if not isinstance(spec, Mapping):
             raise TypeError(

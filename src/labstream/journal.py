@@ -274,8 +274,9 @@ class Journal:
         self._next_seq += 1
         return seq
 
-    def check_room(self, nbytes: int) -> None:
-        """Raise :class:`JournalFull` when a chunk of ``nbytes`` would break a bound.
+    def reserve(self, nbytes: int) -> None:
+        """Count a chunk of ``nbytes`` about to be added; raise :class:`JournalFull` instead
+        when it would break a bound.
 
         When the writer thread falls behind (pushes faster than the disk takes them), wait
         briefly for it rather than queue without bound in memory; refuse if it stays behind.
@@ -303,6 +304,9 @@ class Journal:
             raise JournalFull(
                 f"less than {_size(self.min_free_bytes)} free on the disk of {self.directory}"
             )
+        with self._bytes_lock:
+            self._bytes += nbytes
+            self._queued_bytes += nbytes
 
     def add_stream(
         self, data_id: str, info: dict[str, Any], destinations: dict[str, str], owner: str
@@ -316,11 +320,10 @@ class Journal:
         self._put(("adopt", data_id, owner))
 
     def add_chunk(self, chunk: Chunk, destinations: Sequence[str]) -> None:
-        """Queue the chunk for the next group commit, pending for every destination."""
-        size = chunk_size(chunk.points)
-        with self._bytes_lock:
-            self._bytes += size
-            self._queued_bytes += size
+        """Queue the chunk for the next group commit, pending for every destination.
+
+        Its bytes were counted by :meth:`reserve`, when the streamer took it.
+        """
         self._put(("chunk", chunk, tuple(destinations)))
 
     def delivered(self, seq: int, destination: str) -> None:

@@ -18,7 +18,6 @@ import os
 import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -45,6 +44,7 @@ from .chunk import (
 from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
 from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
+from .handoff import LoopHandoff
 from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
@@ -84,6 +84,18 @@ def configure_verbosity(verbosity: int | None) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         handler._labstream = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A validated chunk the streamer has taken (its seq reserved), not yet built or journaled."""
+
+    data_id: str
+    index: int
+    raws: Sequence[RawSeries]
+    multi: bool
+    offset_ns: int
+    seq: int
 
 
 @dataclass(eq=False)
@@ -234,8 +246,7 @@ class AsyncTimeseriesStreamer:
         self._stop: anyio.Event | None = None
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._handoff: deque[Chunk | Marker] = deque()
-        self._handoff_scheduled = False
+        self._handoff: LoopHandoff[Accepted | Marker] | None = None  # pushes from other threads
         self._seq = 0  # without a journal
         self._owner = f"{os.getpid()}:{uuid.uuid4().hex}"
         self._journal: Journal | None = None
@@ -272,6 +283,7 @@ class AsyncTimeseriesStreamer:
         if self._closed:
             raise StreamStateError("this streamer is closed")
         self._loop = asyncio.get_running_loop()
+        self._handoff = LoopHandoff(self._loop, self._dispatch_accepted)
         sinks: list[Sink] = []
         if self._api_key is not None:
             self._atomscale = AtomscaleSink(
@@ -392,6 +404,8 @@ class AsyncTimeseriesStreamer:
             assert self._stop is not None
             self._stop.set()
             await self._host
+            if self._handoff is not None:
+                await anyio.to_thread.run_sync(self._handoff.close)
             for runner in self._runners:
                 await runner.sink.aclose()
             await anyio.to_thread.run_sync(self._close_journal)
@@ -493,10 +507,11 @@ class AsyncTimeseriesStreamer:
         timestamps: object,
         values: object,
         units: str | None = None,
-    ) -> Chunk | None:
-        """Validate one channel's chunk and register it; None for an identical re-push.
+    ) -> Accepted | None:
+        """Validate one channel's chunk and admit it; None for an identical re-push.
 
-        Thread-safe; does no I/O. Raises the errors documented on :meth:`push`.
+        Thread-safe; does no I/O. Hand the result to :meth:`dispatch_threadsafe`, which builds
+        and journals the chunk on the event loop. Raises the errors documented on :meth:`push`.
         """
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
@@ -511,7 +526,9 @@ class AsyncTimeseriesStreamer:
         )
         return self._admit(stream, index, [raw], multi=False)
 
-    def accept_push_multi(self, data_id: str, chunk_index: int, channels: object) -> Chunk | None:
+    def accept_push_multi(
+        self, data_id: str, chunk_index: int, channels: object
+    ) -> Accepted | None:
         """Like :meth:`accept_push` for a ``push_multi`` channels mapping."""
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
@@ -520,7 +537,9 @@ class AsyncTimeseriesStreamer:
 
     def _admit(
         self, stream: _Stream, index: int, raws: Sequence[RawSeries], *, multi: bool
-    ) -> Chunk | None:
+    ) -> Accepted | None:
+        """Everything that decides whether a chunk is taken: a repeat, room in the journal, its
+        place in the order. What is left to do (ns conversion, journaling) cannot fail."""
         data_id = stream.info.data_id
         with self._lock:
             if stream.finalized:
@@ -545,9 +564,9 @@ class AsyncTimeseriesStreamer:
             raws = fresh  # ATLAS appends: channels already sent must not be sent twice
             journal = self._journal
             if journal is not None:
-                points = sum(r.values.shape[0] for r in raws)
+                points = sum(len(r.values) for r in raws)
                 try:
-                    journal.check_room(chunk_size(points))
+                    journal.reserve(chunk_size(points))
                 except JournalFull as full:
                     self._refuse(stream, points, str(full))
                     return None
@@ -561,9 +580,16 @@ class AsyncTimeseriesStreamer:
             while len(digests) > DIGEST_WINDOW:
                 del digests[next(iter(digests))]  # the oldest (dicts keep insertion order)
             offset_ns = self._clock.offset_ns
-        chunk = make_chunk(data_id, index, raws, multi=multi, offset_ns=offset_ns, seq=seq)
-        if journal is not None:
-            journal.add_chunk(chunk, [r.name for r in self._runners])
+        return Accepted(data_id, index, raws, multi, offset_ns, seq)
+
+    def _build(self, accepted: Accepted) -> Chunk:
+        """The admitted chunk, clock-corrected and frozen, handed to the journal."""
+        a = accepted
+        chunk = make_chunk(
+            a.data_id, a.index, a.raws, multi=a.multi, offset_ns=a.offset_ns, seq=a.seq
+        )
+        if self._journal is not None:
+            self._journal.add_chunk(chunk, [r.name for r in self._runners])
         return chunk
 
     def _refuse(self, stream: _Stream, points: int, reason: str) -> None:
@@ -578,6 +604,10 @@ class AsyncTimeseriesStreamer:
                 stream.refused_chunks,
                 reason,
             )
+
+    def _dispatch_accepted(self, item: Accepted | Marker) -> None:
+        """:meth:`_build` an accepted chunk and :meth:`dispatch` it (event-loop thread only)."""
+        self.dispatch(self._build(item) if isinstance(item, Accepted) else item)
 
     def dispatch(self, item: Chunk | Marker) -> None:
         """Hand an accepted chunk or marker to every runner (event-loop thread only)."""
@@ -650,21 +680,18 @@ class AsyncTimeseriesStreamer:
         """
         self.dispatch(self.accept_mark(data_id, label, timestamp, end_time, type, description))
 
-    def dispatch_threadsafe(self, chunk: Chunk | Marker) -> None:
+    def dispatch_threadsafe(self, item: Accepted | Marker) -> None:
         """Hand an accepted chunk to the runners from another thread, without waiting.
 
-        Chunks are queued and drained by one loop callback, so a burst of pushes costs one wake-up.
+        The event loop builds and journals it: the pushing thread only validates. Chunks are
+        queued and drained by one loop callback, so a burst of pushes costs one wake-up.
         """
-        self._handoff.append(chunk)
-        if not self._handoff_scheduled:
-            self._handoff_scheduled = True
-            assert self._loop is not None
-            self._loop.call_soon_threadsafe(self._drain_handoff)
+        assert self._handoff is not None, "start() first"
+        self._handoff.put(item)
 
     def _drain_handoff(self) -> None:
-        self._handoff_scheduled = False
-        while self._handoff:
-            self.dispatch(self._handoff.popleft())
+        if self._handoff is not None:
+            self._handoff.drain()
 
     def over_capacity(self, data_id: str) -> bool:
         """True when a destination holds more pending chunks of this stream than allowed."""
@@ -711,9 +738,9 @@ class AsyncTimeseriesStreamer:
                 chunk index, more than ``points_per_chunk`` points.
             StreamStateError: unknown data_id, or the stream is finalized.
         """
-        chunk = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
-        if chunk is not None:
-            self.dispatch(chunk)
+        accepted = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
+        if accepted is not None:
+            self.dispatch(self._build(accepted))
 
     async def push_multi(self, data_id: str, chunk_index: int, channels: object) -> None:
         """Queue a multi-channel chunk: ``{name: {"timestamps", "values", "units"?}}``.
@@ -721,9 +748,9 @@ class AsyncTimeseriesStreamer:
         Raises:
             TypeError, ValueError, StreamStateError: as :meth:`push`, naming the channel.
         """
-        chunk = self.accept_push_multi(data_id, chunk_index, channels)
-        if chunk is not None:
-            self.dispatch(chunk)
+        accepted = self.accept_push_multi(data_id, chunk_index, channels)
+        if accepted is not None:
+            self.dispatch(self._build(accepted))
 
     async def run(
         self,

@@ -1,0 +1,70 @@
+"""Hand chunks pushed on another thread to the event loop, without holding up the pusher.
+
+Waking an asyncio loop from another thread (``call_soon_threadsafe``) writes to the loop's
+self-pipe, and that syscall lets go of the GIL: the loop thread, or any thread waiting, takes it
+and runs until it blocks, and only then does ``push()`` get it back. That added ~50-100 µs to a
+paced ``push()``. Here the pushing thread only releases a lock, which never lets go of the GIL; a
+small thread of ours, woken by that lock, makes the self-pipe call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class LoopHandoff(Generic[T]):
+    """Items put on any thread, given to ``deliver`` on the loop's thread, in order."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[T], None]) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._items: deque[T] = deque()
+        self._scheduled = False  # a drain is signalled or queued on the loop
+        self._closed = False
+        # Locked while no wake-up is signalled; put() releases it, the waker thread takes it.
+        self._signal = threading.Lock()
+        self._signal.acquire()
+        self._thread = threading.Thread(
+            target=self._wake_loop, name="labstream-handoff", daemon=True
+        )
+        self._thread.start()
+
+    def put(self, item: T) -> None:
+        """Queue ``item`` for the loop (any thread; no syscall that lets go of the GIL)."""
+        self._items.append(item)
+        if not self._scheduled:
+            self._scheduled = True
+            self._notify()
+
+    def drain(self) -> None:
+        """Deliver everything queued (loop thread; also called directly before waiting)."""
+        self._scheduled = False
+        while self._items:
+            self._deliver(self._items.popleft())
+
+    def close(self) -> None:
+        """Stop the waker thread; items still queued are for the caller to :meth:`drain`."""
+        self._closed = True
+        self._notify()
+        self._thread.join(timeout=5)
+
+    def _notify(self) -> None:
+        with contextlib.suppress(RuntimeError):  # already released: a wake-up is on its way
+            self._signal.release()
+
+    def _wake_loop(self) -> None:
+        while True:
+            self._signal.acquire()
+            if self._closed:
+                return
+            try:
+                self._loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:  # the loop is closed: nothing left to wake
+                return

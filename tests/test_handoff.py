@@ -1,0 +1,86 @@
+"""Chunks pushed on other threads reach the event loop in order, and the pushing thread never
+makes the wake-up call itself (that call lets go of the GIL, and push() then waits for whichever
+thread takes it)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from labstream.handoff import LoopHandoff
+
+
+def test_items_from_several_threads_reach_the_loop_in_each_threads_order() -> None:
+    loop = asyncio.new_event_loop()
+    received: list[tuple[str, int]] = []
+    delivered_on: set[int] = set()
+    wakers: set[int] = set()
+    real_wake = loop.call_soon_threadsafe
+
+    def recording_wake(*args: object) -> asyncio.Handle:
+        wakers.add(threading.get_ident())
+        return real_wake(*args)  # type: ignore[arg-type]
+
+    loop.call_soon_threadsafe = recording_wake  # type: ignore[method-assign]
+
+    everything = asyncio.Event()
+
+    def deliver(item: tuple[str, int]) -> None:
+        delivered_on.add(threading.get_ident())
+        received.append(item)
+        if len(received) == 6_000:
+            everything.set()
+
+    handoff: LoopHandoff[tuple[str, int]] = LoopHandoff(loop, deliver)
+    pushers = [f"pusher-{k}" for k in range(3)]
+    pusher_ids: set[int] = set()
+
+    def push(name: str) -> None:
+        pusher_ids.add(threading.get_ident())
+        for i in range(2_000):
+            handoff.put((name, i))
+
+    async def main() -> None:
+        threads = [threading.Thread(target=push, args=(n,)) for n in pushers]
+        for t in threads:
+            t.start()
+        await everything.wait()
+        for t in threads:
+            t.join()
+
+    try:
+        loop.run_until_complete(asyncio.wait_for(main(), 10))
+        handoff.close()
+    finally:
+        loop.close()
+    for name in pushers:
+        assert [i for n, i in received if n == name] == list(range(2_000))
+    assert delivered_on == {threading.main_thread().ident}  # the loop's thread
+    assert wakers and not wakers & pusher_ids
+    assert not handoff._thread.is_alive()
+
+
+def test_a_direct_drain_and_a_pending_wake_up_do_not_lose_or_repeat_items() -> None:
+    """drain() is also called on the loop before waiting (finalize): a wake-up already signalled
+    then finds nothing, and later items still get one."""
+    loop = asyncio.new_event_loop()
+    received: list[int] = []
+    handoff: LoopHandoff[int] = LoopHandoff(loop, received.append)
+
+    async def main() -> None:
+        handoff.put(1)
+        handoff.drain()  # before the signalled wake-up runs
+        await asyncio.sleep(0.05)
+        handoff.put(2)
+        handoff.put(3)
+        for _ in range(1000):
+            if len(received) == 3:
+                return
+            await asyncio.sleep(0.001)
+
+    try:
+        loop.run_until_complete(main())
+        handoff.close()
+    finally:
+        loop.close()
+    assert received == [1, 2, 3]
