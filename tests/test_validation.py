@@ -245,3 +245,23 @@ def test_push_multi_channels_sharing_one_timestamps_object_are_checked_and_conve
     shared_bad = {name: {"timestamps": bad, "values": [1.0] * 5} for name in ("T", "P")}
     with pytest.raises(ValueError, match=r"channel='T' chunk_index=3: timestamps\[4\] is nan"):
         validate_multi("d", 3, shared_bad, max_points=5)
+
+
+@pytest.mark.parametrize("n", [100, 129, 1000])
+def test_long_and_short_lists_are_checked_alike(
+    streamer_factory: Callable[..., TimeseriesStreamer], n: int
+) -> None:
+    """Lists up to 128 points are checked in Python, longer ones with numpy: the same rules."""
+    s = streamer_factory(points_per_chunk=1000, clock_sync=False)
+    data_id = s.initialize()
+    ts = [T0 + i * 0.01 for i in range(n)]
+    vs = [1.0] * n
+    for bad, message in [
+        ([*ts[:50], ts[48], *ts[51:]], "timestamps decrease at index 50"),
+        ([*ts[:-1], math.nan], rf"timestamps\[{n - 1}\] is nan"),
+        ([t * 1e3 for t in ts], "looks like milliseconds"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            s.push(data_id, 0, "T", bad, vs)
+    s.push(data_id, 0, "T", ts, vs)
+    assert s.finalize(data_id)["atomscale"].points_delivered == n

@@ -27,6 +27,7 @@ EARLIEST_S = 631_152_000.0  # 1990-01-01T00:00:00Z
 LATEST_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 MAX_CHUNK_INDEX = 2**63 - 1
 _NONE = object()  # "no such item" where None is a possible item
+_PYTHON_CHECK_MAX = 128  # see _check_timestamp_list
 _UNIT_HINTS = ((1e17, "nanoseconds", 1e9), (1e14, "microseconds", 1e6), (1e11, "milliseconds", 1e3))
 
 
@@ -228,7 +229,14 @@ def _check_timestamps(ts: Float64Array, ctx: str) -> None:
 
 
 def _check_timestamp_list(ts: array[float], ctx: str) -> None:
-    """:func:`_check_timestamps` for a list's floats, without numpy (same rules)."""
+    """:func:`_check_timestamps` for a list's floats (same rules): without numpy up to
+    ``_PYTHON_CHECK_MAX`` points, where a comparison per point costs less than numpy's calls
+    (100 points after a sleep: 9 µs against 24), and with it above (10,000 points: 4 µs against
+    450)."""
+    if len(ts) > _PYTHON_CHECK_MAX:
+        _check_timestamps(np.frombuffer(ts, dtype=np.float64), ctx)
+        return
+    # A NaN fails every comparison, so it falls to the explanation, as in numpy.
     if (
         ts[0] >= EARLIEST_S
         and ts[-1] <= LATEST_S
