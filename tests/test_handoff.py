@@ -5,9 +5,16 @@ thread takes it)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
+from collections.abc import Callable
 
+import pytest
+
+from labstream import TimeseriesStreamer
+from labstream.chunk import Chunk
 from labstream.handoff import LoopHandoff
+from labstream.streamer import Accepted
 
 
 def test_items_from_several_threads_reach_the_loop_in_each_threads_order() -> None:
@@ -84,3 +91,42 @@ def test_a_direct_drain_and_a_pending_wake_up_do_not_lose_or_repeat_items() -> N
     finally:
         loop.close()
     assert received == [1, 2, 3]
+
+
+def test_chunks_pushed_from_several_threads_reach_the_loop_in_seq_order(
+    streamer_factory: Callable[..., TimeseriesStreamer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A runner reading its backlog back from the journal takes every chunk after a seq; a chunk
+    that reached it after a later one would be skipped. So the loop must get them in seq order,
+    even from threads that are switched out right after their chunk got its seq."""
+    streamer = streamer_factory(clock_sync=False)
+    data_id = streamer.initialize()
+    core = streamer._core
+    seen: list[int] = []
+    build = core._build
+
+    def recording_build(accepted: Accepted) -> Chunk:
+        seen.append(accepted.seq)
+        return build(accepted)
+
+    monkeypatch.setattr(core, "_build", recording_build)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+
+        def push(channel: str) -> None:
+            for c in range(300):
+                streamer.push(data_id, c, channel, [1.7e9 + c], [float(c)])
+
+        threads = [threading.Thread(target=push, args=(f"ch{k}",)) for k in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    report = streamer.finalize(data_id)
+    assert report["atomscale"].chunks_delivered == 1_200
+    assert len(seen) == 1_200
+    assert seen == sorted(seen)

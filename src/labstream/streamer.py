@@ -507,11 +507,14 @@ class AsyncTimeseriesStreamer:
         timestamps: object,
         values: object,
         units: str | None = None,
+        *,
+        handoff: bool = False,
     ) -> Accepted | None:
         """Validate one channel's chunk and admit it; None for an identical re-push.
 
-        Thread-safe; does no I/O. Hand the result to :meth:`dispatch_threadsafe`, which builds
-        and journals the chunk on the event loop. Raises the errors documented on :meth:`push`.
+        Thread-safe; does no I/O. With ``handoff`` (a thread other than the event loop's), the
+        chunk is queued for the loop, which builds, journals and delivers it, and None is
+        returned. Raises the errors documented on :meth:`push`.
         """
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
@@ -524,22 +527,33 @@ class AsyncTimeseriesStreamer:
             units,
             max_points=self.points_per_chunk,
         )
-        return self._admit(stream, index, [raw], multi=False)
+        return self._admit(stream, index, [raw], multi=False, handoff=handoff)
 
     def accept_push_multi(
-        self, data_id: str, chunk_index: int, channels: object
+        self, data_id: str, chunk_index: int, channels: object, *, handoff: bool = False
     ) -> Accepted | None:
         """Like :meth:`accept_push` for a ``push_multi`` channels mapping."""
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
         raws = validate_multi(data_id, index, channels, max_points=self.points_per_chunk)
-        return self._admit(stream, index, raws, multi=True)
+        return self._admit(stream, index, raws, multi=True, handoff=handoff)
 
     def _admit(
-        self, stream: _Stream, index: int, raws: Sequence[RawSeries], *, multi: bool
+        self,
+        stream: _Stream,
+        index: int,
+        raws: Sequence[RawSeries],
+        *,
+        multi: bool,
+        handoff: bool = False,
     ) -> Accepted | None:
         """Everything that decides whether a chunk is taken: a repeat, room in the journal, its
-        place in the order. What is left to do (ns conversion, journaling) cannot fail."""
+        place in the order. What is left to do (ns conversion, journaling) cannot fail.
+
+        With ``handoff`` the chunk is queued for the event loop under the lock that gave it its
+        seq: the journal and the runners then get every stream's chunks in seq order, whatever
+        the number of pushing threads (a runner reading its backlog back from the journal relies
+        on it)."""
         data_id = stream.info.data_id
         with self._lock:
             if stream.finalized:
@@ -579,8 +593,11 @@ class AsyncTimeseriesStreamer:
                 digests[(raw.name, index)] = raw.digest
             while len(digests) > DIGEST_WINDOW:
                 del digests[next(iter(digests))]  # the oldest (dicts keep insertion order)
-            offset_ns = self._clock.offset_ns
-        return Accepted(data_id, index, raws, multi, offset_ns, seq)
+            accepted = Accepted(data_id, index, raws, multi, self._clock.offset_ns, seq)
+            if handoff:
+                self.dispatch_threadsafe(accepted)
+                return None
+        return accepted
 
     def _build(self, accepted: Accepted) -> Chunk:
         """The admitted chunk, clock-corrected and frozen, handed to the journal."""
@@ -681,9 +698,10 @@ class AsyncTimeseriesStreamer:
         self.dispatch(self.accept_mark(data_id, label, timestamp, end_time, type, description))
 
     def dispatch_threadsafe(self, item: Accepted | Marker) -> None:
-        """Hand an accepted chunk to the runners from another thread, without waiting.
+        """Hand an accepted chunk or a marker to the runners from another thread, without
+        waiting (chunks: use ``accept_push(..., handoff=True)``, which keeps them in order).
 
-        The event loop builds and journals it: the pushing thread only validates. Chunks are
+        The event loop builds and journals a chunk: the pushing thread only validates. Items are
         queued and drained by one loop callback, so a burst of pushes costs one wake-up.
         """
         assert self._handoff is not None, "start() first"

@@ -171,11 +171,9 @@ class TimeseriesStreamer:
         Raises:
             TypeError, ValueError, StreamStateError: see :meth:`AsyncTimeseriesStreamer.push`.
         """
-        accepted = self._core.accept_push(
-            data_id, chunk_index, channel_name, timestamps, values, units
+        self._core.accept_push(
+            data_id, chunk_index, channel_name, timestamps, values, units, handoff=True
         )
-        if accepted is not None:
-            self._core.dispatch_threadsafe(accepted)
 
     def push_multi(self, data_id: str, chunk_index: int, channels: object) -> None:
         """Queue a multi-channel chunk; never waits on the network.
@@ -183,9 +181,7 @@ class TimeseriesStreamer:
         Raises:
             TypeError, ValueError, StreamStateError: see :meth:`AsyncTimeseriesStreamer.push`.
         """
-        accepted = self._core.accept_push_multi(data_id, chunk_index, channels)
-        if accepted is not None:
-            self._core.dispatch_threadsafe(accepted)
+        self._core.accept_push_multi(data_id, chunk_index, channels, handoff=True)
 
     def mark(
         self,
