@@ -2,9 +2,10 @@
 
 ``AsyncTimeseriesStreamer`` is the whole library for asyncio programs; the synchronous
 ``TimeseriesStreamer`` drives it from a background event-loop thread. Accepting a chunk
-(validation, duplicate and state checks, clock correction) is plain synchronous code guarded by a
-lock, so the sync facade can run it on the caller's thread and raise input errors there, then hand
-the frozen chunk to the loop without waiting for it. Nothing here waits on the network except
+(validation, duplicate and state checks, its seq) is plain synchronous code guarded by a lock, so
+the sync facade can run it on the caller's thread and raise input errors there, then hand it to
+the loop without waiting (``handoff.py``); the loop builds the chunk (clock correction, ns) and
+journals it. Nothing here waits on the network except
 ``initialize`` (which must return the destination's data_id), ``finalize`` and ``run`` (which are
 documented to wait).
 """
@@ -283,7 +284,6 @@ class AsyncTimeseriesStreamer:
         if self._closed:
             raise StreamStateError("this streamer is closed")
         self._loop = asyncio.get_running_loop()
-        self._handoff = LoopHandoff(self._loop, self._dispatch_accepted)
         sinks: list[Sink] = []
         if self._api_key is not None:
             self._atomscale = AtomscaleSink(
@@ -308,6 +308,7 @@ class AsyncTimeseriesStreamer:
             )
             for sink in sinks
         ]
+        self._handoff = LoopHandoff(self._loop, self._dispatch_accepted)
         self._stop = anyio.Event()
         ready = anyio.Event()
         # The runners' task groups live in one host task, so they are entered and exited by the

@@ -2,7 +2,7 @@
 
 One event loop runs in one daemon thread for the streamer's whole life (an anyio ``BlockingPortal``
 hosted in that thread), so there is never an ``asyncio.run`` per call, and it works inside Jupyter,
-whose own loop is left alone. ``push()`` validates on the caller's thread and hands the frozen
+whose own loop is left alone. ``push()`` validates on the caller's thread and hands the accepted
 chunk to the loop without waiting, so it costs microseconds whatever the network does.
 
 The loop thread is a daemon started by hand rather than ``start_blocking_portal()``'s executor
