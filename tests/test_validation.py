@@ -7,6 +7,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import orjson
 import pytest
 
 from labstream import StreamStateError, TimeseriesStreamer
@@ -173,6 +174,11 @@ def test_unknown_data_id_and_push_after_finalize(streamer: TimeseriesStreamer) -
         ({"a": [1]}, TypeError, "each channel must be a dict"),
         ({"a": {"values": VS}}, ValueError, r"channel='a'.*missing \['timestamps'\]"),
         ({"a": {"timestamps": TS, "values": VS, "unit": "C"}}, ValueError, "unknown keys"),
+        (
+            {"a": {"timestamps": TS, "values": VS, "units": "C", "scale": 2}},
+            ValueError,
+            r"unknown keys \['scale'\]",
+        ),
         ({"a": {"timestamps": [], "values": []}}, ValueError, "no channel has points"),
         (
             {"a": {"timestamps": TS, "values": VS}, "b": {"timestamps": TS, "values": VS[:3]}},
@@ -238,8 +244,11 @@ def test_push_multi_channels_sharing_one_timestamps_object_are_checked_and_conve
     assert t.timestamps_ns[0] == 1_760_000_000 * 10**9 + 7  # the clock offset applied once
     assert (r.timestamps_ns == seconds_to_ns(np.asarray(own)) + 7).all()
     body = chunk_body(chunk)["channels"]
-    assert body["T"]["timestamps"] is body["P"]["timestamps"]
-    assert (body["R"]["timestamps"] == ns_to_seconds(r.timestamps_ns)).all()
+    assert body["T"]["timestamps"] is body["P"]["timestamps"]  # formatted once
+    sent = orjson.loads(orjson.dumps(chunk_body(chunk), option=orjson.OPT_SERIALIZE_NUMPY))
+    assert sent["channels"]["T"]["timestamps"] == ns_to_seconds(t.timestamps_ns).tolist()
+    assert sent["channels"]["P"]["timestamps"] == sent["channels"]["T"]["timestamps"]
+    assert sent["channels"]["R"]["timestamps"] == ns_to_seconds(r.timestamps_ns).tolist()
 
     bad = [*ts[:4], math.nan]
     shared_bad = {name: {"timestamps": bad, "values": [1.0] * 5} for name in ("T", "P")}

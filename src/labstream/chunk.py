@@ -404,18 +404,20 @@ def validate_multi(
     out: list[RawSeries] = []
     checked: dict[int, Floats] = {}
     for name, spec in channels.items():
-        if not isinstance(spec, Mapping):
+        # Checked per channel, so the common case (a plain dict with the expected keys) is
+        # decided without building anything.
+        if type(spec) is not dict and not isinstance(spec, Mapping):
             raise TypeError(
                 f"{where(data_id, str(name), chunk_index)}: each channel must be a dict with "
                 f'"timestamps" and "values", not {type(spec).__name__}'
             )
-        missing = [k for k in ("timestamps", "values") if k not in spec]
-        if missing:
+        if "timestamps" not in spec or "values" not in spec:
+            missing = [k for k in ("timestamps", "values") if k not in spec]
             raise ValueError(
                 f"{where(data_id, str(name), chunk_index)}: channel is missing {missing}"
             )
-        unknown = set(spec) - {"timestamps", "values", "units"}
-        if unknown:
+        if len(spec) > 2 + ("units" in spec):
+            unknown = set(spec) - {"timestamps", "values", "units"}
             raise ValueError(
                 f"{where(data_id, str(name), chunk_index)}: unknown keys {sorted(unknown)}; "
                 'expected "timestamps", "values" and optionally "units"'
