@@ -234,6 +234,20 @@ def atlas_figures(
     return Figures("atlas", sent, received, duplicated)
 
 
+def both_figures(
+    web: AtomscaleEmulator,
+    grpc: AtlasEmulator,
+    data_id: str,
+    expected: dict[str, list[float]],
+    sent: int,
+) -> list[Figures]:
+    """:func:`atomscale_figures` and :func:`atlas_figures` of one stream that reached both."""
+    return [
+        atomscale_figures(web, data_id, expected, sent),
+        atlas_figures(the_session(grpc, data_id), expected, sent),
+    ]
+
+
 def atomscale_delivery_times(
     web: AtomscaleEmulator, data_id: str, channel: str
 ) -> dict[int, float]:
@@ -323,8 +337,7 @@ def scenario_transient_failures(spool: Path) -> Outcome:
             "Q": [-v for v in expected_values(range(chunks), n)],
         }
         sent = 3 * chunks * n
-        out.rows.append(atomscale_figures(rig.web, data_id, expected, sent))
-        out.rows.append(atlas_figures(the_session(rig.grpc, data_id), expected, sent))
+        out.rows.extend(both_figures(rig.web, rig.grpc, data_id, expected, sent))
         statuses = Counter(r.status for r in atomscale_chunk_requests(rig.web, data_id))
         calls = rig.grpc.calls
         out.facts = {
@@ -412,8 +425,7 @@ def scenario_outage_window(spool: Path, down: str) -> Outcome:
         assert report.ok, str(report)
         expected = {"T": expected_values(range(chunks), n)}
         sent = chunks * n
-        out.rows.append(atomscale_figures(rig.web, data_id, expected, sent))
-        out.rows.append(atlas_figures(the_session(grpc, data_id), expected, sent))
+        out.rows.extend(both_figures(rig.web, grpc, data_id, expected, sent))
         times = {
             "atomscale": atomscale_delivery_times(rig.web, data_id, "T"),
             "atlas": atlas_delivery_times(grpc, n),
@@ -528,8 +540,7 @@ def scenario_down_whole_stream(spool: Path, down: str) -> Outcome:
             }
             out.facts["atomscale_finalize_calls"] = rig.web.streams[data_id].finalize_calls
             assert rig.grpc is not None
-            out.rows.append(atomscale_figures(rig.web, data_id, expected, sent))
-            out.rows.append(atlas_figures(the_session(rig.grpc, data_id), expected, sent))
+            out.rows.extend(both_figures(rig.web, rig.grpc, data_id, expected, sent))
             assert rig.web.streams[data_id].finalized
             second.close(timeout=1)
     return out
@@ -912,8 +923,7 @@ def scenario_slow_destinations(spool: Path) -> Outcome:
         assert report.ok, str(report)
         expected = {"T": expected_values(range(chunks), n)}
         sent = chunks * n
-        out.rows.append(atomscale_figures(rig.web, slow_id, expected, sent))
-        out.rows.append(atlas_figures(the_session(grpc, slow_id), expected, sent))
+        out.rows.extend(both_figures(rig.web, grpc, slow_id, expected, sent))
     us = 1e6
     out.facts = {
         "push_us": {

@@ -290,20 +290,9 @@ class DeliveryRunner:
     async def _worker(self) -> None:
         ahead: _Item | None = None  # taken from the queue while gathering a batch, not part of it
         while True:
-            if ahead is None:
-                try:
-                    # Without a trip through the event loop when an item is waiting (receive()
-                    # always makes one): the delivery that follows yields anyway.
-                    item = self._receive.receive_nowait()
-                except anyio.WouldBlock:
-                    try:
-                        item = await self._receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                except anyio.EndOfStream:
-                    return
-            else:
-                item, ahead = ahead, None
+            item, ahead = (await self._next() if ahead is None else ahead), None
+            if item is None:
+                return
             if isinstance(item, StreamInfo):
                 await self._open(item)
             elif isinstance(item, Marker):
@@ -313,6 +302,23 @@ class DeliveryRunner:
                 await self._deliver(batch)
             else:
                 await self._deliver(item)  # a batch set aside after a failure, as it was
+
+    async def _next(self) -> _Item | None:
+        """The next queued item; None once the queue is closed and empty.
+
+        Without a trip through the event loop when an item is waiting (``receive()`` always makes
+        one): the delivery that follows yields anyway.
+        """
+        try:
+            return self._receive.receive_nowait()
+        except anyio.WouldBlock:
+            pass
+        except anyio.EndOfStream:
+            return None
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            return None
 
     def _gather(self, first: Chunk) -> tuple[tuple[Chunk, ...], _Item | None]:
         """``first`` plus the chunks of its stream queued right behind it, for a batching sink.

@@ -5,9 +5,8 @@
 (validation, duplicate and state checks, its seq) is plain synchronous code guarded by a lock, so
 the sync facade can run it on the caller's thread and raise input errors there, then hand it to
 the loop without waiting (``handoff.py``); the loop builds the chunk (clock correction, ns) and
-journals it. Nothing here waits on the network except
-``initialize`` (which must return the destination's data_id), ``finalize`` and ``run`` (which are
-documented to wait).
+journals it. Nothing here waits on the network except ``initialize`` (which must return the
+destination's data_id), ``finalize`` and ``run`` (which are documented to wait).
 """
 
 from __future__ import annotations
@@ -23,7 +22,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import anyio
 import httpx
@@ -228,7 +227,7 @@ class AsyncTimeseriesStreamer:
         self._sleep: Sleep = sleep or anyio.sleep
         self._max_concurrency = max_concurrency
         engine = http_engine or os.environ.get("LABSTREAM_HTTP_ENGINE") or "curl"
-        if engine not in ("curl", "aiohttp"):
+        if engine not in get_args(HttpEngine):
             raise ValueError(f"http_engine must be 'curl' or 'aiohttp', got {engine!r}")
         self._http_transport = http_transport
         self._http_engine: HttpEngine = engine  # type: ignore[assignment]
