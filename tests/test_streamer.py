@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from labstream import (
     AsyncTimeseriesStreamer,
     DeliveryError,
     DeliveryTimeoutError,
+    DestinationReport,
     RetryPolicy,
     TimeseriesStreamer,
 )
@@ -262,6 +264,47 @@ def test_push_returns_while_the_destination_hangs(
     assert (report.chunks_accepted, report.chunks_delivered) == (200, 0)
     hang.set()
     assert streamer.finalize(data_id).ok
+
+
+def settle(streamer: TimeseriesStreamer, data_id: str) -> DestinationReport:
+    """The chunks pushed so far are built (report() takes them in) and committed to disk."""
+    report = streamer.report(data_id)["atomscale"]
+    assert streamer._core._journal is not None
+    streamer._core._journal.flush()
+    return report
+
+
+def test_chunks_held_for_delivery_give_the_garbage_collector_little_to_scan(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    """A burst against a slow destination holds hundreds of chunks. Every object of theirs that
+    the garbage collector tracks brings the next full collection closer, and that collection
+    stops every thread, push() included, for tens of ms. A held chunk must stay a few objects:
+    the chunk, its channel, the channel tuple (a view of the caller's list would add three)."""
+    hang = threading.Event()
+
+    async def hang_until_released(rec: Recorded, _: int) -> None:
+        if "chunk" in rec.path:
+            await anyio.to_thread.run_sync(hang.wait, 10)
+
+    fake.responders.append(hang_until_released)
+    streamer = streamer_factory(clock_sync=False)
+    data_id = streamer.initialize()
+    warm_up = 50  # enough to keep every upload worker hanging: they are not counted
+    for c in range(warm_up):
+        streamer.push(data_id, c, "T", *series(100, c * 100))
+    settle(streamer, data_id)
+    gc.collect()
+    before = len(gc.get_objects())
+    held = 600  # within the memory window (1,024 chunks): none is left on disk only
+    for c in range(warm_up, warm_up + held):
+        streamer.push(data_id, c, "T", *series(100, c * 100))
+    assert settle(streamer, data_id).chunks_accepted == warm_up + held
+    gc.collect()
+    per_chunk = (len(gc.get_objects()) - before) / held
+    hang.set()
+    assert streamer.finalize(data_id).ok
+    assert per_chunk < 4, f"{per_chunk:.1f} tracked objects per held chunk"
 
 
 def test_sync_api_inside_a_running_event_loop(

@@ -284,7 +284,10 @@ Floats: TypeAlias = "Float64Array | array[float]"  # array.array[...] needs Pyth
 def _frozen(floats: Floats) -> Float64Array:
     if isinstance(floats, np.ndarray):
         return floats
-    out = np.frombuffer(floats, dtype=np.float64)
+    # A copy, not a view (np.frombuffer): a view keeps the array.array and a memoryview alive,
+    # three objects the garbage collector tracks, per channel of every chunk held; a burst holds
+    # thousands of chunks, and the full collections they trigger stop every thread.
+    out = np.array(floats, dtype=np.float64)
     out.flags.writeable = False
     return out
 

@@ -356,27 +356,32 @@ class Journal:
             if not self._stopping:
                 time.sleep(self._interval)  # let a burst accumulate: one commit for all of it
             self._wake.clear()
-            batch = []
-            taken = 0
-            while self._queue:
-                item = self._queue.popleft()
-                if item[0] == "chunk":
-                    taken += chunk_size(item[1].points)
-                batch.append(item)
-            with self._bytes_lock:
-                self._queued_bytes -= taken
-            if batch:
-                try:
-                    self._commit(batch)
-                except Exception:
-                    # e.g. the disk filled up. Delivery goes on from memory; only durability is
-                    # lost for these, so say it loudly, keep the thread alive and the connection
-                    # usable.
-                    log.exception("journal write failed; %d operations not persisted", len(batch))
-                    with contextlib.suppress(sqlite3.Error):
-                        self._write.execute("ROLLBACK")
+            self._commit_queued()
             if self._stopping and not self._queue:
                 return
+
+    def _commit_queued(self) -> None:
+        # A method of its own so that the batch is let go on return: held until the next wake-up,
+        # it kept the last commit's chunks in memory after delivery.
+        batch = []
+        taken = 0
+        while self._queue:
+            item = self._queue.popleft()
+            if item[0] == "chunk":
+                taken += chunk_size(item[1].points)
+            batch.append(item)
+        with self._bytes_lock:
+            self._queued_bytes -= taken
+        if not batch:
+            return
+        try:
+            self._commit(batch)
+        except Exception:
+            # e.g. the disk filled up. Delivery goes on from memory; only durability is lost for
+            # these, so say it loudly, keep the thread alive and the connection usable.
+            log.exception("journal write failed; %d operations not persisted", len(batch))
+            with contextlib.suppress(sqlite3.Error):
+                self._write.execute("ROLLBACK")
 
     def _commit(self, batch: list[tuple[Any, ...]]) -> None:
         db = self._write
