@@ -6,12 +6,16 @@ Run:  .venv/bin/python benchmarks/push_latency.py              (about 1.5 min on
 Each run is a fresh process (benchmarks/_worker.py) that initializes a stream and then times every
 ``push(data_id, i, "temperature", ts, vs, units="C")`` call, 100 points per chunk given as lists of
 floats (as /work/shared/bench/anchor_atomscale.py does), clock sync off for both clients.
+labstream streams to both destinations, as the target says: Atomscale (nginx) and ATLAS
+(labstream's emulator without content decode, in a process of its own). The SDK has Atomscale
+only. ``--atomscale-only`` gives labstream Atomscale alone (the figures before 2026-11-22).
 Scenarios:
 
-  fast-burst   destination = local nginx, 10,000 pushes back to back (1M points)
-  fast-paced   destination = local nginx, 3,000 pushes, one per millisecond (100k points/s)
-  down-burst   destination unreachable (its port closed after initialize), 10,000 back to back
-  down-paced   destination unreachable, 3,000 pushes, one per millisecond
+  fast-burst   destinations = local nginx (+ ATLAS emulator), 10,000 pushes back to back (1M points)
+  fast-paced   the same, 3,000 pushes, one per millisecond (100k points/s)
+  down-burst   destinations unreachable (Atomscale's port closed after initialize, ATLAS's never
+               open), 10,000 back to back
+  down-paced   destinations unreachable, 3,000 pushes, one per millisecond
 
 labstream and the SDK alternate within every round (the order flips each round). Latencies of all
 rounds are pooled per (scenario, client). In round 1 only, each run also calls finalize() and the
@@ -22,14 +26,17 @@ If ``atomscale`` is not installed, labstream is reported alone. Needs nginx (see
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from _server import BenchServer, server_description
+from _server import BenchServer, free_port, server_description
+from _worker import AtlasProcess
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,7 +48,7 @@ SCENARIOS = {  # name: (destination, chunks, pace in microseconds)
 }
 
 
-def one_run(client: str, scenario: str, url: str, finalize: bool) -> dict:
+def one_run(client: str, scenario: str, url: str, finalize: bool, atlas: bool) -> dict:
     dest, n, pace = SCENARIOS[scenario]
     cmd = [
         sys.executable,
@@ -54,7 +61,14 @@ def one_run(client: str, scenario: str, url: str, finalize: bool) -> dict:
         str(pace),
         "yes" if finalize else "no",
     ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90)
+    with contextlib.ExitStack() as stack:
+        env = dict(os.environ)
+        if client == "labstream" and atlas and dest == "fast":
+            env.update(stack.enter_context(AtlasProcess("nodecode")).env)
+        elif client == "labstream" and atlas:  # nothing listens there
+            env["LABSTREAM_ATLAS"] = f"127.0.0.1:{free_port()}"
+            env["LABSTREAM_ATLAS_KEY_GENERATOR"] = f"127.0.0.1:{free_port()}"
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"{client} {scenario} failed ({proc.returncode}): {proc.stderr[-1500:]}")
@@ -65,13 +79,18 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * (len(xs) - 1)))]
 
 
-def main(rounds: int) -> None:
+def main(rounds: int, atlas: bool) -> None:
     have_sdk = importlib.util.find_spec("atomscale") is not None
     clients = ["labstream", "sdk"] if have_sdk else ["labstream"]
     runs: dict[tuple[str, str], list[dict]] = {}
     started = time.perf_counter()
     with BenchServer() as srv:
         print(f"server: {server_description(srv)}; {rounds} rounds; 100 points/chunk")
+        print(
+            "labstream streams to "
+            + ("Atomscale and ATLAS" if atlas else "Atomscale only")
+            + "; the SDK to Atomscale"
+        )
         if not have_sdk:
             print(
                 "NOTE: the official SDK (pip install atomscale) is not installed: labstream alone"
@@ -80,7 +99,7 @@ def main(rounds: int) -> None:
             order = clients if r % 2 == 0 else clients[::-1]
             for scenario in SCENARIOS:
                 for client in order:
-                    res = one_run(client, scenario, srv.url, finalize=(r == 0))
+                    res = one_run(client, scenario, srv.url, finalize=(r == 0), atlas=atlas)
                     runs.setdefault((scenario, client), []).append(res)
             print(f"  round {r + 1} done ({time.perf_counter() - started:.0f} s)", flush=True)
 
@@ -123,8 +142,8 @@ def main(rounds: int) -> None:
         if "delivered_chunks" in fin:
             print(
                 f"labstream {scenario} round 1: finalize() returned after "
-                f"{fin['finalize_seconds']:.2f} s, "
-                f"{fin['delivered_chunks']}/{fin['chunks']} chunks delivered"
+                f"{fin['finalize_seconds']:.2f} s, chunks delivered of {fin['chunks']}: "
+                + ", ".join(f"{k} {v}" for k, v in fin["delivered"].items())
                 + (
                     " (finalize timeout 2 s, which bounds the close too)"
                     if scenario.startswith("down")
@@ -137,4 +156,8 @@ def main(rounds: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=3)
-    main(ap.parse_args().rounds)
+    ap.add_argument(
+        "--atomscale-only", action="store_true", help="labstream without ATLAS configured"
+    )
+    args = ap.parse_args()
+    main(args.rounds, atlas=not args.atomscale_only)
