@@ -14,7 +14,7 @@ import pytest
 from labstream import TimeseriesStreamer
 from labstream.chunk import Chunk
 from labstream.handoff import LoopHandoff
-from labstream.streamer import Accepted
+from labstream.sinks.base import Marker
 
 
 def test_items_from_several_threads_reach_the_loop_in_each_threads_order() -> None:
@@ -93,6 +93,50 @@ def test_a_direct_drain_and_a_pending_wake_up_do_not_lose_or_repeat_items() -> N
     assert received == [1, 2, 3]
 
 
+def test_pushes_within_the_coalescing_window_reach_the_loop_in_one_wake_up() -> None:
+    """At one push per ms, waking the loop for each costs more CPU than the work; pushes made
+    while the waker waits out its window share its one wake-up."""
+    loop = asyncio.new_event_loop()
+    drains: list[list[int]] = []
+    batch: list[int] = []
+    window_open = threading.Event()
+    window_closes = threading.Event()
+
+    def coalesce(seconds: float) -> None:
+        assert seconds == 0.005
+        window_open.set()
+        window_closes.wait(10)
+
+    handoff: LoopHandoff[int] = LoopHandoff(loop, batch.append, coalesce_s=0.005, sleep=coalesce)
+    real_drain = handoff.drain
+
+    def recording_drain() -> None:
+        real_drain()
+        if batch:
+            drains.append(batch.copy())
+            batch.clear()
+
+    handoff.drain = recording_drain  # type: ignore[method-assign]
+
+    async def main() -> None:
+        handoff.put(1)
+        await asyncio.to_thread(window_open.wait, 10)
+        handoff.put(2)
+        handoff.put(3)
+        window_closes.set()
+        for _ in range(1000):
+            if drains:
+                return
+            await asyncio.sleep(0.001)
+
+    try:
+        loop.run_until_complete(main())
+        handoff.close()
+    finally:
+        loop.close()
+    assert drains == [[1, 2, 3]]
+
+
 def test_chunks_pushed_from_several_threads_reach_the_loop_in_seq_order(
     streamer_factory: Callable[..., TimeseriesStreamer],
     monkeypatch: pytest.MonkeyPatch,
@@ -104,13 +148,14 @@ def test_chunks_pushed_from_several_threads_reach_the_loop_in_seq_order(
     data_id = streamer.initialize()
     core = streamer._core
     seen: list[int] = []
-    build = core._build
+    dispatch = core.dispatch
 
-    def recording_build(accepted: Accepted) -> Chunk:
-        seen.append(accepted.seq)
-        return build(accepted)
+    def recording_dispatch(item: Chunk | Marker) -> None:
+        if isinstance(item, Chunk):
+            seen.append(item.seq)
+        dispatch(item)
 
-    monkeypatch.setattr(core, "_build", recording_build)
+    monkeypatch.setattr(core, "dispatch", recording_dispatch)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible
     try:

@@ -86,6 +86,35 @@ def test_chunks_outlive_a_down_destination_and_a_later_streamer_delivers_them(
     assert fake.finalized.count(data_id) >= 1
 
 
+def test_pushed_chunks_reach_the_disk_while_the_event_loop_is_busy(
+    streamer_factory: Callable[..., TimeseriesStreamer],
+) -> None:
+    """In a burst the event loop falls behind the pushes (it builds and delivers every chunk); a
+    crash then must not lose what it had not reached yet. push() hands chunks to the journal
+    itself."""
+    streamer = streamer_factory(clock_sync=False)
+    data_id = streamer.initialize()
+    journal = streamer._core._journal
+    assert journal is not None
+    busy, loop_held = threading.Event(), threading.Event()
+
+    def hold_the_loop() -> None:
+        loop_held.set()
+        busy.wait(10)
+
+    streamer._core._loop.call_soon_threadsafe(hold_the_loop)
+    assert loop_held.wait(10)
+    try:
+        for c in range(20):
+            streamer.push(data_id, c, "T", *series(c))
+        journal.flush()
+        # (chunks, points, highest seq) still pending for Atomscale: all of them, on disk
+        assert journal.pending_summary("atomscale", data_id) == (20, 2_000, 20)
+    finally:
+        busy.set()
+    assert streamer.finalize(data_id).ok
+
+
 def test_a_crashed_stream_is_resumed_and_accepts_finalize(
     streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
 ) -> None:
@@ -230,7 +259,7 @@ def test_a_writer_that_falls_behind_bounds_memory(
             except journal_module.JournalFull as full:
                 refused = str(full)
                 break
-            journal.add_chunk(chunk, ["atomscale"])
+            journal.add_chunk(chunk, ("atomscale",))
         assert refused is not None
         assert "journal writer is" in refused
         assert len(journal._queue) <= 5  # at most the bound, and the chunk that crossed it

@@ -5,6 +5,11 @@ self-pipe, and that syscall lets go of the GIL: the loop thread, or any thread w
 and runs until it blocks, and only then does ``push()`` get it back. That added ~50-100 µs to a
 paced ``push()``. Here the pushing thread only releases a lock, which never lets go of the GIL; a
 small thread of ours, woken by that lock, makes the self-pipe call.
+
+That thread waits ``coalesce_s`` before it wakes the loop, so that the pushes of those few ms reach
+the loop together. Every wake-up of a thread costs far more than its work when the caller paces
+its pushes (caches gone cold after a sleep, context switches, the GIL changing hands), and it
+repeats down the line: the loop, the uploads, the journal. ``push()`` itself never waits for it.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -22,9 +28,18 @@ T = TypeVar("T")
 class LoopHandoff(Generic[T]):
     """Items put on any thread, given to ``deliver`` on the loop's thread, in order."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[T], None]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[T], None],
+        *,
+        coalesce_s: float = 0.0,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> None:
         self._loop = loop
         self._deliver = deliver
+        self._coalesce_s = coalesce_s
+        self._sleep = sleep
         self._items: deque[T] = deque()
         self._scheduled = False  # a drain is signalled or queued on the loop
         self._closed = False
@@ -64,6 +79,8 @@ class LoopHandoff(Generic[T]):
             self._signal.acquire()
             if self._closed:
                 return
+            if self._coalesce_s:
+                self._sleep(self._coalesce_s)
             try:
                 self._loop.call_soon_threadsafe(self.drain)
             except RuntimeError:  # the loop is closed: nothing left to wake

@@ -4,9 +4,11 @@ Why: a process can die (power cut, ``kill -9``), a destination can be down for h
 keeps each chunk and, per destination, whether it is still pending, so a later process resumes
 delivery, and a runner whose destination is down can leave its backlog on disk instead of in memory.
 
-How: SQLite in WAL mode, owned by one writer thread. ``push()`` only appends the frozen chunk to an
-in-memory queue; the writer commits whatever accumulated every few milliseconds in one transaction
-(group commit), so a push costs microseconds and a chunk is on disk within ``commit_interval_s``.
+How: SQLite in WAL mode, owned by one writer thread. ``push()`` only appends the validated chunk to
+an in-memory queue (it is built, clock-corrected, only if it has to be written); the writer
+commits whatever accumulated every few milliseconds in one transaction (group commit), so a push
+costs microseconds and a chunk is on disk within ``commit_interval_s``, or later when the writer
+gets little CPU (docs/durability.md gives the measured window).
 Delivery outcomes go through the same queue. Reads (recovery, spilled backlog, status) use their own
 connection. The API key is never written: destinations are recorded by name and address only.
 """
@@ -25,7 +27,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import orjson
@@ -195,6 +197,18 @@ class SpoolStatus:
     closed: bool
 
 
+class ChunkToBuild(Protocol):
+    """A chunk the streamer has taken but not built yet (``streamer.Accepted``)."""
+
+    @property
+    def seq(self) -> int: ...
+
+    @property
+    def points(self) -> int: ...
+
+    def build(self) -> Chunk: ...
+
+
 class JournalFull(Exception):  # noqa: N818 - an outcome, not an error the caller handles
     """The byte cap or the free-disk floor is reached; the message says which."""
 
@@ -319,12 +333,12 @@ class Journal:
         """Take over a stream left by a streamer that is gone."""
         self._put(("adopt", data_id, owner))
 
-    def add_chunk(self, chunk: Chunk, destinations: Sequence[str]) -> None:
+    def add_chunk(self, chunk: Chunk | ChunkToBuild, destinations: tuple[str, ...]) -> None:
         """Queue the chunk for the next group commit, pending for every destination.
 
         Its bytes were counted by :meth:`reserve`, when the streamer took it.
         """
-        self._put(("chunk", chunk, tuple(destinations)))
+        self._put(("chunk", chunk, destinations))
 
     def delivered(self, seq: int, destination: str) -> None:
         self._put(("delivered", seq, destination))
@@ -416,6 +430,8 @@ class Journal:
                 if not owing:
                     freed += chunk_size(chunk.points)
                     continue
+                if not isinstance(chunk, Chunk):
+                    chunk = chunk.build()  # only now: most chunks never need it
                 chunk_rows.append(
                     (
                         chunk.seq,
