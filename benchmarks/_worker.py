@@ -155,6 +155,7 @@ def main() -> None:
             s.push(data_id, c, "temperature", ts[c], vs[c], units="C")
             lat.append(time.perf_counter() - a)
     pushed = time.perf_counter()
+    out["cpu_push_seconds"] = time.process_time() - cpu0  # this process, all threads
 
     # finalize: the SDK sends the finalize request only (it does not wait for push() uploads);
     # labstream waits for pending chunks first (bounded to 2 s when the destination is down).

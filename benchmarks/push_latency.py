@@ -17,9 +17,11 @@ Scenarios:
                open), 10,000 back to back
   down-paced   destinations unreachable, 3,000 pushes, one per millisecond
 
-labstream and the SDK alternate within every round (the order flips each round). Latencies of all
-rounds are pooled per (scenario, client). In round 1 only, each run also calls finalize() and the
-time it took is shown (labstream waits for delivery; the SDK only sends the finalize request).
+labstream and the SDK alternate within every round (the order flips each round). For the paced
+scenarios it also prints the process's CPU time per push (all threads, while pushing).
+Latencies of all rounds are pooled per (scenario, client). In round 1 only, each run also calls
+finalize() and the time it took is shown (labstream waits for delivery; the SDK only sends the
+finalize request).
 If ``atomscale`` is not installed, labstream is reported alone. Needs nginx (see _server.py).
 """
 
@@ -30,6 +32,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -137,6 +140,15 @@ def main(rounds: int, atlas: bool) -> None:
         print("\nlabstream / SDK (higher = labstream slower):")
         for line in ratios:
             print("  " + line)
+    print("\nCPU per push while pacing (the whole process, all threads; median of the runs):")
+    for scenario in ("fast-paced", "down-paced"):
+        cpu = {
+            client: statistics.median(
+                r["cpu_push_seconds"] / r["chunks"] * 1e6 for r in runs[(scenario, client)]
+            )
+            for client in clients
+        }
+        print(f"  {scenario}: " + ", ".join(f"{c} {us:.0f} µs" for c, us in cpu.items()))
     for scenario in ("fast-burst", "down-burst"):
         fin = runs[(scenario, "labstream")][0]
         if "delivered_chunks" in fin:

@@ -110,12 +110,18 @@ class Accepted:
         or by the journal's writer (to store it), whichever comes first: in a burst the loop
         lags behind the pushes, and the writer must not wait for it. Should both make it at the
         same moment, they make the same chunk."""
+        # The input is let go once the chunk exists: in a burst thousands wait for the journal,
+        # and every object they keep brings a full garbage collection (which stops every thread)
+        # closer. raws is read before chunk: a builder clears raws only after setting chunk.
+        raws = self.raws
         chunk = self.chunk
         if chunk is None:
-            chunk = self.chunk = make_chunk(
-                self.data_id, self.index, self.raws, multi=self.multi,
-                offset_ns=self.offset_ns, seq=self.seq,
+            chunk = make_chunk(
+                self.data_id, self.index, raws, multi=self.multi, offset_ns=self.offset_ns,
+                seq=self.seq,
             )  # fmt: skip
+            self.chunk = chunk
+            self.raws = ()
         return chunk
 
 
