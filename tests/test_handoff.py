@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -67,6 +68,26 @@ def test_items_from_several_threads_reach_the_loop_in_each_threads_order() -> No
     assert not handoff._thread.is_alive()
 
 
+async def until(done: Callable[[], bool]) -> None:
+    """Wait (up to ~1 s) for the waker thread's wake-up to have delivered."""
+    for _ in range(1000):
+        if done():
+            return
+        await asyncio.sleep(0.001)
+
+
+def run_then_close(
+    loop: asyncio.AbstractEventLoop,
+    handoff: LoopHandoff[int],
+    main: Callable[[], Coroutine[Any, Any, None]],
+) -> None:
+    try:
+        loop.run_until_complete(main())
+        handoff.close()
+    finally:
+        loop.close()
+
+
 def test_a_direct_drain_and_a_pending_wake_up_do_not_lose_or_repeat_items() -> None:
     """drain() is also called on the loop before waiting (finalize): a wake-up already signalled
     then finds nothing, and later items still get one."""
@@ -80,16 +101,9 @@ def test_a_direct_drain_and_a_pending_wake_up_do_not_lose_or_repeat_items() -> N
         await asyncio.sleep(0.05)
         handoff.put(2)
         handoff.put(3)
-        for _ in range(1000):
-            if len(received) == 3:
-                return
-            await asyncio.sleep(0.001)
+        await until(lambda: len(received) == 3)
 
-    try:
-        loop.run_until_complete(main())
-        handoff.close()
-    finally:
-        loop.close()
+    run_then_close(loop, handoff, main)
     assert received == [1, 2, 3]
 
 
@@ -124,16 +138,9 @@ def test_pushes_within_the_coalescing_window_reach_the_loop_in_one_wake_up() -> 
         handoff.put(2)
         handoff.put(3)
         window_closes.set()
-        for _ in range(1000):
-            if drains:
-                return
-            await asyncio.sleep(0.001)
+        await until(lambda: bool(drains))
 
-    try:
-        loop.run_until_complete(main())
-        handoff.close()
-    finally:
-        loop.close()
+    run_then_close(loop, handoff, main)
     assert drains == [[1, 2, 3]]
 
 

@@ -245,9 +245,8 @@ def test_the_api_key_is_never_shown(
         assert API_KEY not in text
 
 
-def test_push_returns_while_the_destination_hangs(
-    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
-) -> None:
+def hang_chunk_uploads(fake: FakeAtomscale) -> threading.Event:
+    """Every chunk upload hangs until the returned event is set."""
     hang = threading.Event()
 
     async def hang_until_released(rec: Recorded, _: int) -> None:
@@ -255,6 +254,13 @@ def test_push_returns_while_the_destination_hangs(
             await anyio.to_thread.run_sync(hang.wait, 10)
 
     fake.responders.append(hang_until_released)
+    return hang
+
+
+def test_push_returns_while_the_destination_hangs(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    hang = hang_chunk_uploads(fake)
     streamer = streamer_factory(clock_sync=False)
     data_id = streamer.initialize()
     for c in range(200):
@@ -281,13 +287,7 @@ def test_chunks_held_for_delivery_give_the_garbage_collector_little_to_scan(
     the garbage collector tracks brings the next full collection closer, and that collection
     stops every thread, push() included, for tens of ms. A held chunk must stay a few objects:
     the chunk, its channel, the channel tuple (a view of the caller's list would add three)."""
-    hang = threading.Event()
-
-    async def hang_until_released(rec: Recorded, _: int) -> None:
-        if "chunk" in rec.path:
-            await anyio.to_thread.run_sync(hang.wait, 10)
-
-    fake.responders.append(hang_until_released)
+    hang = hang_chunk_uploads(fake)
     streamer = streamer_factory(clock_sync=False)
     data_id = streamer.initialize()
     warm_up = 50  # enough to keep every upload worker hanging: they are not counted

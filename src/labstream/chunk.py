@@ -1,11 +1,11 @@
 """The validated, immutable chunk: the one unit of data every destination receives.
 
 ``push()``/``push_multi()`` validate user input (lists, numpy arrays, anything array-like) here,
-on the caller's thread, before anything is stored or sent; the event loop then makes the
-:class:`Chunk` from it (:func:`make_chunk`). Everything that can be wrong with the input is caught
-here and named (data_id, channel, chunk_index), so a destination never sees a point that a user
-would not recognise. Timestamps are converted once, exactly, to integer nanoseconds with the clock
-correction in effect, so every destination gets the same instant.
+on the caller's thread, before anything is stored or sent; the event loop or the journal's
+writer then makes the :class:`Chunk` from it (:func:`make_chunk`). Everything that can be wrong
+with the input is caught here and named (data_id, channel, chunk_index), so a destination never
+sees a point that a user would not recognise. Timestamps are converted once, exactly, to integer
+nanoseconds with the clock correction in effect, so every destination gets the same instant.
 """
 
 from __future__ import annotations

@@ -544,8 +544,8 @@ class AsyncTimeseriesStreamer:
         """Validate one channel's chunk and admit it; None for an identical re-push.
 
         Thread-safe; does no I/O. With ``handoff`` (a thread other than the event loop's), the
-        chunk is queued for the loop, which builds, journals and delivers it, and None is
-        returned. Raises the errors documented on :meth:`push`.
+        chunk is queued for the loop, which delivers it, and None is returned. Raises the errors
+        documented on :meth:`push`.
         """
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
@@ -582,10 +582,9 @@ class AsyncTimeseriesStreamer:
         place in the order; the chunk then goes to the journal's queue. What is left to do (the ns
         conversion) cannot fail.
 
-        With ``handoff`` the chunk is queued for the event loop under the lock that gave it its
-        seq: the journal and the runners then get every stream's chunks in seq order, whatever
-        the number of pushing threads (a runner reading its backlog back from the journal relies
-        on it)."""
+        The journal's queue, and with ``handoff`` the event loop's, are fed under the lock that
+        gave the chunk its seq: both get every stream's chunks in seq order, whatever the number
+        of pushing threads (a runner reading its backlog back from the journal relies on it)."""
         data_id = stream.info.data_id
         with self._lock:
             if stream.finalized:
@@ -727,8 +726,8 @@ class AsyncTimeseriesStreamer:
         """Hand an accepted chunk or a marker to the runners from another thread, without
         waiting (chunks: use ``accept_push(..., handoff=True)``, which keeps them in order).
 
-        The event loop builds and journals a chunk: the pushing thread only validates. Items are
-        queued and drained by one loop callback, so a burst of pushes costs one wake-up.
+        Items are queued and drained by one loop callback (``handoff.py``), so a burst of
+        pushes costs one wake-up.
         """
         assert self._handoff is not None, "start() first"
         self._handoff.put(item)
