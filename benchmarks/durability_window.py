@@ -35,14 +35,15 @@ def child(endpoint: str, pattern: str) -> None:
     from labstream import TimeseriesStreamer
     from labstream.journal import Journal
 
-    commits: list[tuple[float, int]] = []  # (end of the commit, highest seq it settled)
+    # (end of a commit, the seq every chunk up to which is now on disk or settled)
+    commits: list[tuple[float, int]] = []
     original = Journal._commit
 
     def timed_commit(self: Journal, batch: list[tuple[object, ...]]) -> None:
+        before = self.committed_seq
         original(self, batch)
-        seqs = [item[1].seq for item in batch if item[0] == "chunk"]  # type: ignore[attr-defined]
-        if seqs:
-            commits.append((time.perf_counter(), max(seqs)))
+        if self.committed_seq > before:
+            commits.append((time.perf_counter(), self.committed_seq))
 
     Journal._commit = timed_commit  # type: ignore[method-assign]
     n, pace = PATTERNS[pattern]

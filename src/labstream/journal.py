@@ -7,8 +7,11 @@ delivery, and a runner whose destination is down can leave its backlog on disk i
 How: SQLite in WAL mode, owned by one writer thread. ``push()`` only appends the validated chunk to
 an in-memory queue (it is built, clock-corrected, only if it has to be written); the writer
 commits whatever accumulated every few milliseconds in one transaction (group commit), so a push
-costs microseconds and a chunk is on disk within ``commit_interval_s``, or later when the writer
-gets little CPU (docs/durability.md gives the measured window).
+costs microseconds. A chunk that every destination confirms within ``write_delay_s`` of the writer
+taking it is never written: on a healthy link that is nearly every chunk, and writing then
+deleting them was most of the journal's cost. Any other chunk is on disk within about
+``commit_interval_s + write_delay_s``, or later when the writer gets little CPU
+(docs/durability.md gives the measured window).
 Delivery outcomes go through the same queue. Reads (recovery, spilled backlog, status) use their own
 connection. The API key is never written: destinations are recorded by name and address only.
 """
@@ -42,6 +45,9 @@ SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
 MAX_QUEUED_BYTES = 32 * 1024**2
 MAX_OWED = 65_536  # chunks whose owing destinations the writer keeps in memory
 WRITER_WAIT_S = 2.0
+# Long enough for both destinations to confirm a chunk on a healthy link (ATLAS confirms a batch
+# per write), short enough that a crash loses little: see docs/durability.md, "When".
+WRITE_DELAY_S = 0.03
 FILE_NAME = "journal.sqlite3"
 
 _SCHEMA = """
@@ -222,6 +228,9 @@ class Journal:
         min_free_bytes: refuse new chunks when the disk has less free space than this.
         retention_s: chunks no destination can deliver (rejected, or pending this long) are purged.
         commit_interval_s: group-commit period of the writer thread.
+        write_delay_s: how long after it was added the writer holds a chunk some destination
+            has not confirmed yet before writing it; one confirmed by all destinations in that
+            time is never written.
     """
 
     def __init__(
@@ -232,6 +241,7 @@ class Journal:
         min_free_bytes: int = 256 * 1024**2,
         retention_s: float = 7 * 24 * 3600.0,
         commit_interval_s: float = 0.01,
+        write_delay_s: float = WRITE_DELAY_S,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -242,6 +252,7 @@ class Journal:
         self.min_free_bytes = min_free_bytes
         self.retention_s = retention_s
         self._interval = commit_interval_s
+        self._write_delay = write_delay_s
         self._write = self._connect()
         self._write.executescript(_SCHEMA)
         for suffix in ("", "-wal", "-shm"):
@@ -261,6 +272,11 @@ class Journal:
         self._queue: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
         self._stopping = False
+        # Writer thread only: chunks taken but not written yet, in seq order, as (chunk,
+        # destinations still owing, when it was added).
+        self._held: deque[tuple[Chunk | ChunkToBuild, tuple[str, ...], float]] = deque()
+        self._write_all = False  # set by flush(): write what is held now
+        self._taken_seq = self._stored_seq = self._next_seq - 1  # highest seq taken / on disk
         self._committed = threading.Condition()
         self.committed_seq = self._next_seq - 1
         self._free_checked_at = 0.0
@@ -338,7 +354,7 @@ class Journal:
 
         Its bytes were counted by :meth:`reserve`, when the streamer took it.
         """
-        self._put(("chunk", chunk, destinations))
+        self._put(("chunk", chunk, destinations, time.monotonic()))
 
     def delivered(self, seq: int, destination: str) -> None:
         self._put(("delivered", seq, destination))
@@ -366,27 +382,22 @@ class Journal:
 
     def _writer(self) -> None:
         while True:
-            self._wake.wait()
+            due = self._held[0][2] + self._write_delay - time.monotonic() if self._held else None
+            self._wake.wait(timeout=None if due is None else max(due, 0.0))
             if not self._stopping:
                 time.sleep(self._interval)  # let a burst accumulate: one commit for all of it
             self._wake.clear()
             self._commit_queued()
-            if self._stopping and not self._queue:
+            if self._stopping and not self._queue and not self._held:
                 return
 
     def _commit_queued(self) -> None:
         # A method of its own so that the batch is let go on return: held until the next wake-up,
         # it kept the last commit's chunks in memory after delivery.
         batch = []
-        taken = 0
         while self._queue:
-            item = self._queue.popleft()
-            if item[0] == "chunk":
-                taken += chunk_size(item[1].points)
-            batch.append(item)
-        with self._bytes_lock:
-            self._queued_bytes -= taken
-        if not batch:
+            batch.append(self._queue.popleft())
+        if not batch and not self._held:
             return
         try:
             self._commit(batch)
@@ -398,19 +409,27 @@ class Journal:
                 self._write.execute("ROLLBACK")
 
     def _commit(self, batch: list[tuple[Any, ...]]) -> None:
-        db = self._write
+        now = time.monotonic()
+        # Write what is held when asked to, when closing, or when memory is short.
+        write_all = self._write_all or self._stopping or self._queued_bytes > MAX_QUEUED_BYTES // 2
+        self._write_all = False
         top = None
         freed = 0
-        # Confirmations of chunks queued in this same commit are settled here, before anything
-        # is written: a chunk every destination confirmed never touches the disk (on a healthy
-        # link that is most chunks), and a destination that confirmed gets no pending row.
+        taken = 0  # bytes that leave the writer's memory: written, or settled without the disk
+        # Confirmations of chunks still in memory are settled here, before anything is written:
+        # a chunk every destination confirmed never touches the disk (on a healthy link that is
+        # most chunks), and a destination that confirmed gets no pending row.
         confirmed: dict[int, set[str]] = {}
-        arrived: set[int] = set()
+        must_write: set[int] = set()  # rejected: kept on disk with the reason
+        arrived = {chunk.seq for chunk, _, _ in self._held}
         for item in batch:
-            if item[0] == "delivered":
+            kind = item[0]
+            if kind == "delivered":
                 confirmed.setdefault(item[1], set()).add(item[2])
-            elif item[0] == "chunk":
+            elif kind == "chunk":
                 arrived.add(item[1].seq)
+            elif kind == "rejected":
+                must_write.add(item[1])
         # Chunks and confirmations go in a few executemany() calls per commit, not statements
         # per chunk: each statement takes the GIL back from the event loop.
         chunk_rows: list[tuple[Any, ...]] = []
@@ -419,35 +438,55 @@ class Journal:
         dropped: list[tuple[int]] = []
         unknown: list[int] = []  # written by an earlier process: ask the database
         others: list[tuple[Any, ...]] = []
+        atlas_states: dict[str, tuple[Any, ...]] = {}
         owed = self._owed
+        held: deque[tuple[Chunk | ChunkToBuild, tuple[str, ...], float]] = deque()
+        # Held chunks are older than the queued ones: seq order is kept.
+        chunks = [*self._held, *(i[1:] for i in batch if i[0] == "chunk")]
+        for chunk, dests, added_at in chunks:
+            early = confirmed.get(chunk.seq, ())
+            owing = tuple(d for d in dests if d not in early)
+            if not owing:
+                size = chunk_size(chunk.points)
+                freed += size
+                taken += size
+                top = chunk.seq
+                continue
+            if not write_all and now - added_at < self._write_delay and chunk.seq not in must_write:
+                held.append((chunk, owing, added_at))
+                continue
+            if not isinstance(chunk, Chunk):
+                chunk = chunk.build()  # only now: most chunks never need it
+            taken += chunk_size(chunk.points)
+            top = chunk.seq
+            chunk_rows.append(
+                (
+                    chunk.seq,
+                    chunk.data_id,
+                    chunk.chunk_index,
+                    int(chunk.multi),
+                    chunk.offset_ns,
+                    chunk.points,
+                    encode_body(chunk),
+                    time.time(),
+                )
+            )
+            pending_rows.extend((chunk.seq, d) for d in owing)
+            if len(owed) < MAX_OWED:
+                owed[chunk.seq] = chunk.points << 8 | self._bits(owing)
+        self._held = held
+        with self._bytes_lock:
+            self._queued_bytes -= taken
+        # Only the chunks below the oldest one held count as committed (on disk or settled).
+        if chunks:
+            self._taken_seq = chunks[-1][0].seq
+        if held and top is not None:
+            top = min(top, held[0][0].seq - 1)
         for item in batch:
             kind = item[0]
             if kind == "chunk":
-                chunk, dests = item[1], item[2]
-                top = chunk.seq if top is None else max(top, chunk.seq)
-                early = confirmed.get(chunk.seq, ())
-                owing = [d for d in dests if d not in early]
-                if not owing:
-                    freed += chunk_size(chunk.points)
-                    continue
-                if not isinstance(chunk, Chunk):
-                    chunk = chunk.build()  # only now: most chunks never need it
-                chunk_rows.append(
-                    (
-                        chunk.seq,
-                        chunk.data_id,
-                        chunk.chunk_index,
-                        int(chunk.multi),
-                        chunk.offset_ns,
-                        chunk.points,
-                        encode_body(chunk),
-                        time.time(),
-                    )
-                )
-                pending_rows.extend((chunk.seq, d) for d in owing)
-                if len(owed) < MAX_OWED:
-                    owed[chunk.seq] = chunk.points << 8 | self._bits(owing)
-            elif kind == "delivered":
+                continue
+            if kind == "delivered":
                 seq, destination = item[1], item[2]
                 if seq in arrived:
                     continue  # settled above, with its chunk
@@ -463,10 +502,38 @@ class Journal:
                     del owed[seq]
                     dropped.append((seq,))
                     freed += chunk_size(entry >> 8)
+            elif kind == "atlas":
+                atlas_states[item[1]] = item  # only the latest state of a session is kept
             else:
                 if kind == "rejected":  # kept on disk with its reason: the database decides
                     owed.pop(item[1], None)
                 others.append(item)
+        others.extend(atlas_states.values())
+        if chunk_rows or done_rows or dropped or unknown or others:
+            freed += self._write_to_disk(
+                chunk_rows, pending_rows, done_rows, dropped, unknown, others
+            )
+        # else nothing to store: every chunk was settled in memory, or is still held. The
+        # highest seq taken is recorded with the next write; until then no row refers to it.
+        with self._bytes_lock:
+            self._bytes = max(0, self._bytes - freed)
+        if top is not None:
+            with self._committed:
+                self.committed_seq = max(self.committed_seq, top)
+                self._committed.notify_all()
+
+    def _write_to_disk(
+        self,
+        chunk_rows: list[tuple[Any, ...]],
+        pending_rows: list[tuple[int, str]],
+        done_rows: list[tuple[int, str]],
+        dropped: list[tuple[int]],
+        unknown: list[int],
+        others: list[tuple[Any, ...]],
+    ) -> int:
+        """One transaction; returns the bytes freed by chunks of an earlier process."""
+        db = self._write
+        freed = 0
         db.execute("BEGIN")
         if chunk_rows:
             db.executemany("INSERT OR REPLACE INTO chunks VALUES (?,?,?,?,?,?,?,?)", chunk_rows)
@@ -512,19 +579,17 @@ class Journal:
                     "VALUES (?,?,?)",
                     item[1:4],
                 )
-        if top is not None:
+        # Sequence numbers are never reused: an ATLAS session state, for one, names the last
+        # chunk it includes, which may be one that was settled without the disk.
+        if self._taken_seq > self._stored_seq:
             db.execute(
                 "INSERT INTO meta VALUES ('last_seq', ?) "
                 "ON CONFLICT(key) DO UPDATE SET value=MAX(value, excluded.value)",
-                (top,),
+                (self._taken_seq,),
             )
         db.execute("COMMIT")
-        with self._bytes_lock:
-            self._bytes = max(0, self._bytes - freed)
-        if top is not None:
-            with self._committed:
-                self.committed_seq = max(self.committed_seq, top)
-                self._committed.notify_all()
+        self._stored_seq = self._taken_seq
+        return freed
 
     def _bits(self, destinations: Sequence[str]) -> int:
         """One bit per destination name (labstream has two; the low byte holds them)."""
@@ -546,10 +611,11 @@ class Journal:
         return chunk_size(int(row[0])) if row else 0
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Wait until everything queued so far is committed."""
+        """Wait until everything queued so far is committed, held chunks written."""
         deadline = time.monotonic() + timeout
+        self._write_all = True
         self._wake.set()
-        while self._queue and time.monotonic() < deadline:
+        while (self._queue or self._held) and time.monotonic() < deadline:
             time.sleep(self._interval / 2)
         with self._committed:
             self._committed.wait(timeout=min(self._interval * 4, 0.1))

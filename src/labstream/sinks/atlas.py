@@ -61,6 +61,10 @@ from .base import Marker, StreamInfo
 log = logging.getLogger("labstream.atlas")
 
 NAME = "atlas"
+# A resumed session's packet ids start this far past the saved state's. The state is journaled
+# after each write, so a crash between a write and that commit leaves ids in ATLAS the state does
+# not know of; ids must keep increasing (a million packets is far more than one commit's lag).
+RESUME_PACKET_ID_GAP = 1 << 20
 _TRANSIENT = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -171,6 +175,7 @@ class AtlasSink:
             return None
         state, last_seq = saved
         session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
+        session.state.next_packet_id += RESUME_PACKET_ID_GAP
         run = self._runs[data_id] = _Run(session, opened=True, resumed_last_seq=last_seq)
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
         return run
