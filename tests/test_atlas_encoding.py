@@ -91,6 +91,35 @@ def test_periodic_multi_column(od: ModuleType) -> None:
         assert statuses == expected_status(want)
 
 
+def test_a_packet_after_one_with_nan_and_inf_is_all_valid(od: ModuleType) -> None:
+    """Small packets start from a kept template: one packet's MISSING/ERROR statuses must not
+    leak into the next packet of the same shape, in either layout."""
+    bad = [np.array([np.nan, 1.0, np.inf]), np.array([2.0, -np.inf, 3.0])]
+    good = [np.array([4.0, 5.0, 6.0]), np.array([7.0, 8.0, 9.0])]
+    ts = np.array([T0_NS, T0_NS + 5, T0_NS + 7], dtype=np.int64)
+    for _ in range(2):
+        periodic = od.PeriodicDataPacket.FromString(enc.encode_periodic(3, T0_NS, 10, bad))
+        rows = od.RowDataPacket.FromString(enc.encode_rows(3, ts, bad))
+        assert [column_values(c)[1] for c in periodic.columns] == [[2, 1, 3], [1, 3, 1]]
+        assert [[s.status for s in r.double_samples.samples] for r in rows.rows] == [
+            [2, 1],
+            [1, 3],
+            [3, 1],
+        ]
+        periodic = od.PeriodicDataPacket.FromString(enc.encode_periodic(3, T0_NS, 10, good))
+        rows = od.RowDataPacket.FromString(enc.encode_rows(3, ts, good))
+        assert [column_values(c) for c in periodic.columns] == [
+            ([4.0, 5.0, 6.0], [1, 1, 1]),
+            ([7.0, 8.0, 9.0], [1, 1, 1]),
+        ]
+        assert [[(s.value, s.status) for s in r.double_samples.samples] for r in rows.rows] == [
+            [(4.0, 1), (7.0, 1)],
+            [(5.0, 1), (8.0, 1)],
+            [(6.0, 1), (9.0, 1)],
+        ]
+        assert list(rows.timestamps) == ts.tolist()
+
+
 def test_periodic_wire_size_is_13_bytes_per_sample() -> None:
     n = 1000
     a = enc.encode_periodic(1, T0_NS, 10, [np.zeros(n)])

@@ -23,9 +23,10 @@ timestamps are evenly spaced (periodic) and how much float-seconds noise to tole
 
 from __future__ import annotations
 
+import functools
 import math
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Literal
@@ -343,8 +344,8 @@ def encode_write_data_packets_request(details: Sequence[bytes]) -> bytes:
 _SAMPLE_TEMPLATE = np.array(
     [0x0A, 0x0B, 0x09, 0, 0, 0, 0, 0, 0, 0, 0, 0x10, DataStatus.VALID], dtype=np.uint8
 )
-_VALUE = slice(3, 11)
-_STATUS = 12
+_VALUE_AT = 3  # in a sample: after its tag and length and the value's tag
+_STATUS_AFTER_VALUE = 9  # the 8 value bytes, then the status's tag
 
 
 def sample_statuses(values: npt.ArrayLike) -> npt.NDArray[np.uint8]:
@@ -356,18 +357,61 @@ def sample_statuses(values: npt.ArrayLike) -> npt.NDArray[np.uint8]:
     return out
 
 
-def _fill_samples(block: npt.NDArray[np.uint8], values: npt.NDArray[np.float64]) -> None:
-    """Write ``values`` (shape ``block.shape[:-1]``) as DoubleSamples into ``block[..., 13]``."""
-    block[...] = _SAMPLE_TEMPLATE
-    le = np.ascontiguousarray(values, dtype="<f8")  # wire doubles are little-endian
-    block[..., _VALUE] = le.view(np.uint8).reshape(*le.shape, 8)
-    finite = np.isfinite(le)
-    if not finite.all():  # rare path: patch only the non-finite samples
-        bad = ~finite
-        status = block[..., _STATUS]  # a view: writing through it patches the buffer
-        status[bad] = np.where(np.isnan(le[bad]), DataStatus.MISSING, DataStatus.ERROR)
+# A packet's bytes are a template (every tag, length and VALID status, which depend only on the
+# number of samples and columns) with the values written in. Templates of small packets are
+# kept: a chunk that arrives alone is a small packet, and building its template was most of its
+# cost (a dozen numpy calls and varints for 100 samples). Large ones are built each time; there
+# the values dominate.
+_KEPT_TEMPLATE_BYTES = 64 * 1024
 
 
+# build(n, k, lead) -> (packet buffer with ``lead`` bytes left free at the front, two offsets)
+_Layout = Callable[[int, int, int], tuple[npt.NDArray[np.uint8], int, int]]
+
+
+def _packet_buffer(
+    build: _Layout, n: int, k: int, head: bytes
+) -> tuple[npt.NDArray[np.uint8], int, int]:
+    """``build``'s template behind ``head``, writable: kept for small packets, made anew for
+    large ones (whose bytes are then copied once, by ``tobytes()``)."""
+    lead = len(head)
+    if SAMPLE_BYTES * n * k <= _KEPT_TEMPLATE_BYTES:
+        kept, a, b = _kept(build, n, k, lead)
+        buf = kept.copy()
+    else:
+        buf, a, b = build(n, k, lead)
+    buf[:lead] = np.frombuffer(head, dtype=np.uint8)
+    return buf, a, b
+
+
+@functools.lru_cache(maxsize=256)
+def _kept(build: _Layout, n: int, k: int, lead: int) -> tuple[npt.NDArray[np.uint8], int, int]:
+    template, a, b = build(n, k, lead)
+    template.flags.writeable = False
+    return template, a, b
+
+
+def _write_columns(
+    buf: npt.NDArray[np.uint8],
+    first: int,
+    column_step: int,
+    sample_step: int,
+    columns: Sequence[Float64Array],
+) -> None:
+    """Write column ``j``'s sample ``i`` at ``buf[first + j * column_step + i * sample_step]``
+    (the sample's first byte) and mark its NaN and +-inf values MISSING and ERROR."""
+    shape, steps = (len(columns), columns[0].shape[0]), (column_step, sample_step)
+    # Unaligned strided views of the buffer: values go in little-endian, as the wire wants.
+    values = np.ndarray(shape, "<f8", buf, first + _VALUE_AT, steps)
+    for j, col in enumerate(columns):
+        values[j] = col
+    if not np.isfinite(values).all():  # rare: patch only the non-finite samples
+        status = np.ndarray(shape, np.uint8, buf, first + _VALUE_AT + _STATUS_AFTER_VALUE, steps)
+        status[np.isnan(values)] = DataStatus.MISSING
+        status[np.isinf(values)] = DataStatus.ERROR
+
+
+@functools.lru_cache(maxsize=256)
 def _data_format(format_id: int) -> bytes:
     """``data_format`` (field 1) holding ``SampleDataFormat{data_format_identifier}``."""
     # The identifier is a oneof member, so it is written even when 0 (it has presence).
@@ -396,6 +440,29 @@ def _check_u64(name: str, value: int) -> None:
         raise ValueError(f"{name}={value} does not fit an unsigned 64-bit field")
 
 
+def _periodic_columns(n: int, k: int, lead: int) -> tuple[npt.NDArray[np.uint8], int, int]:
+    """``k`` ``SampleColumn`` fields of ``n`` samples after ``lead`` bytes; where column 0's
+    first sample starts, and the size of a column."""
+    # SampleColumn { double_samples (1): DoubleSampleList { samples (1): n x 13 bytes } }
+    list_len = SAMPLE_BYTES * n
+    column_body_head = _key(1, _WT_LEN) + _varint(list_len)
+    column_head = _key(4, _WT_LEN) + _varint(len(column_body_head) + list_len) + column_body_head
+    column = len(column_head) + list_len
+    buf = np.empty(lead + k * column, dtype=np.uint8)
+    area = buf[lead:].reshape(k, column)
+    area[:, : len(column_head)] = np.frombuffer(column_head, dtype=np.uint8)
+    area[:, len(column_head) :].reshape(k, n, SAMPLE_BYTES)[...] = _SAMPLE_TEMPLATE
+    return buf, lead + len(column_head), column
+
+
+_START_KEY = _key(2, _WT_I64)
+
+
+@functools.lru_cache(maxsize=256)
+def _interval(interval_ns: int) -> bytes:
+    return _key(3, _WT_VARINT) + _varint(interval_ns)
+
+
 def encode_periodic(
     format_id: int, start_ns: int, interval_ns: int, columns: Sequence[npt.ArrayLike]
 ) -> bytes:
@@ -404,34 +471,20 @@ def encode_periodic(
     Raises:
         ValueError: no columns, ragged or empty columns, or out-of-range times.
     """
-    cols = _columns(columns)
+    return _periodic(format_id, start_ns, interval_ns, _columns(columns))
+
+
+def _periodic(format_id: int, start_ns: int, interval_ns: int, cols: list[Float64Array]) -> bytes:
     _check_u64("format_id", format_id)
     _check_u64("start_ns", start_ns)
     if not 0 < interval_ns <= UINT32_MAX:
         raise ValueError(f"interval_ns={interval_ns} must be in 1..{UINT32_MAX} (uint32 ns)")
-    n = cols[0].shape[0]
     head = _data_format(format_id)
     if start_ns:
-        head += _key(2, _WT_I64) + struct.pack("<Q", start_ns)
-    head += _key(3, _WT_VARINT) + _varint(interval_ns)
-    # SampleColumn { double_samples (1): DoubleSampleList { samples (1): n x 13 bytes } }
-    list_len = SAMPLE_BYTES * n
-    column_body_head = _key(1, _WT_LEN) + _varint(list_len)
-    column_head = _key(4, _WT_LEN) + _varint(len(column_body_head) + list_len) + column_body_head
-    per_column = len(column_head) + list_len
-    k = len(cols)
-    buf = np.empty(len(head) + per_column * k, dtype=np.uint8)
-    buf[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-    # Every column has the same layout (header, then n samples), so all of them are written at
-    # once through strided views of the buffer: the cost no longer grows with numpy calls per
-    # column (a push_multi of many channels is one packet).
-    columns_area = buf[len(head) :].reshape(k, per_column)
-    columns_area[:, : len(column_head)] = np.frombuffer(column_head, dtype=np.uint8)
-    # Splitting the contiguous last axis is always a view; written through, so check it is one.
-    samples = columns_area[:, len(column_head) :].reshape(k, n, SAMPLE_BYTES)
-    if not np.may_share_memory(samples, buf):  # pragma: no cover - numpy guarantees the view
-        raise AssertionError("sample block is a copy")
-    _fill_samples(samples, np.stack(cols) if k > 1 else cols[0].reshape(1, n))
+        head += _START_KEY + struct.pack("<Q", start_ns)
+    head += _interval(interval_ns)
+    buf, first, column = _packet_buffer(_periodic_columns, cols[0].shape[0], len(cols), head)
+    _write_columns(buf, first, column, SAMPLE_BYTES, cols)
     return buf.tobytes()
 
 
@@ -440,6 +493,21 @@ def _row_layout(n_columns: int) -> bytes:
     list_len = SAMPLE_BYTES * n_columns
     row_body_head = _key(1, _WT_LEN) + _varint(list_len)
     return _key(3, _WT_LEN) + _varint(len(row_body_head) + list_len) + row_body_head
+
+
+def _rows(n: int, k: int, lead: int) -> tuple[npt.NDArray[np.uint8], int, int]:
+    """The packed timestamps (their bytes left unset) and ``n`` rows of ``k`` samples, after
+    ``lead`` bytes; where the timestamps start, and where row 0's first sample starts."""
+    row_head = _row_layout(k)
+    row_size = len(row_head) + SAMPLE_BYTES * k
+    ts_head = _key(2, _WT_LEN) + _varint(8 * n)  # packed fixed64
+    ts_at = lead + len(ts_head)
+    buf = np.empty(ts_at + 8 * n + row_size * n, dtype=np.uint8)
+    buf[lead:ts_at] = np.frombuffer(ts_head, dtype=np.uint8)
+    rows = buf[ts_at + 8 * n :].reshape(n, row_size)
+    rows[:, : len(row_head)] = np.frombuffer(row_head, dtype=np.uint8)
+    rows[:, len(row_head) :].reshape(n, k, SAMPLE_BYTES)[...] = _SAMPLE_TEMPLATE
+    return buf, ts_at, ts_at + 8 * n + len(row_head)
 
 
 def encode_rows(
@@ -453,26 +521,20 @@ def encode_rows(
         ValueError: no columns, ragged or empty columns, timestamp count mismatch, negative
             timestamps.
     """
-    cols = _columns(columns)
+    return _row_data(format_id, np.asarray(timestamps_ns, dtype=np.int64), _columns(columns))
+
+
+def _row_data(format_id: int, ts: Int64Array, cols: list[Float64Array]) -> bytes:
     _check_u64("format_id", format_id)
-    ts = np.asarray(timestamps_ns, dtype=np.int64)
     n, k = cols[0].shape[0], len(cols)
     if ts.shape != (n,):
         raise ValueError(f"{ts.shape[0] if ts.ndim == 1 else ts.shape} timestamps for {n} rows")
     if ts.min() < 0:
         raise ValueError("timestamps must be non-negative epoch nanoseconds (fixed64)")
-    row_head = _row_layout(k)
-    row_size = len(row_head) + SAMPLE_BYTES * k
-    head = _data_format(format_id) + _key(2, _WT_LEN) + _varint(8 * n)  # packed fixed64
-    buf = np.empty(len(head) + 8 * n + row_size * n, dtype=np.uint8)
-    buf[: len(head)] = np.frombuffer(head, dtype=np.uint8)
-    off = len(head)
-    buf[off : off + 8 * n] = ts.astype("<u8").view(np.uint8)
-    off += 8 * n
-    rows = buf[off:].reshape(n, row_size)
-    rows[:, : len(row_head)] = np.frombuffer(row_head, dtype=np.uint8)
-    values = np.stack(cols, axis=1)  # (n, k): row-major, one row per timestamp
-    _fill_samples(rows[:, len(row_head) :].reshape(n, k, SAMPLE_BYTES), values)
+    buf, ts_at, first = _packet_buffer(_rows, n, k, _data_format(format_id))
+    np.ndarray((n,), "<i8", buf, ts_at)[...] = ts  # little-endian fixed64, unaligned
+    row_size = (buf.shape[0] - ts_at - 8 * n) // n
+    _write_columns(buf, first, SAMPLE_BYTES, row_size, cols)
     return buf.tobytes()
 
 
@@ -513,7 +575,7 @@ def max_rows(n_columns: int, max_bytes: int = DEFAULT_MAX_CONTENT_BYTES) -> int:
     return count
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen one took a fifth of a small packet's time to make
 class EncodedPacket:
     """One data packet's content and what it covers.
 
@@ -556,7 +618,8 @@ def encode_periodic_packets(
     for lo in range(0, n, step):
         hi = min(n, lo + step)
         first = start_ns + lo * interval_ns
-        content = encode_periodic(format_id, first, interval_ns, [c[lo:hi] for c in cols])
+        piece = cols if hi - lo == n else [c[lo:hi] for c in cols]
+        content = _periodic(format_id, first, interval_ns, piece)
         last = first + (hi - lo - 1) * interval_ns
         out.append(EncodedPacket("PeriodicData", content, first, last, hi - lo, lo))
     return out
@@ -580,7 +643,8 @@ def encode_row_packets(
     out: list[EncodedPacket] = []
     for lo in range(0, n, step):
         hi = min(n, lo + step)
-        content = encode_rows(format_id, ts[lo:hi], [c[lo:hi] for c in cols])
+        piece = cols if hi - lo == n else [c[lo:hi] for c in cols]
+        content = _row_data(format_id, ts[lo:hi], piece)
         out.append(EncodedPacket("RowData", content, int(ts[lo]), int(ts[hi - 1]), hi - lo, lo))
     return out
 
