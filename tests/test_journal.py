@@ -17,7 +17,7 @@ import pytest
 from labstream import Atlas, RetryPolicy, StreamStateError, TimeseriesStreamer
 from labstream.chunk import ChannelSeries, Chunk
 from labstream.emulators.atlas import run_in_thread as atlas_in_thread
-from labstream.emulators.atlas_checker import check_session, format_report
+from labstream.emulators.atlas_checker import SessionReport, check_session, format_report
 from labstream.journal import FILE_NAME, LIVE_OWNERS, Journal, decode_body, encode_body
 
 from .fakes import API_KEY, FakeAtomscale, Recorded
@@ -225,7 +225,12 @@ def test_spool_false_writes_nothing(
     assert list(isolated_spool.iterdir()) == []
 
 
-def test_atlas_session_continues_after_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+def crash_then_resume_on_atlas(
+    monkeypatch: pytest.MonkeyPatch, state_saved_up_to: int = 5
+) -> SessionReport:
+    """Chunks 0-4 to ATLAS, the session state journaled only up to ``state_saved_up_to`` (as
+    when a crash comes between a write and its commit), a crash, then chunks 5-7 from a second
+    streamer and finalize. Returns the check of the one session."""
     for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
         monkeypatch.delenv(var, raising=False)
     with atlas_in_thread() as emu:
@@ -233,6 +238,11 @@ def test_atlas_session_continues_after_a_crash(monkeypatch: pytest.MonkeyPatch) 
         first = TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False)
         data_id = first.initialize(stream_name="resume-me")
         for c in range(5):
+            if c == state_saved_up_to:
+                first._thread.call(first._core.wait_delivered, data_id, 10)
+                journal = first._core._journal
+                assert journal is not None
+                monkeypatch.setattr(journal, "save_atlas_state", lambda *args: None)
             first.push(data_id, c, "T", *series(c, 10))
         first._thread.call(first._core.wait_delivered, data_id, 10)
         crash(first)
@@ -243,7 +253,11 @@ def test_atlas_session_continues_after_a_crash(monkeypatch: pytest.MonkeyPatch) 
             report = second.finalize(data_id, timeout=10)
         assert report.ok, str(report)
         (session,) = emu.sessions.values()  # the same session: no second CreateSession
-        checked = check_session(session)
+        return check_session(session)
+
+
+def test_atlas_session_continues_after_a_crash(monkeypatch: pytest.MonkeyPatch) -> None:
+    checked = crash_then_resume_on_atlas(monkeypatch)
     assert checked.clean, format_report(checked, verbose=True)
     assert checked.parameters["T:labstream"].values == [float(i) for i in range(80)]
 
@@ -252,31 +266,7 @@ def test_a_resumed_atlas_session_never_reuses_a_packet_id(monkeypatch: pytest.Mo
     """A crash can come after an ATLAS write and before the session state it leads to is
     committed: the next process resumes from an older state, and its packets must still come
     after the ones ATLAS already has."""
-    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    with atlas_in_thread() as emu:
-        where = Atlas(address=emu.address, key_generator_address=emu.key_generator_address)
-        first = TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False)
-        data_id = first.initialize(stream_name="resume-me")
-        for c in range(3):
-            first.push(data_id, c, "T", *series(c, 10))
-        first._thread.call(first._core.wait_delivered, data_id, 10)
-        journal = first._core._journal
-        assert journal is not None
-        # The state saves after these writes are lost, as in a crash before their commit.
-        monkeypatch.setattr(journal, "save_atlas_state", lambda *args: None)
-        for c in range(3, 5):
-            first.push(data_id, c, "T", *series(c, 10))
-        first._thread.call(first._core.wait_delivered, data_id, 10)
-        crash(first)
-
-        with TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False) as second:
-            for c in range(5, 8):
-                second.push(data_id, c, "T", *series(c, 10))
-            report = second.finalize(data_id, timeout=10)
-        assert report.ok, str(report)
-        (session,) = emu.sessions.values()
-        checked = check_session(session)
+    checked = crash_then_resume_on_atlas(monkeypatch, state_saved_up_to=3)
     assert checked.check("packet_ids_increasing").passed, format_report(checked, verbose=True)
     # (The resumed timeline does not know the lost writes either: the next packet may start a
     # few ns off their grid, which periodic_no_overlap reports. Only a crash does this.)

@@ -7,11 +7,11 @@ delivery, and a runner whose destination is down can leave its backlog on disk i
 How: SQLite in WAL mode, owned by one writer thread. ``push()`` only appends the validated chunk to
 an in-memory queue (it is built, clock-corrected, only if it has to be written); the writer
 commits whatever accumulated every few milliseconds in one transaction (group commit), so a push
-costs microseconds. A chunk that every destination confirms within ``write_delay_s`` of the writer
-taking it is never written: on a healthy link that is nearly every chunk, and writing then
-deleting them was most of the journal's cost. Any other chunk is on disk within about
-``commit_interval_s + write_delay_s``, or later when the writer gets little CPU
-(docs/durability.md gives the measured window).
+costs microseconds. A chunk that every destination confirms within ``write_delay_s`` of being
+added is never written: on a healthy link that is nearly every paced chunk, which spares the disk
+a write and a delete per chunk. Any other chunk is on disk within about ``write_delay_s +
+commit_interval_s`` of being added, or later when the writer gets little CPU (docs/durability.md
+gives the measured window).
 Delivery outcomes go through the same queue. Reads (recovery, spilled backlog, status) use their own
 connection. The API key is never written: destinations are recorded by name and address only.
 """
