@@ -1,4 +1,4 @@
-"""The durable journal: every accepted chunk stays on disk until every destination confirmed it.
+"""The durable journal: an accepted chunk not yet confirmed by every destination is kept on disk.
 
 Why: a process can die (power cut, ``kill -9``), a destination can be down for hours. The journal
 keeps each chunk and, per destination, whether it is still pending, so a later process resumes

@@ -783,7 +783,7 @@ class AsyncTimeseriesStreamer:
         """
         accepted = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
         if accepted is not None:
-            self.dispatch(accepted.build())
+            self._dispatch_accepted(accepted)
 
     async def push_multi(self, data_id: str, chunk_index: int, channels: object) -> None:
         """Queue a multi-channel chunk: ``{name: {"timestamps", "values", "units"?}}``.
@@ -793,7 +793,7 @@ class AsyncTimeseriesStreamer:
         """
         accepted = self.accept_push_multi(data_id, chunk_index, channels)
         if accepted is not None:
-            self.dispatch(accepted.build())
+            self._dispatch_accepted(accepted)
 
     async def run(
         self,

@@ -7,8 +7,9 @@ packed array, so building it from generated protobuf objects costs one Python ob
     0A 0B | 09 <8-byte little-endian double> | 10 <status>
     tag+len of the DoubleSample | value (field 1, fixed64) | status (field 2, varint, 1..3)
 
-so a whole column is one ``(n, 13)`` uint8 array filled with a few vectorised assignments, and a
-``RowDataPacket`` row (one value per parameter) is likewise a fixed-size record. The rarely sent
+so a packet is a template of tags, lengths and VALID statuses, fixed by its sample and column
+counts, with the values written in through one strided view per column (a ``RowDataPacket`` row,
+one value per parameter, is likewise a fixed-size record). The rarely sent
 messages (NewSession, Configuration, Marker, EndOfSession, the Packet envelope) are also written
 here, with a tiny field writer, so the session state machine never imports generated code.
 
