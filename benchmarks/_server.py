@@ -223,6 +223,26 @@ class BenchServer:
             out.append((float(t), int(status)))
         return out
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server has used so far: nginx's master and worker, or
+        the stub's process. Take it before and after a run for the server's cost of that run."""
+        if self._proc is None:
+            return 0.0
+        tick = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:  # gone meanwhile
+                continue
+            # fields[1] is the parent pid; [11] and [12] are user and system clock ticks
+            if int(pid) == self._proc.pid or int(fields[1]) == self._proc.pid:
+                total += (int(fields[11]) + int(fields[12])) / tick
+        return total
+
     def clear_chunk_log(self) -> None:
         """Empty the chunk log (nginx keeps its file descriptor; truncation is seen at once)."""
         path = self._tmp / "chunks.log"

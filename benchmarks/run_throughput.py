@@ -19,6 +19,10 @@ chunks of 100 points (1M points, lists of floats built before the clock starts):
              emulator then costs less, so this is closer to labstream's own limit
   ...-nospool with ``--nospool``: labstream and +atlas-nd again with ``spool=False`` (no journal),
              to show what the journal costs
+  floor      benchmarks/_floor.py URL 10000: the same requests with labstream's libraries and
+             nothing else (one thread, no journal, no retries, no report): the least Python a
+             chunk upload costs here, so labstream's distance to it is what its own layers cost
+             (``--no-floor`` leaves it out)
 
 Clock sync is off everywhere. The variants alternate within every round (the order rotates).
 Delivery is checked at the server: nginx logs every chunk request, and a run counts only if all
@@ -26,7 +30,9 @@ Delivery is checked at the server: nginx logs every chunk request, and a run cou
 says all delivered, to ATLAS too; the emulator's data packets must hold all 1M more samples,
 counted after the run).
 labstream journals into a temporary spool directory per run (the default ``spool=True``). Prints
-median points/s, the client's CPU per chunk, and each variant's ratio to the SDK.
+median points/s, each variant's ratio to the SDK, and CPU per chunk: the client process's (all
+threads) over its timed part (the SDK's read by ``_timed_cpu.py``, which runs the anchor
+unchanged), and the server's (nginx's processes, whole run).
 
 ``--profile``: one labstream run to both destinations (``--atlas nodecode`` for that emulator,
 ``none`` for Atomscale alone) with cProfile in each of its threads (see _worker.py), then the top
@@ -66,7 +72,10 @@ def one_run(
         env["BENCH_SPOOL"] = "0"
     before = atlas.samples() if atlas is not None else 0
     if client == "sdk":
-        cmd = [sys.executable, str(ANCHOR), srv.url, str(n), str(PPC), "run"]
+        cmd = [sys.executable, str(HERE / "_timed_cpu.py"), str(ANCHOR), srv.url, str(n)]
+        cmd += [str(PPC), "run"]
+    elif client == "floor":
+        cmd = [sys.executable, str(HERE / "_floor.py"), srv.url, str(n)]
     else:
         cmd = [
             sys.executable,
@@ -77,16 +86,22 @@ def one_run(
             srv.url,
             str(n),
         ]
+    server_cpu = srv.cpu_seconds()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    server_cpu = srv.cpu_seconds() - server_cpu  # includes the client's idle start, ~nothing
     if proc.returncode != 0:
         raise RuntimeError(f"{client} failed ({proc.returncode}): {proc.stderr[-1500:]}")
+    out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
     if client == "sdk":
         m = re.search(r"points=(\d+) seconds=([\d.]+)", proc.stdout)
         if not m:
             raise RuntimeError(f"unexpected anchor output: {proc.stdout!r}")
         res = {"points": int(m.group(1)), "seconds": float(m.group(2))}
+        res["cpu_seconds"] = out["timed_user_seconds"] + out["timed_system_seconds"]
+    elif client == "floor":
+        res = {"points": n * PPC, "seconds": out["seconds"]}
+        res["cpu_seconds"] = out["user_seconds"] + out["system_seconds"]
     else:
-        out = json.loads([ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1])
         res = {
             "points": n * PPC,
             "seconds": out["seconds"],
@@ -109,6 +124,7 @@ def one_run(
     res["late"] = late
     res["complete"] = len(ok) >= n and late == 0 and res.get("report_delivered", n) == n
     res["points_per_s"] = res["points"] / res["seconds"]
+    res["server_cpu_seconds"] = server_cpu
     return res
 
 
@@ -149,9 +165,11 @@ def profile(n: int, atlas: str, top: int = 25) -> None:
                 stats.sort_stats(key).print_stats(top)
 
 
-def main(rounds: int, n: int, atlas: str, nospool: bool) -> None:
+def main(rounds: int, n: int, atlas: str, nospool: bool, floor: bool) -> None:
     have_sdk = importlib.util.find_spec("atomscale") is not None and ANCHOR.exists()
     clients = ["labstream", "sdk"] if have_sdk else ["labstream"]
+    if floor:
+        clients.append("floor")
     if atlas in ("shipped", "both"):
         clients.append("+atlas")
     if atlas in ("nodecode", "both"):
@@ -162,6 +180,7 @@ def main(rounds: int, n: int, atlas: str, nospool: bool) -> None:
             clients.append("+atlas-nd-nospool")
     rates: dict[str, list[float]] = {c: [] for c in clients}
     cpu: dict[str, list[float]] = {c: [] for c in clients}
+    server_cpu: dict[str, list[float]] = {c: [] for c in clients}
     started = time.perf_counter()
     with BenchServer() as srv, contextlib.ExitStack() as stack:
         emulators = {
@@ -185,31 +204,34 @@ def main(rounds: int, n: int, atlas: str, nospool: bool) -> None:
             order = clients[r % len(clients) :] + clients[: r % len(clients)]
             parts = []
             for client in order:
-                worker = "sdk" if client == "sdk" else "labstream"
+                worker = client if client in ("sdk", "floor") else "labstream"
                 spool = not client.endswith("nospool")
                 res = one_run(worker, srv, n, emulators.get(client), spool)
                 if srv.kind == "nginx" and not res["complete"]:
                     raise RuntimeError(f"{client} run {r + 1} did not deliver everything: {res}")
                 rates[client].append(res["points_per_s"])
-                if "cpu_seconds" in res:
-                    cpu[client].append(res["cpu_seconds"] / n * 1e6)
+                cpu[client].append(res["cpu_seconds"] / n * 1e6)
+                server_cpu[client].append(res["server_cpu_seconds"] / n * 1e6)
                 parts.append(f"{client} {res['points_per_s']:,.0f} pts/s ({res['seconds']:.2f} s)")
             print(f"  round {r + 1}: " + "; ".join(parts), flush=True)
     print()
     print(
         f"{'variant':17} {'median points/s':>16} {'min':>10} {'max':>10} "
-        f"{'client CPU us/chunk':>20} {'vs SDK':>7} {'per round':>12}"
+        f"{'CPU us/chunk':>13} {'server':>7} {'vs SDK':>7} {'per round':>12}"
     )
     for c in clients:
         med, lo, hi = statistics.median(rates[c]), min(rates[c]), max(rates[c])
-        cpu_txt = f"{statistics.median(cpu[c]):20.0f}" if cpu[c] else f"{'-':>20}"
+        cpu_txt = f"{statistics.median(cpu[c]):13.0f} {statistics.median(server_cpu[c]):7.0f}"
         ratio = spread = ""
         if have_sdk:
             ratio = f"{med / statistics.median(rates['sdk']):6.2f}x"
             per_round = [a / b for a, b in zip(rates[c], rates["sdk"], strict=True)]
             spread = f"{min(per_round):.2f}-{max(per_round):.2f}x"
         print(f"{c:17} {med:16,.0f} {lo:10,.0f} {hi:10,.0f} {cpu_txt} {ratio:>7} {spread:>12}")
-    print("(client CPU: user+system time of the labstream process, all threads, per chunk)")
+    print(
+        "(CPU: user+system time of the client's process, all threads, over the timed part, per "
+        "chunk; server: the server's, over the whole run)"
+    )
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
@@ -225,8 +247,11 @@ if __name__ == "__main__":
     )
     ap.add_argument("--nospool", action="store_true", help="also run labstream with spool=False")
     ap.add_argument("--profile", action="store_true", help="one profiled labstream run")
+    ap.add_argument(
+        "--no-floor", action="store_true", help="leave out the floor (_floor.py) variant"
+    )
     args = ap.parse_args()
     if args.profile:
         profile(args.chunks, args.atlas)
     else:
-        main(args.rounds, args.chunks, args.atlas, args.nospool)
+        main(args.rounds, args.chunks, args.atlas, args.nospool, not args.no_floor)
