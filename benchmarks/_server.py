@@ -228,19 +228,14 @@ class BenchServer:
         the stub's process. Take it before and after a run for the server's cost of that run."""
         if self._proc is None:
             return 0.0
-        tick = os.sysconf("SC_CLK_TCK")
         total = 0.0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
+        for pid in filter(str.isdigit, os.listdir("/proc")):
             try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
+                parent, cpu = proc_stat(f"/proc/{pid}/stat")
             except OSError:  # gone meanwhile
                 continue
-            # fields[1] is the parent pid; [11] and [12] are user and system clock ticks
-            if int(pid) == self._proc.pid or int(fields[1]) == self._proc.pid:
-                total += (int(fields[11]) + int(fields[12])) / tick
+            if self._proc.pid in (int(pid), parent):
+                total += cpu
         return total
 
     def clear_chunk_log(self) -> None:
@@ -248,6 +243,13 @@ class BenchServer:
         path = self._tmp / "chunks.log"
         if path.exists():
             os.truncate(path, 0)
+
+
+def proc_stat(path: str) -> tuple[int, float]:
+    """(parent pid, user + system CPU seconds) from a ``/proc/<pid>[/task/<tid>]/stat`` file."""
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # the command name may hold spaces
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def server_description(srv: BenchServer) -> str:

@@ -27,6 +27,8 @@ import threading
 import time
 from pathlib import Path
 
+from _server import proc_stat  # this script's folder is on sys.path
+
 HERE = Path(__file__).resolve().parent
 PPC, CHUNKS = 100, 10_000
 
@@ -35,12 +37,8 @@ def thread_cpu() -> dict[str, float]:
     names = {t.native_id: t.name for t in threading.enumerate()}
     out: dict[str, float] = {}
     for tid in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{tid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
         name = names.get(int(tid), "other")
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / os.sysconf(
-            "SC_CLK_TCK"
-        )
+        out[name] = out.get(name, 0.0) + proc_stat(f"/proc/self/task/{tid}/stat")[1]
     return out
 
 
@@ -74,7 +72,6 @@ def child(endpoint: str) -> None:
 
 
 def main(rounds: int, atlas: bool) -> None:
-    sys.path.insert(0, str(HERE))
     from _server import BenchServer
     from _worker import AtlasProcess
 
