@@ -15,7 +15,7 @@ import pytest
 import trustme
 from aiohttp import web
 
-from labstream.sinks.curl import CurlClient, trust_store
+from labstream.sinks.curl import CurlClient, RequestMulti, trust_store
 from labstream.sinks.http import AiohttpClient, HttpClient, TransportError
 
 Engine = Callable[..., HttpClient]
@@ -195,16 +195,16 @@ def test_a_failing_engine_thread_fails_its_requests_and_is_replaced(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A bug in the curl thread must not leave requests waiting forever."""
-    finished = CurlClient._finished
+    step = RequestMulti.step
     calls = {"n": 0}
 
-    def broken_once(*args: object) -> object:
+    def broken_once(self: RequestMulti[object]) -> object:
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("boom")
-        return finished(*args)  # type: ignore[arg-type]
+        return step(self)
 
-    monkeypatch.setattr(CurlClient, "_finished", staticmethod(broken_once))
+    monkeypatch.setattr(RequestMulti, "step", broken_once)
 
     async def main() -> None:
         async with server() as srv:

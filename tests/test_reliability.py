@@ -581,7 +581,7 @@ CHILD = """
 import sys, time
 from labstream import Atlas, RetryPolicy, TimeseriesStreamer
 
-url, key, atlas, keygen, chunks, n, pace = sys.argv[1:8]
+url, key, atlas, keygen, chunks, n, pace, mode = sys.argv[1:9]
 chunks, n, pace = int(chunks), int(n), float(pace)
 T0, HZ = {T0!r}, {HZ!r}
 s = TimeseriesStreamer(
@@ -591,16 +591,34 @@ s = TimeseriesStreamer(
 )
 data_id = s.initialize(stream_name="kill-9")
 print("data_id", data_id, flush=True)
-for c in range(chunks):
+
+
+def chunk(c):
     start = T0 + c * n / HZ
-    s.push(data_id, c, "T", [start + i / HZ for i in range(n)], [c * n + i for i in range(n)])
-    print("pushed", c, time.monotonic(), flush=True)
-    time.sleep(pace)  # the instrument's pace
+    return [start + i / HZ for i in range(n)], [c * n + i for i in range(n)]
+
+
+def items():  # run(): chunk c is accepted when the iterator is asked for the next item
+    for c in range(chunks):
+        yield chunk(c)
+        print("pushed", c, time.monotonic(), flush=True)
+        time.sleep(pace)  # the instrument's pace
+
+
+if mode == "run":
+    s.run(data_id, "T", items())
+else:
+    for c in range(chunks):
+        s.push(data_id, c, "T", *chunk(c))
+        print("pushed", c, time.monotonic(), flush=True)
+        time.sleep(pace)
 time.sleep(600)  # never finalizes: the parent kills it
 """
 
 
-def scenario_kill_9(spool: Path, kill_after: int = 40) -> Outcome:
+def scenario_kill_9(spool: Path, kill_after: int = 40, mode: str = "push") -> Outcome:
+    """``mode``: the child streams with ``push()`` per chunk, or ``run()`` over an iterator
+    (Atomscale's uploads then go from its own thread, ``bulk.py``)."""
     chunks, n = 200, 50
     out = Outcome("4. kill -9 mid-stream, resumed by a new process")
     with destinations() as rig:
@@ -614,7 +632,7 @@ def scenario_kill_9(spool: Path, kill_after: int = 40) -> Outcome:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AS_", "ATOMSCALE_"))}
         env.update(PYTHONPATH=str(REPO / "src"), LABSTREAM_SPOOL_DIR=str(spool))
         argv = [sys.executable, str(script), rig.web.url, KEY, rig.atlas.address]
-        argv += [str(rig.atlas.key_generator_address), str(chunks), str(n), "0.01"]
+        argv += [str(rig.atlas.key_generator_address), str(chunks), str(n), "0.01", mode]
         stderr = (spool.parent / "child_stderr.txt").open("w")
         child = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env)
         lines: queue.Queue[str | None] = queue.Queue()
@@ -739,8 +757,9 @@ def check_kill_9(out: Outcome) -> None:
         assert f["atlas_failed_checks"] == []
 
 
-def test_kill_9_mid_stream_then_resume(tmp_path: Path) -> None:
-    check_kill_9(scenario_kill_9(tmp_path / "spool"))
+@pytest.mark.parametrize("mode", ["push", "run"])
+def test_kill_9_mid_stream_then_resume(tmp_path: Path, mode: str) -> None:
+    check_kill_9(scenario_kill_9(tmp_path / "spool", mode=mode))
 
 
 # --------------------------------------------------------------------------------------------------

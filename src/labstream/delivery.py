@@ -17,6 +17,7 @@ import contextlib
 import logging
 import math
 import random
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import cast
@@ -34,9 +35,36 @@ from .sinks.base import BatchingSink, Marker, Sink, StreamInfo
 
 log = logging.getLogger("labstream.delivery")
 
+
+@dataclass(eq=False, slots=True)
+class _TakenOver:
+    """A chunk whose upload by ``run()``'s bulk lane failed, with that first attempt's error."""
+
+    chunk: Chunk
+    error: DestinationError
+
+
 # What a runner's queue carries: a stream to open, a chunk, a batch set aside after a failure,
-# or a marker.
-_Item = StreamInfo | Chunk | tuple[Chunk, ...] | Marker
+# a chunk taken over from the bulk lane, or a marker.
+_Item = StreamInfo | Chunk | tuple[Chunk, ...] | _TakenOver | Marker
+
+
+class BulkCounts:
+    """What ``run()``'s bulk lanes (``bulk.py``) did with a stream's chunks for one destination.
+
+    Written by the lanes' threads under ``lock``; read without it by the runner's report (each
+    figure only grows, and ``delivered`` is read before ``accepted``, so a report never shows
+    more delivered than accepted). A chunk a lane hands over after a failed upload stays
+    counted in ``accepted``; the runner counts its delivery or rejection as its own.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.accepted = 0
+        self.points = 0
+        self.delivered = 0
+        self.points_delivered = 0
+        self.handed_over = 0
 
 
 @dataclass(eq=False)
@@ -61,21 +89,39 @@ class _StreamDelivery:
     # the loader reads them back in order.
     spill_after: int | None = None
     _changed: anyio.Event | None = None  # created by a waiter; set and dropped by the next change
+    bulk: BulkCounts = field(default_factory=BulkCounts)
+    taken_over: int = 0  # chunks the bulk lanes handed over that the runner has taken
 
     @property
     def report(self) -> DestinationReport:
+        bulk = self.bulk
+        chunks_delivered, points_delivered = bulk.delivered, bulk.points_delivered
         return replace(
             self.base,
-            chunks_accepted=self.chunks_accepted,
-            points_accepted=self.points_accepted,
-            chunks_delivered=self.chunks_delivered,
-            points_delivered=self.points_delivered,
+            chunks_accepted=self.chunks_accepted + bulk.accepted,
+            points_accepted=self.points_accepted + bulk.points,
+            chunks_delivered=self.chunks_delivered + chunks_delivered,
+            points_delivered=self.points_delivered + points_delivered,
         )
 
     @property
     def chunks_pending(self) -> int:
+        delivered = self.chunks_delivered + self.bulk.delivered
         b = self.base
-        return self.chunks_accepted - self.chunks_delivered - b.chunks_rejected - b.chunks_dropped
+        accepted = self.chunks_accepted + self.bulk.accepted
+        return accepted - delivered - b.chunks_rejected - b.chunks_dropped
+
+    @property
+    def caught_up(self) -> bool:
+        """Nothing of this stream in the runner's hands: none of its own chunks pending, every
+        chunk a bulk lane handed over taken and settled, nothing left to read back from disk."""
+        b = self.base
+        own = self.chunks_accepted + self.taken_over - self.chunks_delivered
+        return (
+            own - b.chunks_rejected - b.chunks_dropped == 0
+            and self.taken_over == self.bulk.handed_over
+            and self.spill_after is None
+        )
 
     def update(self, **changes: object) -> None:
         self.base = replace(self.base, **changes)  # type: ignore[arg-type]
@@ -87,10 +133,17 @@ class _StreamDelivery:
             self._changed.set()
             self._changed = None
 
-    async def wait_changed(self) -> None:
+    def next_change(self) -> anyio.Event:
+        """An event the next :meth:`notify` sets. Take it before reading the counts it guards: a
+        bulk lane updates the counts on its own thread, then wakes the loop only if a waiter has
+        an event by then (``watched``)."""
         if self._changed is None:
             self._changed = anyio.Event()
-        await self._changed.wait()
+        return self._changed
+
+    @property
+    def watched(self) -> bool:
+        return self._changed is not None
 
 
 class DeliveryRunner:
@@ -177,6 +230,40 @@ class DeliveryRunner:
         self._held += 1
         self._send.send_nowait(chunk)
 
+    def bulk_counts(self, data_id: str) -> BulkCounts:
+        """Where a bulk lane counts this stream's chunks (any thread)."""
+        return self._streams[data_id].bulk
+
+    def watched(self, data_id: str) -> bool:
+        """Whether someone on the loop waits for this stream's counts to change (any thread)."""
+        return self._streams[data_id].watched
+
+    def notify(self, data_id: str) -> None:
+        """Wake the stream's waiters after a bulk lane changed its counts (event-loop thread)."""
+        self._streams[data_id].notify()
+
+    def caught_up(self, data_id: str) -> bool:
+        """True when this runner holds nothing of the stream (any thread; a stale answer only
+        delays a bulk lane's return, see ``bulk.py``)."""
+        st = self._streams.get(data_id)
+        return st is None or st.caught_up
+
+    def take_over(self, chunk: Chunk, error: DestinationError) -> None:
+        """Deliver a chunk whose upload by a bulk lane failed with ``error`` (event-loop thread).
+
+        It is retried (or rejected) as if its first attempt had been the runner's own. It stays
+        counted in the lane's ``accepted``, so it is not counted again here.
+        """
+        st = self._streams[chunk.data_id]
+        st.taken_over += 1
+        if st.spill_after is not None and chunk.seq > st.spill_after:
+            # Its seq is in the part of the stream read back from the journal: it comes back
+            # from there (queued here too, it would be sent twice).
+            st.last_seq = max(st.last_seq, chunk.seq)
+            return
+        self._held += 1
+        self._send.send_nowait(_TakenOver(chunk, error))
+
     @property
     def takes_markers(self) -> bool:
         return hasattr(self.sink, "send_marker")
@@ -204,8 +291,11 @@ class DeliveryRunner:
         st = self._streams.get(data_id)
         if st is None:
             return
-        while st.chunks_pending > limit or (limit == 0 and st.markers_in_flight):
-            await st.wait_changed()
+        while True:
+            changed = st.next_change()
+            if st.chunks_pending <= limit and not (limit == 0 and st.markers_in_flight):
+                return
+            await changed.wait()
 
     async def finalize(self, data_id: str, deadline: float) -> DestinationReport:
         """Wait for the stream's chunks until ``deadline`` (anyio clock), then close it.
@@ -300,6 +390,8 @@ class DeliveryRunner:
             elif isinstance(item, Chunk):
                 batch, ahead = self._gather(item)
                 await self._deliver(batch)
+            elif isinstance(item, _TakenOver):
+                await self._deliver((item.chunk,), item.error)
             else:
                 await self._deliver(item)  # a batch set aside after a failure, as it was
 
@@ -366,7 +458,10 @@ class DeliveryRunner:
             st.opened.set()
             return
 
-    async def _deliver(self, batch: tuple[Chunk, ...]) -> None:
+    async def _deliver(
+        self, batch: tuple[Chunk, ...], failed_with: DestinationError | None = None
+    ) -> None:
+        """Deliver a batch; ``failed_with``: its first attempt was made elsewhere and failed."""
         st = self._streams[batch[0].data_id]
         await st.opened.wait()
         if st.open_failed is not None:
@@ -376,7 +471,7 @@ class DeliveryRunner:
             return
         refused: Mapping[int, DestinationError] = {}
         try:
-            refused = await self._send_with_retries(st, batch)
+            refused = await self._send_with_retries(st, batch, failed_with)
         except TransientDestinationError as exc:
             # Out of attempts: set the batch aside and put it back in the queue later, whole, so
             # a batching sink resumes the very writes it started.
@@ -451,11 +546,17 @@ class DeliveryRunner:
         return {}
 
     async def _send_with_retries(
-        self, st: _StreamDelivery, batch: tuple[Chunk, ...]
+        self,
+        st: _StreamDelivery,
+        batch: tuple[Chunk, ...],
+        failed_with: DestinationError | None = None,
     ) -> Mapping[int, DestinationError]:
         """Send; retry transient failures with the policy. tenacity only runs after a failure:
-        on a healthy link the first attempt is a plain await (it is most of the traffic)."""
+        on a healthy link the first attempt is a plain await (it is most of the traffic).
+        ``failed_with``: the first attempt was made elsewhere and failed so."""
         try:
+            if failed_with is not None:
+                raise failed_with
             return await self._send_once(batch)
         except TransientDestinationError as exc:
             if self._policy.attempts <= 1:

@@ -31,6 +31,7 @@ import numpy as np
 from anyio.abc import TaskGroup
 
 from .atlas.config import Atlas
+from .bulk import BulkLane
 from .chunk import (
     EARLIEST_S,
     LATEST_S,
@@ -104,6 +105,7 @@ class Accepted:
     seq: int
     points: int
     chunk: Chunk | None = None
+    bulk: bool = False  # uploaded to Atomscale by run()'s bulk lane, not by its runner
 
     def build(self) -> Chunk:
         """The chunk, clock-corrected and frozen. Made once, by the event loop (to deliver it)
@@ -268,6 +270,7 @@ class AsyncTimeseriesStreamer:
         self._streams: dict[str, _Stream] = {}
         self._atomscale: AtomscaleSink | None = None
         self._runners: list[DeliveryRunner] = []
+        self._bulk_runner: DeliveryRunner | None = None  # Atomscale's: run()'s lanes feed it
         self._destination_names: tuple[str, ...] = ()  # the runners', for the journal
         self._host: asyncio.Task[None] | None = None
         self._host_tg: TaskGroup | None = None
@@ -336,6 +339,7 @@ class AsyncTimeseriesStreamer:
             for sink in sinks
         ]
         self._destination_names = tuple(r.name for r in self._runners)
+        self._bulk_runner = next((r for r in self._runners if r.sink is self._atomscale), None)
         self._handoff = LoopHandoff(
             self._loop, self._dispatch_accepted, coalesce_s=HANDOFF_COALESCE_S
         )
@@ -540,12 +544,15 @@ class AsyncTimeseriesStreamer:
         units: str | None = None,
         *,
         handoff: bool = False,
+        bulk: bool = False,
     ) -> Accepted | None:
         """Validate one channel's chunk and admit it; None for an identical re-push.
 
         Thread-safe; does no I/O. With ``handoff`` (a thread other than the event loop's), the
-        chunk is queued for the loop, which delivers it, and None is returned. Raises the errors
-        documented on :meth:`push`.
+        chunk is queued for the loop, which delivers it, and None is returned. With ``bulk``
+        too, the loop delivers it to every destination but Atomscale, and it is returned for
+        a :class:`~labstream.bulk.BulkLane` to upload. Raises the errors documented on
+        :meth:`push`.
         """
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
@@ -558,7 +565,7 @@ class AsyncTimeseriesStreamer:
             units,
             max_points=self.points_per_chunk,
         )
-        return self._admit(stream, index, [raw], multi=False, handoff=handoff)
+        return self._admit(stream, index, [raw], multi=False, handoff=handoff, bulk=bulk)
 
     def accept_push_multi(
         self, data_id: str, chunk_index: int, channels: object, *, handoff: bool = False
@@ -577,6 +584,7 @@ class AsyncTimeseriesStreamer:
         *,
         multi: bool,
         handoff: bool = False,
+        bulk: bool = False,
     ) -> Accepted | None:
         """Everything that decides whether a chunk is taken: a repeat, room in the journal, its
         place in the order; the chunk then goes to the journal's queue. What is left to do (the ns
@@ -624,13 +632,16 @@ class AsyncTimeseriesStreamer:
                 digests[(raw.name, index)] = raw.digest
             while len(digests) > DIGEST_WINDOW:
                 del digests[next(iter(digests))]  # the oldest (dicts keep insertion order)
-            accepted = Accepted(data_id, index, raws, multi, self._clock.offset_ns, seq, points)
+            accepted = Accepted(
+                data_id, index, raws, multi, self._clock.offset_ns, seq, points, bulk=bulk
+            )
             if journal is not None:
                 # Straight to the journal, not through the event loop: the loop may be far
                 # behind in a burst, and the chunk must be on disk within a commit or two.
                 journal.add_chunk(accepted, self._destination_names)
-            if handoff:
+            if handoff and not (bulk and len(self._runners) == 1):  # nothing for the loop
                 self.dispatch_threadsafe(accepted)
+            if handoff and not bulk:
                 return None
         return accepted
 
@@ -649,7 +660,27 @@ class AsyncTimeseriesStreamer:
 
     def _dispatch_accepted(self, item: Accepted | Marker) -> None:
         """Build an accepted chunk and :meth:`dispatch` it (event-loop thread only)."""
+        if isinstance(item, Accepted) and item.bulk:  # Atomscale has it from the bulk lane
+            chunk = item.build()
+            for runner in self._runners:
+                if runner is not self._bulk_runner:
+                    runner.submit(chunk)
+            return
         self.dispatch(item.build() if isinstance(item, Accepted) else item)
+
+    def bulk_lane(self, data_id: str) -> BulkLane | None:
+        """A lane for ``run()``'s uploads to Atomscale from the calling thread (``bulk.py``);
+        None when Atomscale is not a destination or its uploads do not go through libcurl."""
+        runner, sink, loop = self._bulk_runner, self._atomscale, self._loop
+        if runner is None or sink is None or loop is None:
+            return None
+        if not isinstance(data_id, str) or not runner.knows(data_id):  # push() says why
+            return None
+        multi = sink.bulk_multi()
+        if multi is None:
+            return None
+        window = min(self._max_concurrency, max(1, self._max_pending_chunks // 2))
+        return BulkLane(sink, multi, runner, data_id, loop, self._journal, window)
 
     def dispatch(self, item: Chunk | Marker) -> None:
         """Hand an accepted chunk or marker to every runner (event-loop thread only)."""

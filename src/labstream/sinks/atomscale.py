@@ -24,7 +24,7 @@ from ..clock import TimeSample
 from ..errors import DestinationError, RejectedError, TransientDestinationError
 from ..retry import RetryPolicy, Sleep
 from .base import StreamInfo
-from .curl import CurlClient
+from .curl import CurlClient, RequestMulti
 from .http import AiohttpClient, HttpAnswer, HttpClient, HttpxClient, TransportError
 
 HttpEngine = Literal["curl", "aiohttp"]
@@ -81,6 +81,15 @@ def chunk_body(chunk: Chunk) -> dict[str, Any]:
     if ch.units is not None:
         body["units"] = ch.units
     return body
+
+
+def chunk_path(chunk: Chunk) -> str:
+    return "/tool-state/stream/chunk/multi" if chunk.multi else "/tool-state/stream/chunk"
+
+
+def chunk_content(chunk: Chunk) -> bytes:
+    """The request body of a chunk upload, as bytes."""
+    return orjson.dumps(chunk_body(chunk), option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _is_uuid(text: str) -> bool:
@@ -178,34 +187,55 @@ class AtomscaleSink:
             TransientDestinationError: transport error, timeout, 5xx, 408, 429.
             RejectedError: any other non-2xx answer.
         """
-        what = f"{method} {path}"
         req_headers = dict(headers or {})
         content = None
         if body is not None:
             content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
             req_headers["Content-Type"] = "application/json"
-        ctx: dict[str, Any] = {"destination": NAME, "data_id": data_id, "chunk_index": chunk_index}
         try:
-            resp = await self._client.request(method, path, content, req_headers)
+            answer: HttpAnswer | TransportError = await self._client.request(
+                method, path, content, req_headers
+            )
         except TransportError as exc:
-            raise TransientDestinationError(
-                f"{what} {'timed out' if exc.timed_out else 'failed'}",
-                detail=self._scrub(str(exc)),
+            answer = exc
+        error = self.error_of(answer, f"{method} {path}", data_id, chunk_index)
+        if error is not None:
+            raise error
+        assert isinstance(answer, HttpAnswer)
+        return answer
+
+    def error_of(
+        self,
+        answer: HttpAnswer | TransportError,
+        what: str,
+        data_id: str | None = None,
+        chunk_index: int | None = None,
+    ) -> DestinationError | None:
+        """The labstream error a request's answer means; None for a 2xx.
+
+        A transport error, timeout, 5xx, 408 or 429 is transient; any other non-2xx is a
+        rejection, with the response body (API key scrubbed) as the reason.
+        """
+        ctx: dict[str, Any] = {"destination": NAME, "data_id": data_id, "chunk_index": chunk_index}
+        if isinstance(answer, TransportError):
+            return TransientDestinationError(
+                f"{what} {'timed out' if answer.timed_out else 'failed'}",
+                detail=self._scrub(str(answer)),
                 **ctx,
-            ) from None
-        status = resp.status
+            )
+        status = answer.status
         if status < 300:
-            return resp
-        detail = self._scrub(resp.text[:_MAX_DETAIL])
+            return None
+        detail = self._scrub(answer.text[:_MAX_DETAIL])
         if status >= 500 or status in _TRANSIENT_STATUSES:
-            raise TransientDestinationError(
+            return TransientDestinationError(
                 f"{what} answered {status}",
                 status=status,
                 detail=detail,
-                retry_after=_retry_after(resp.headers.get("Retry-After")),
+                retry_after=_retry_after(answer.headers.get("Retry-After")),
                 **ctx,
             )
-        raise RejectedError(f"{what} was refused", status=status, detail=detail, **ctx)
+        return RejectedError(f"{what} was refused", status=status, detail=detail, **ctx)
 
     async def _call(self, method: str, path: str, **kw: Any) -> HttpAnswer:
         """A control request, retried with the policy (chunks are retried by the runner)."""
@@ -351,14 +381,20 @@ class AtomscaleSink:
         """Nothing to do: the stream was created by :meth:`create_stream` in ``initialize``."""
 
     async def send_chunk(self, chunk: Chunk) -> None:
-        path = "/tool-state/stream/chunk/multi" if chunk.multi else "/tool-state/stream/chunk"
         await self._request(
             "POST",
-            path,
+            chunk_path(chunk),
             body=chunk_body(chunk),
             data_id=chunk.data_id,
             chunk_index=chunk.chunk_index,
         )
+
+    def bulk_multi(self) -> RequestMulti[Any] | None:
+        """A multi for a thread that uploads chunks itself (``run()``'s bulk lane), with this
+        sink's endpoint, key and timeout; None when uploads do not go through libcurl."""
+        if not isinstance(self._client, CurlClient):
+            return None
+        return self._client.multi(self.max_concurrency + 2)
 
     async def close_stream(self, stream: StreamInfo) -> None:
         await self._request(

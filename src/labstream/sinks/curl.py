@@ -26,6 +26,7 @@ import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import anyio
 import pycurl
@@ -38,19 +39,18 @@ log = logging.getLogger("labstream.http")
 _POLL_S = 0.001  # how long the thread waits on sockets before taking new requests
 _CLOSED = "the HTTP client was closed"
 # (status or 0, headers, body, curl error number or 0, error message)
-_Outcome = tuple[int, Mapping[str, str], bytes, int, str]
+Outcome = tuple[int, Mapping[str, str], bytes, int, str]
+T = TypeVar("T")
 
 
 @dataclass(eq=False, slots=True)
 class _Job:
     method: str
-    url: str
+    path: str
     content: bytes | None
     headers: list[str]
-    future: asyncio.Future[_Outcome]
+    future: asyncio.Future[Outcome]
     loop: asyncio.AbstractEventLoop
-    body: list[bytes] = field(default_factory=list)
-    header_lines: list[bytes] = field(default_factory=list)
 
 
 @functools.cache
@@ -65,21 +65,169 @@ def trust_store() -> tuple[str | None, str | None]:
     return paths.cafile, paths.capath
 
 
-class CurlClient:
-    """One ``CurlMulti`` on a daemon thread, started on first use."""
+def answer_of(outcome: Outcome) -> HttpAnswer | TransportError:
+    """A finished request as the sink reads it: an HTTP answer, or why there was none."""
+    status, headers, body, errno, message = outcome
+    if errno:
+        return TransportError(message, timed_out=errno == pycurl.E_OPERATION_TIMEDOUT)
+    return HttpAnswer(status, headers, body)
+
+
+@dataclass(eq=False, slots=True)
+class _InFlight(Generic[T]):
+    token: T
+    body: list[bytes] = field(default_factory=list)
+    header_lines: list[bytes] = field(default_factory=list)
+
+
+class RequestMulti(Generic[T]):
+    """A ``CurlMulti`` with its handles, driven by whichever thread calls it (one at a time).
+
+    :class:`CurlClient` drives one from a thread of its own; ``run()``'s bulk uploads
+    (``labstream.bulk``) drive one from the caller's thread, so a chunk goes from validation to
+    the socket without crossing a thread. Each request carries a ``token`` that comes back with
+    its outcome.
+    """
 
     def __init__(
         self, endpoint: str, headers: Mapping[str, str], *, max_connections: int, timeout_s: float
     ) -> None:
         self._endpoint = endpoint
         self._headers = [f"{k}: {v}" for k, v in headers.items()] + ["Expect:"]
-        self._max_connections = max_connections
         self._timeout_ms = max(1, int(timeout_s * 1000))
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
+        self._free: list[pycurl.Curl] = []
+        self._busy: dict[pycurl.Curl, _InFlight[T]] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._busy)
+
+    def add(
+        self,
+        method: str,
+        path: str,
+        content: bytes | None,
+        headers: list[str],
+        token: T,
+    ) -> None:
+        """Start a request (it progresses in :meth:`step`).
+
+        Raises:
+            pycurl.error: libcurl refused this request (a bad header, say); nothing was started.
+        """
+        handle = self._free.pop() if self._free else pycurl.Curl()
+        request = _InFlight(token)
+        try:
+            self._prepare(handle, method, self._endpoint + path, content, headers, request)
+            self._multi.add_handle(handle)
+        except pycurl.error:
+            self._free.append(handle)
+            raise
+        self._busy[handle] = request
+
+    def step(self) -> list[tuple[T, Outcome]]:
+        """Move every request along without waiting; the ones that finished, with outcomes."""
+        while self._multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+        done: list[tuple[T, Outcome]] = []
+        while True:
+            left, ok, failed = self._multi.info_read()
+            for handle in ok:
+                request = self._busy.pop(handle)
+                status = int(handle.getinfo(pycurl.RESPONSE_CODE))
+                outcome = (status, _Headers(request.header_lines), b"".join(request.body), 0, "")
+                done.append((request.token, outcome))
+            for handle, errno, message in failed:
+                done.append((self._busy.pop(handle).token, failure(int(errno), message)))
+            for handle in (*ok, *(f[0] for f in failed)):
+                self._multi.remove_handle(handle)
+                self._free.append(handle)
+            if not left:
+                return done
+
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for a socket to be ready (the GIL is let go meanwhile)."""
+        self._multi.select(seconds)
+
+    def abort(self) -> list[T]:
+        """Stop every request in flight; their tokens (their outcome is unknown)."""
+        tokens = []
+        for handle, request in self._busy.items():
+            self._multi.remove_handle(handle)
+            self._free.append(handle)
+            tokens.append(request.token)
+        self._busy.clear()
+        return tokens
+
+    def close(self) -> None:
+        self.abort()
+        for handle in self._free:
+            handle.close()
+        self._free.clear()
+        self._multi.close()
+
+    def _prepare(
+        self,
+        handle: pycurl.Curl,
+        method: str,
+        url: str,
+        content: bytes | None,
+        headers: list[str],
+        request: _InFlight[T],
+    ) -> None:
+        # A handle keeps its options (and its connection) from one request to the next; only
+        # what changes is set: a chunk upload is five setopt() calls, and the answer comes in
+        # through two C-level appends (no Python frame).
+        if getattr(handle, "method", None) != method:
+            handle.reset()
+            handle.setopt(pycurl.NOSIGNAL, 1)
+            handle.setopt(pycurl.PROXY, "")  # as aiohttp: no proxy from the environment
+            handle.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
+            cafile, capath = trust_store()
+            if cafile is not None:
+                handle.setopt(pycurl.CAINFO, cafile)
+            if capath is not None:
+                handle.setopt(pycurl.CAPATH, capath)
+            if method == "GET":
+                handle.setopt(pycurl.HTTPGET, 1)
+            elif method != "POST":
+                handle.setopt(pycurl.CUSTOMREQUEST, method)
+            handle.method = method  # pycurl handles take attributes
+        handle.setopt(pycurl.URL, url)
+        handle.setopt(pycurl.HTTPHEADER, self._headers + headers)
+        handle.setopt(pycurl.WRITEFUNCTION, request.body.append)
+        handle.setopt(pycurl.HEADERFUNCTION, request.header_lines.append)
+        if method != "GET":
+            handle.setopt(pycurl.POSTFIELDS, content or b"")
+
+
+class CurlClient:
+    """One :class:`RequestMulti` on a daemon thread, started on first use."""
+
+    def __init__(
+        self, endpoint: str, headers: Mapping[str, str], *, max_connections: int, timeout_s: float
+    ) -> None:
+        self._endpoint = endpoint
+        self._default_headers = dict(headers)
+        self._max_connections = max_connections
+        self._timeout_s = timeout_s
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running = False
         self._lock = threading.Lock()
         self._closed = False
+
+    def multi(self, max_connections: int) -> RequestMulti[Any]:
+        """A multi of its own with this client's endpoint, headers and timeout, for a thread
+        that drives its requests itself."""
+        return RequestMulti(
+            self._endpoint,
+            self._default_headers,
+            max_connections=max_connections,
+            timeout_s=self._timeout_s,
+        )
 
     async def request(
         self, method: str, path: str, content: bytes | None, headers: Mapping[str, str]
@@ -89,9 +237,9 @@ class CurlClient:
         loop = asyncio.get_running_loop()
         job = _Job(
             method,
-            self._endpoint + path,
+            path,
             content,
-            self._headers + [f"{k}: {v}" for k, v in headers.items()],
+            [f"{k}: {v}" for k, v in headers.items()],
             loop.create_future(),
             loop,
         )
@@ -103,10 +251,10 @@ class CurlClient:
                     target=self._run, name="labstream-curl", daemon=True
                 )
                 self._thread.start()
-        status, answer_headers, body, errno, message = await job.future
-        if errno:
-            raise TransportError(message, timed_out=errno == pycurl.E_OPERATION_TIMEDOUT)
-        return HttpAnswer(status, answer_headers, body)
+        answer = answer_of(await job.future)
+        if isinstance(answer, TransportError):
+            raise answer
+        return answer
 
     async def aclose(self) -> None:
         self._closed = True
@@ -119,110 +267,53 @@ class CurlClient:
     # -- the curl thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        multi = pycurl.CurlMulti()
-        multi.setopt(pycurl.M_MAXCONNECTS, self._max_connections)
-        free: list[pycurl.Curl] = []
-        busy: dict[pycurl.Curl, _Job] = {}
+        multi: RequestMulti[_Job] = self.multi(self._max_connections)
         why = _CLOSED
         try:
             while True:
                 # Take new requests; block only when nothing is in flight.
-                refused: list[tuple[_Job, _Outcome]] = []
+                refused: list[tuple[_Job, Outcome]] = []
                 try:
                     while True:
-                        job = self._jobs.get(block=not busy and not refused)
+                        job = self._jobs.get(block=not multi.in_flight and not refused)
                         if job is None:
                             return
-                        handle = free.pop() if free else pycurl.Curl()
                         try:
-                            self._prepare(handle, job)
-                            multi.add_handle(handle)
+                            multi.add(job.method, job.path, job.content, job.headers, job)
                         except pycurl.error as exc:  # this request only (a bad header, say)
-                            refused.append((job, _failure(exc.args[0], str(exc))))
-                            free.append(handle)
-                        else:
-                            busy[handle] = job
+                            refused.append((job, failure(exc.args[0], str(exc))))
                 except queue.Empty:
                     pass
-                while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-                    pass
-                done = refused + self._finished(multi, busy, free)
+                done = refused + multi.step()
                 if done:
                     _resolve_all(done)
                 else:
-                    multi.select(_POLL_S)  # releases the GIL
+                    multi.wait(_POLL_S)
         except Exception as exc:  # a bug: logged, and nothing is left waiting on it
             log.exception("the HTTP engine's thread failed; the next request starts a new one")
             why = f"the HTTP engine failed: {type(exc).__name__}: {exc}"
         finally:
-            failed = [(job, _failure(-1, why)) for job in busy.values()]
+            failed = [(job, failure(-1, why)) for job in multi.abort()]
             with self._lock:
                 with contextlib.suppress(queue.Empty):
                     while True:
                         queued = self._jobs.get_nowait()
                         if queued is not None:
-                            failed.append((queued, _failure(-1, why)))
+                            failed.append((queued, failure(-1, why)))
                 self._running = False
             _resolve_all(failed)
-            for handle in [*busy, *free]:
-                handle.close()
             multi.close()
 
-    def _prepare(self, handle: pycurl.Curl, job: _Job) -> None:
-        # A handle keeps its options (and its connection) from one request to the next; only
-        # what changes is set: a chunk upload is five setopt() calls, and the answer comes in
-        # through two C-level appends (no Python frame).
-        if getattr(handle, "method", None) != job.method:
-            handle.reset()
-            handle.setopt(pycurl.NOSIGNAL, 1)
-            handle.setopt(pycurl.PROXY, "")  # as aiohttp: no proxy from the environment
-            handle.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
-            cafile, capath = trust_store()
-            if cafile is not None:
-                handle.setopt(pycurl.CAINFO, cafile)
-            if capath is not None:
-                handle.setopt(pycurl.CAPATH, capath)
-            if job.method == "GET":
-                handle.setopt(pycurl.HTTPGET, 1)
-            elif job.method != "POST":
-                handle.setopt(pycurl.CUSTOMREQUEST, job.method)
-            handle.method = job.method  # pycurl handles take attributes
-        handle.setopt(pycurl.URL, job.url)
-        handle.setopt(pycurl.HTTPHEADER, job.headers)
-        handle.setopt(pycurl.WRITEFUNCTION, job.body.append)
-        handle.setopt(pycurl.HEADERFUNCTION, job.header_lines.append)
-        if job.method != "GET":
-            handle.setopt(pycurl.POSTFIELDS, job.content or b"")
 
-    @staticmethod
-    def _finished(
-        multi: pycurl.CurlMulti, busy: dict[pycurl.Curl, _Job], free: list[pycurl.Curl]
-    ) -> list[tuple[_Job, _Outcome]]:
-        done: list[tuple[_Job, _Outcome]] = []
-        while True:
-            left, ok, failed = multi.info_read()
-            for handle in ok:
-                job = busy.pop(handle)
-                status = int(handle.getinfo(pycurl.RESPONSE_CODE))
-                outcome = (status, _Headers(job.header_lines), b"".join(job.body), 0, "")
-                done.append((job, outcome))
-            for handle, errno, message in failed:
-                done.append((busy.pop(handle), _failure(int(errno), message)))
-            for handle in (*ok, *(f[0] for f in failed)):
-                multi.remove_handle(handle)
-                free.append(handle)
-            if not left:
-                return done
-
-
-def _failure(errno: int, message: str) -> _Outcome:
+def failure(errno: int, message: str) -> Outcome:
+    """The outcome of a request that got no answer."""
     text = message if errno < 0 else f"curl error {errno}: {message}"
     return (0, CIMultiDict(), b"", errno, text)
 
 
-def _resolve_all(done: list[tuple[_Job, _Outcome]]) -> None:
+def _resolve_all(done: list[tuple[_Job, Outcome]]) -> None:
     """Hand finished requests to their event loops: one wake-up per loop, not per request."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, _Outcome]]] = {}
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Outcome]]] = {}
     for job, outcome in done:
         by_loop.setdefault(job.loop, []).append((job, outcome))
     for loop, items in by_loop.items():
@@ -230,7 +321,7 @@ def _resolve_all(done: list[tuple[_Job, _Outcome]]) -> None:
             loop.call_soon_threadsafe(_set_results, items)
 
 
-def _set_results(items: list[tuple[_Job, _Outcome]]) -> None:
+def _set_results(items: list[tuple[_Job, Outcome]]) -> None:
     for job, outcome in items:
         if not job.future.done():  # the caller may have been cancelled meanwhile
             job.future.set_result(outcome)
