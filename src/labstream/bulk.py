@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 PUMP_AFTER_S = 0.005  # the caller away this long: the pump thread drives the uploads
 _WAIT_S = 0.001  # one wait on the sockets while the in-flight window is full
+_STEP_EVERY_S = 0.001  # the caller passes over the sockets at least this often
 _HEADERS = ["Content-Type: application/json"]
 
 
@@ -86,7 +87,7 @@ class BulkLane:
         self._lock = threading.Lock()  # whoever drives the multi holds it
         self._caller_waiting = False  # the caller wants the lock back: the pump lets go
         self._healthy = True
-        self._driven_at = clock()
+        self._driven_at = self._stepped_at = clock()
         self._stopping = threading.Event()
         self._pump = threading.Thread(
             target=self._pump_while_away, name="labstream-bulk", daemon=True
@@ -115,7 +116,11 @@ class BulkLane:
                 self._multi.add("POST", chunk_path(chunk), content, _HEADERS, chunk)
             except pycurl.error as exc:  # this request only: the runner tries it its own way
                 self._settle([(chunk, failure(exc.args[0], str(exc)))])
-            self._drive(0.0)
+            # Pass over the sockets once the window is full, or a ms after the last pass: in
+            # bulk, one pass then settles several answers (a pass per chunk cost ~1.3x the
+            # time per chunk); a paced caller's chunk still starts at once.
+            if self._clock() - self._stepped_at > _STEP_EVERY_S:
+                self._drive(0.0)
             while self._multi.in_flight >= self._max_in_flight:
                 self._drive(_WAIT_S)
 
@@ -150,6 +155,7 @@ class BulkLane:
     # -- with the lock held --------------------------------------------------------------------
 
     def _drive(self, wait_s: float) -> None:
+        self._stepped_at = self._clock()
         done = self._multi.step()
         if done:
             self._settle(done)
