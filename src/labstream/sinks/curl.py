@@ -2,7 +2,8 @@
 
 Why: with aiohttp, each chunk upload costs the event loop ~90-125 µs of Python per request (the
 request and response objects, the protocol callbacks); that, not the network, capped ``run()``.
-Here one thread drives a ``CurlMulti``; libcurl builds requests, parses responses and keeps the
+Here one thread drives a ``CurlMulti`` (:class:`RequestMulti`; ``run()`` drives one of its own from
+the caller's thread, ``bulk.py``); libcurl builds requests, parses responses and keeps the
 connections alive in C, with the GIL released while it waits or works, so a request costs ~25 µs
 of the process's CPU (``benchmarks/http_transport.py``). The event loop only hands a request over
 and is woken once per batch of finished ones.
