@@ -166,7 +166,7 @@ class BulkLane:
         counts, journal, name = self._counts, self._journal, self._sink.name
         for chunk, outcome in done:
             error = self._sink.error_of(
-                answer_of(outcome), f"POST {chunk_path(chunk)}", chunk.data_id, chunk.chunk_index
+                answer_of(outcome), "POST", chunk_path(chunk), chunk.data_id, chunk.chunk_index
             )
             if error is not None:
                 self._hand_over(chunk, error)

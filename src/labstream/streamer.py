@@ -660,13 +660,10 @@ class AsyncTimeseriesStreamer:
 
     def _dispatch_accepted(self, item: Accepted | Marker) -> None:
         """Build an accepted chunk and :meth:`dispatch` it (event-loop thread only)."""
-        if isinstance(item, Accepted) and item.bulk:  # Atomscale has it from the bulk lane
-            chunk = item.build()
-            for runner in self._runners:
-                if runner is not self._bulk_runner:
-                    runner.submit(chunk)
-            return
-        self.dispatch(item.build() if isinstance(item, Accepted) else item)
+        if isinstance(item, Marker):
+            self.dispatch(item)
+        else:  # a bulk chunk's Atomscale upload is the bulk lane's
+            self.dispatch(item.build(), skip=self._bulk_runner if item.bulk else None)
 
     def bulk_lane(self, data_id: str) -> BulkLane | None:
         """A lane for ``run()``'s uploads to Atomscale from the calling thread (``bulk.py``);
@@ -682,9 +679,12 @@ class AsyncTimeseriesStreamer:
         window = min(self._max_concurrency, max(1, self._max_pending_chunks // 2))
         return BulkLane(sink, multi, runner, data_id, loop, self._journal, window)
 
-    def dispatch(self, item: Chunk | Marker) -> None:
-        """Hand an accepted chunk or marker to every runner (event-loop thread only)."""
+    def dispatch(self, item: Chunk | Marker, skip: DeliveryRunner | None = None) -> None:
+        """Hand an accepted chunk or marker to every runner but ``skip`` (event-loop thread
+        only)."""
         for runner in self._runners:
+            if runner is skip:
+                continue
             if isinstance(item, Marker):
                 if runner.takes_markers:
                     runner.submit_marker(item)

@@ -239,9 +239,7 @@ class TimeseriesStreamer:
                     else:
                         self.push(data_id, idx, channel_name, ts, vals, units)
                     index = idx + 1
-                if core.over_capacity(data_id):
-                    if lane is not None:  # the loop's wait does not see the lane's answers
-                        lane.drain(wait_s)
+                if core.over_capacity(data_id):  # the lane's pump drives it meanwhile
                     self._thread.call(core.wait_for_capacity, data_id, timeout)
             if lane is not None:
                 lane.drain(wait_s)

@@ -198,7 +198,7 @@ class AtomscaleSink:
             )
         except TransportError as exc:
             answer = exc
-        error = self.error_of(answer, f"{method} {path}", data_id, chunk_index)
+        error = self.error_of(answer, method, path, data_id, chunk_index)
         if error is not None:
             raise error
         assert isinstance(answer, HttpAnswer)
@@ -207,7 +207,8 @@ class AtomscaleSink:
     def error_of(
         self,
         answer: HttpAnswer | TransportError,
-        what: str,
+        method: str,
+        path: str,
         data_id: str | None = None,
         chunk_index: int | None = None,
     ) -> DestinationError | None:
@@ -216,6 +217,9 @@ class AtomscaleSink:
         A transport error, timeout, 5xx, 408 or 429 is transient; any other non-2xx is a
         rejection, with the response body (API key scrubbed) as the reason.
         """
+        if isinstance(answer, HttpAnswer) and answer.status < 300:
+            return None  # first: most answers, and nothing below is needed for them
+        what = f"{method} {path}"
         ctx: dict[str, Any] = {"destination": NAME, "data_id": data_id, "chunk_index": chunk_index}
         if isinstance(answer, TransportError):
             return TransientDestinationError(
@@ -224,8 +228,6 @@ class AtomscaleSink:
                 **ctx,
             )
         status = answer.status
-        if status < 300:
-            return None
         detail = self._scrub(answer.text[:_MAX_DETAIL])
         if status >= 500 or status in _TRANSIENT_STATUSES:
             return TransientDestinationError(
