@@ -7,7 +7,10 @@ from collections.abc import Callable
 
 import anyio
 import httpx
+import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from labstream import DestinationError, TimeseriesStreamer
 
@@ -222,3 +225,32 @@ async def test_instruments_listing_request(fake: FakeAtomscale) -> None:
     assert (req.method, req.path, req.body) == ("GET", "/instruments/synthesis", None)
     assert req.headers["x-api-key"] == API_KEY
     assert "content-type" not in req.headers  # no body, no JSON header
+
+
+epoch_s = st.floats(min_value=631_152_000.0, max_value=4_102_444_800.0)
+
+
+@given(
+    timestamps=st.lists(epoch_s, min_size=1, max_size=20).map(sorted),
+    data=st.data(),
+    units=st.one_of(st.none(), st.text(min_size=1, max_size=3)),
+    as_array=st.booleans(),
+)
+def test_run_bodies_made_before_the_chunk_is_built_are_the_same_bytes(
+    timestamps: list[float], data: st.DataObject, units: str | None, as_array: bool
+) -> None:
+    """run()'s lane writes a body from the validated seconds without building the chunk; the
+    bytes must be those of a pushed chunk's body (what a retry from the journal sends)."""
+    from labstream.chunk import make_chunk, validate_series
+    from labstream.sinks.atomscale import chunk_content, series_content
+
+    n = len(timestamps)
+    values = data.draw(st.lists(st.floats(), min_size=n, max_size=n))  # NaN and inf too
+    ts: object = np.array(timestamps) if as_array else timestamps
+    vals: object = np.array(values) if as_array else values
+    try:
+        raw = validate_series("d", 7, "T", ts, vals, units, max_points=20)
+    except ValueError:  # units that cannot be UTF-8: refused for both paths
+        return
+    built = make_chunk("d", 7, [raw], multi=False, offset_ns=0)
+    assert series_content("d", 7, raw) == chunk_content(built)

@@ -37,12 +37,12 @@ import pycurl
 
 from .errors import DestinationError, TransientDestinationError
 from .journal import Journal
-from .sinks.atomscale import AtomscaleSink, chunk_content, chunk_path
+from .sinks.atomscale import CHUNK_PATH, AtomscaleSink, chunk_content, series_content
 from .sinks.curl import Outcome, RequestMulti, answer_of, failure
 
 if TYPE_CHECKING:
-    from .chunk import Chunk
     from .delivery import BulkCounts, DeliveryRunner
+    from .streamer import Accepted
 
 PUMP_AFTER_S = 0.005  # the caller away this long: the pump thread drives the uploads
 _WAIT_S = 0.001  # one wait on the sockets while the in-flight window is full
@@ -66,7 +66,7 @@ class BulkLane:
     def __init__(
         self,
         sink: AtomscaleSink,
-        multi: RequestMulti[Chunk],
+        multi: RequestMulti[Accepted],
         runner: DeliveryRunner,
         data_id: str,
         loop: asyncio.AbstractEventLoop,
@@ -102,18 +102,23 @@ class BulkLane:
             self._healthy = True
         return self._healthy
 
-    def send(self, chunk: Chunk) -> None:
+    def send(self, chunk: Accepted) -> None:
         """Start the chunk's upload and move every upload along; wait while the window is full.
 
-        The chunk must already be accepted (in the journal's queue, counted nowhere else).
+        The chunk must be one channel's, accepted (in the journal's queue, counted nowhere
+        else), and is not built for the upload: the lane has no use for its ns timestamps.
         """
-        content = chunk_content(chunk)
+        raws = chunk.raws  # empty once built (by the loop, for ATLAS): then the chunk's
+        if raws and not chunk.offset_ns:
+            content = series_content(chunk.data_id, chunk.index, raws[0])
+        else:
+            content = chunk_content(chunk.build())
         with self._driving():
             with self._counts.lock:
                 self._counts.accepted += 1
                 self._counts.points += chunk.points
             try:
-                self._multi.add("POST", chunk_path(chunk), content, _HEADERS, chunk)
+                self._multi.add("POST", CHUNK_PATH, content, _HEADERS, chunk)
             except pycurl.error as exc:  # this request only: the runner tries it its own way
                 self._settle([(chunk, failure(exc.args[0], str(exc)))])
             # Pass over the sockets once the window is full, or a ms after the last pass: in
@@ -162,11 +167,11 @@ class BulkLane:
         elif wait_s:
             self._multi.wait(wait_s)
 
-    def _settle(self, done: list[tuple[Chunk, Outcome]]) -> None:
+    def _settle(self, done: list[tuple[Accepted, Outcome]]) -> None:
         counts, journal, name = self._counts, self._journal, self._sink.name
         for chunk, outcome in done:
             error = self._sink.error_of(
-                answer_of(outcome), "POST", chunk_path(chunk), chunk.data_id, chunk.chunk_index
+                answer_of(outcome), "POST", CHUNK_PATH, chunk.data_id, chunk.index
             )
             if error is not None:
                 self._hand_over(chunk, error)
@@ -181,19 +186,19 @@ class BulkLane:
         if self._runner.watched(self._data_id):
             self._loop.call_soon_threadsafe(self._runner.notify, self._data_id)
 
-    def _hand_over(self, chunk: Chunk, error: DestinationError) -> None:
+    def _hand_over(self, chunk: Accepted, error: DestinationError) -> None:
         self._healthy = False
         with self._counts.lock:
             self._counts.handed_over += 1
-        self._loop.call_soon_threadsafe(self._runner.take_over, chunk, error)
+        self._loop.call_soon_threadsafe(self._runner.take_over, chunk.build(), error)
 
     def _abandon(self, why: str) -> None:
         for chunk in self._multi.abort():
             error = TransientDestinationError(
-                f"upload of chunk {chunk.chunk_index} stopped: {why}",
+                f"upload of chunk {chunk.index} stopped: {why}",
                 destination=self._sink.name,
                 data_id=chunk.data_id,
-                chunk_index=chunk.chunk_index,
+                chunk_index=chunk.index,
             )
             self._hand_over(chunk, error)
 

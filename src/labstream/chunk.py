@@ -281,6 +281,11 @@ def _explain_bad_timestamps(ts: Float64Array, ctx: str) -> None:
 Floats: TypeAlias = "Float64Array | array[float]"  # array.array[...] needs Python 3.12
 
 
+def as_float_array(floats: Floats) -> Float64Array:
+    """The points as a numpy array without a copy (of a list's floats, a view: to read now)."""
+    return floats if isinstance(floats, np.ndarray) else np.frombuffer(floats, dtype=np.float64)
+
+
 def _frozen(floats: Floats) -> Float64Array:
     if isinstance(floats, np.ndarray):
         return floats

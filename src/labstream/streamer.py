@@ -108,10 +108,11 @@ class Accepted:
     bulk: bool = False  # uploaded to Atomscale by run()'s bulk lane, not by its runner
 
     def build(self) -> Chunk:
-        """The chunk, clock-corrected and frozen. Made once, by the event loop (to deliver it)
-        or by the journal's writer (to store it), whichever comes first: in a burst the loop
-        lags behind the pushes, and the writer must not wait for it. Should both make it at the
-        same moment, they make the same chunk."""
+        """The chunk, clock-corrected and frozen. Made once, by whichever thread needs it first:
+        the event loop (to deliver it), the journal's writer (to store it), or ``run()``'s bulk
+        lane (to hand a failed upload over). In a burst the loop lags behind the pushes, and the
+        writer must not wait for it. Should two make it at the same moment, they make the same
+        chunk."""
         # The input is let go once the chunk exists: in a burst thousands wait for the journal,
         # and every object they keep brings a full garbage collection (which stops every thread)
         # closer. raws is read before chunk: a builder clears raws only after setting chunk.

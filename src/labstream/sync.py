@@ -235,7 +235,7 @@ class TimeseriesStreamer:
                             data_id, idx, channel_name, ts, vals, units, handoff=True, bulk=True
                         )
                         if accepted is not None:
-                            lane.send(accepted.build())
+                            lane.send(accepted)
                     else:
                         self.push(data_id, idx, channel_name, ts, vals, units)
                     index = idx + 1

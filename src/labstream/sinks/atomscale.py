@@ -19,10 +19,11 @@ from typing import Any, Literal
 import httpx
 import orjson
 
-from ..chunk import Chunk
+from ..chunk import Chunk, RawSeries, as_float_array
 from ..clock import TimeSample
 from ..errors import DestinationError, RejectedError, TransientDestinationError
 from ..retry import RetryPolicy, Sleep
+from ..timebase import Float64Array
 from .base import StreamInfo
 from .curl import CurlClient, RequestMulti
 from .http import AiohttpClient, HttpAnswer, HttpClient, HttpxClient, TransportError
@@ -35,6 +36,8 @@ DEFAULT_ENDPOINT = "https://api.atomscale.ai"
 NAME = "atomscale"
 _TRANSIENT_STATUSES = frozenset({408, 429})
 _MAX_DETAIL = 2000
+CHUNK_PATH = "/tool-state/stream/chunk"
+MULTI_CHUNK_PATH = "/tool-state/stream/chunk/multi"
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -71,25 +74,54 @@ def chunk_body(chunk: Chunk) -> dict[str, Any]:
             channels[ch.name] = spec
         return {"data_id": chunk.data_id, "chunk_index": chunk.chunk_index, "channels": channels}
     (ch,) = chunk.channels
+    return _one_channel(
+        chunk.data_id, chunk.chunk_index, ch.name, ch.units, ch.timestamps_s(), ch.values
+    )
+
+
+def _one_channel(
+    data_id: str,
+    chunk_index: int,
+    name: str,
+    units: str | None,
+    timestamps_s: Float64Array,
+    values: Float64Array,
+) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "data_id": chunk.data_id,
-        "chunk_index": chunk.chunk_index,
-        "channel_name": ch.name,
-        "timestamps": ch.timestamps_s(),
-        "values": ch.values,
+        "data_id": data_id,
+        "chunk_index": chunk_index,
+        "channel_name": name,
+        "timestamps": timestamps_s,
+        "values": values,
     }
-    if ch.units is not None:
-        body["units"] = ch.units
+    if units is not None:
+        body["units"] = units
     return body
 
 
 def chunk_path(chunk: Chunk) -> str:
-    return "/tool-state/stream/chunk/multi" if chunk.multi else "/tool-state/stream/chunk"
+    return MULTI_CHUNK_PATH if chunk.multi else CHUNK_PATH
 
 
 def chunk_content(chunk: Chunk) -> bytes:
     """The request body of a chunk upload, as bytes."""
     return orjson.dumps(chunk_body(chunk), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def series_content(data_id: str, chunk_index: int, series: RawSeries) -> bytes:
+    """The body of a one-channel chunk straight from its validated input, for a chunk with no
+    clock offset: the bytes :func:`chunk_content` makes once it is built, since seconds -> ns ->
+    seconds gives back every timestamp validation lets through (``timebase.py``). Skipping the
+    build and the two conversions is a fifth of ``run()``'s cost per chunk."""
+    body = _one_channel(
+        data_id,
+        chunk_index,
+        series.name,
+        series.units,
+        as_float_array(series.timestamps_s),
+        as_float_array(series.values),
+    )
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _is_uuid(text: str) -> bool:
