@@ -17,11 +17,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pycurl
 import pytest
 
 from labstream import DeliveryError, DeliveryTimeoutError, TimeseriesStreamer
 from labstream.emulators.atomscale import AtomscaleEmulator, FaultPlan
 from labstream.emulators.atomscale import run_in_thread as atomscale_in_thread
+from labstream.sinks.curl import RequestMulti
 
 from .test_reliability import (
     KEY,
@@ -226,3 +228,49 @@ def test_two_runs_into_one_stream_from_two_threads_are_both_delivered(tmp_path: 
         assert web.points(data_id, "A")[1] == values
         assert web.points(data_id, "B")[1] == [v + 1 for v in values]
         assert lane_chunks(s, data_id) == 2 * len(chunks)
+
+
+def test_run_hands_uploads_unanswered_at_its_deadline_to_the_runner(tmp_path: Path) -> None:
+    """run(timeout=...) does not wait past its deadline for the lane's uploads: it raises, and
+    the runner holds and delivers them."""
+    chunks = range(4)
+    with atomscale_only(tmp_path) as (web, s):
+        data_id = s.initialize(stream_name="bulk-deadline")
+        web.faults = FaultPlan(latency_s=1.5)  # no answer before run()'s deadline
+        with pytest.raises(DeliveryTimeoutError, match="atomscale: 4 pending"):
+            s.run(data_id, "T", (series(c, N) for c in chunks), timeout=0.2)
+        assert lane_chunks(s, data_id) == len(chunks)
+        web.faults = FaultPlan()
+        report = s.finalize(data_id, timeout=10)
+
+        assert report.ok, str(report)
+        assert report["atomscale"].chunks_delivered == len(chunks)
+        assert report["atomscale"].retries > 0  # sent again by the runner
+        stored_once(web, data_id, chunks)
+
+
+def test_run_hands_an_upload_libcurl_refuses_to_the_runner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    refused: list[int] = []
+    real_add = RequestMulti.add
+
+    def add(self: RequestMulti[Any], method: str, path: str, *rest: Any) -> None:
+        token = rest[-1]
+        if getattr(token, "index", None) == 3 and not refused:  # the lane's upload of chunk 3
+            refused.append(3)
+            raise pycurl.error(pycurl.E_OUT_OF_MEMORY, "refused by the test")
+        real_add(self, method, path, *rest)
+
+    monkeypatch.setattr(RequestMulti, "add", add)
+    chunks = range(10)
+    with atomscale_only(tmp_path) as (web, s):
+        data_id = s.initialize(stream_name="bulk-refused")
+        s.run(data_id, "T", (series(c, N) for c in chunks))
+        report = s.finalize(data_id, timeout=10)
+
+        assert refused == [3]
+        assert report.ok, str(report)
+        assert report["atomscale"].chunks_delivered == len(chunks)
+        assert report["atomscale"].retries > 0
+        stored_once(web, data_id, chunks)
