@@ -265,8 +265,9 @@ def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> 
         "and report as a pushed chunk's, and `run()` pushes through the general path until that "
         "runner holds nothing of the stream again. `tests/test_bulk_run.py` runs `run()` through "
         "the faults above: 25 % of uploads failing (with ATLAS too), an outage, rejections, a "
-        "slow iterator, an exception from the iterator, no journal, and two `run()` calls into "
-        'one stream. Scenario 4\'s test also runs with `mode="run"`: the killed child streams '
+        "slow iterator, an exception from the iterator, no journal, two `run()` calls into one "
+        "stream, uploads still unanswered at `run()`'s deadline, and an upload libcurl refuses. "
+        'Scenario 4\'s test also runs with `mode="run"`: the killed child streams '
         "through `run()`. These figures come from the `push()` scenarios.",
         "",
         "## What a crash costs on ATLAS",
