@@ -108,7 +108,7 @@ class BulkLane:
         The chunk must be one channel's, accepted (in the journal's queue, counted nowhere
         else), and is not built for the upload: the lane has no use for its ns timestamps.
         """
-        raws = chunk.raws  # empty once built (by the loop, for ATLAS): then the chunk's
+        raws = chunk.raws  # () once built (by the loop, for ATLAS): the body is then the chunk's
         if raws and not chunk.offset_ns:
             content = series_content(chunk.data_id, chunk.index, raws[0])
         else:
