@@ -234,7 +234,7 @@ def _check_timestamp_list(ts: array[float], ctx: str) -> None:
     (100 points after a sleep: 9 µs against 24), and with it above (10,000 points: 4 µs against
     450)."""
     if len(ts) > _PYTHON_CHECK_MAX:
-        _check_timestamps(np.frombuffer(ts, dtype=np.float64), ctx)
+        _check_timestamps(as_float_array(ts), ctx)
         return
     # A NaN fails every comparison, so it falls to the explanation, as in numpy.
     if (
@@ -243,7 +243,7 @@ def _check_timestamp_list(ts: array[float], ctx: str) -> None:
         and all(map(operator.le, ts, islice(ts, 1, None)))
     ):
         return
-    _explain_bad_timestamps(np.frombuffer(ts, dtype=np.float64), ctx)
+    _explain_bad_timestamps(as_float_array(ts), ctx)
 
 
 def _explain_bad_timestamps(ts: Float64Array, ctx: str) -> None:

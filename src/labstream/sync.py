@@ -17,6 +17,7 @@ import atexit
 import logging
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -241,9 +242,11 @@ class TimeseriesStreamer:
                     index = idx + 1
                 if core.over_capacity(data_id):  # the lane's pump drives it meanwhile
                     self._thread.call(core.wait_for_capacity, data_id, timeout)
-            if lane is not None:
+            if lane is not None:  # one deadline for the lane's uploads and the rest
+                deadline = time.monotonic() + wait_s
                 lane.drain(wait_s)
-            self._thread.call(core.wait_delivered, data_id, timeout)
+                wait_s = max(0.0, deadline - time.monotonic())
+            self._thread.call(core.wait_delivered, data_id, wait_s)
         finally:
             if lane is not None:
                 lane.close()
