@@ -330,6 +330,45 @@ def test_envelope_bytes(od: ModuleType, api: ModuleType) -> None:
     )
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    packet_type=st.sampled_from(["PeriodicData", "RowData", "Marker", "Configuration"]),
+    session_key=st.text(max_size=40),
+    is_essential=st.booleans(),
+    content=st.binary(max_size=300),
+    packet_id=st.integers(0, 2**64 - 1),
+    data_source=st.text(max_size=20),
+    stream=st.text(max_size=20),
+)
+def test_one_join_write_request_is_the_generated_message(
+    od: ModuleType,
+    api: ModuleType,
+    packet_type: str,
+    session_key: str,
+    is_essential: bool,
+    content: bytes,
+    packet_id: int,
+    data_source: str,
+    stream: str,
+) -> None:
+    """What the sink sends for every packet: the same bytes as the generated classes write,
+    empty strings, empty content and a zero id (all left out) included."""
+    mine = enc.encode_write_request(
+        packet_type, session_key, is_essential, content, packet_id, data_source, stream
+    )
+    packet = od.Packet(
+        type=packet_type,
+        session_key=session_key,
+        is_essential=is_essential,
+        content=content,
+        id=packet_id,
+    )
+    details = api.DataPacketDetails(
+        message=packet, data_source=data_source, stream=stream, session_key=session_key
+    )
+    assert mine == api.WriteDataPacketRequest(detail=details).SerializeToString()
+
+
 # ---------------------------------------------------------------------------------------------
 # Splitting under the byte budget
 
@@ -376,9 +415,10 @@ def test_default_budget_keeps_whole_request_under_4_mib(api: ModuleType) -> None
     assert len(pkts) == 2
     for p in pkts:
         assert len(p.content) <= enc.DEFAULT_MAX_CONTENT_BYTES
-        packet = enc.encode_packet("PeriodicData", "0" * 36, False, p.content, 2**63)
-        details = enc.encode_data_packet_details(packet, "D" * 100, "S" * 100, "0" * 36)
-        request = enc.encode_write_data_packet_request(details)
+        key = "0" * 36
+        request = enc.encode_write_request(
+            "PeriodicData", key, False, p.content, 2**63, "D" * 100, "S" * 100
+        )
         assert len(request) < enc.MAX_REQUEST_BYTES
         api.WriteDataPacketRequest.FromString(request)
 

@@ -244,7 +244,7 @@ def test_every_packet_id_increments_by_one_and_keys_match(od: ModuleType, api: M
     assert [w.packet_id for w in ws] == list(range(1, len(ws) + 1))
     for w in ws:
         assert w.session_key == SESSION_KEY and w.data_source == DS
-        details = api.DataPacketDetails.FromString(w.details_bytes())
+        details = api.WriteDataPacketRequest.FromString(w.request_bytes()).detail
         assert details.session_key == details.message.session_key == SESSION_KEY
         assert details.message.id == w.packet_id
         assert details.message.type == w.packet_type

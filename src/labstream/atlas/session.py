@@ -354,16 +354,16 @@ class WritePacket:
     packet_id: int
     chunk_index: int | None = None
 
-    def packet_bytes(self) -> bytes:
-        """The serialised ``Packet``."""
-        return enc.encode_packet(
-            self.packet_type, self.session_key, self.is_essential, self.content, self.packet_id
-        )
-
-    def details_bytes(self) -> bytes:
-        """The serialised ``DataPacketDetails`` (one element of a write request)."""
-        return enc.encode_data_packet_details(
-            self.packet_bytes(), self.data_source, self.stream, self.session_key
+    def request_bytes(self) -> bytes:
+        """The serialised unary ``WriteDataPacketRequest`` carrying this packet."""
+        return enc.encode_write_request(
+            self.packet_type,
+            self.session_key,
+            self.is_essential,
+            self.content,
+            self.packet_id,
+            self.data_source,
+            self.stream,
         )
 
 

@@ -315,7 +315,7 @@ class AtlasSink:
             TransientDestinationError: try again later (the action stays at the head).
         """
         if isinstance(action, WritePacket):
-            request = enc.encode_write_data_packet_request(action.details_bytes())
+            request = action.request_bytes()
             try:
                 await self._rpc(
                     data_id, action.packet_type, lambda t: self._write(request, timeout=t)
