@@ -276,25 +276,24 @@ def _explain_bad_timestamps(ts: Float64Array, ctx: str) -> None:
             )
 
 
-# Validated float64 points: a numpy array, or, for a list the caller pushed, the array.array made
-# from it (turned into numpy later, off the caller's thread).
-Floats: TypeAlias = "Float64Array | array[float]"  # array.array[...] needs Python 3.12
+# Float64 points being checked: a numpy array, or, for a list the caller pushed, the array.array
+# made from it (array.array[...] needs Python 3.12).
+Floats: TypeAlias = "Float64Array | array[float]"
+# Validated points as a chunk keeps them until it is built: a list's floats become bytes (made
+# into numpy later, off the caller's thread). Bytes are not tracked by the garbage collector, an
+# array.array is, and a burst holds thousands of chunks, whose tracked objects bring on the
+# collections that stop every thread.
+Points: TypeAlias = "Float64Array | bytes"
 
 
-def as_float_array(floats: Floats) -> Float64Array:
+def as_float_array(floats: Floats | Points) -> Float64Array:
     """The points as a numpy array without a copy (of a list's floats, a view: to read now)."""
     return floats if isinstance(floats, np.ndarray) else np.frombuffer(floats, dtype=np.float64)
 
 
-def _frozen(floats: Floats) -> Float64Array:
-    if isinstance(floats, np.ndarray):
-        return floats
-    # A copy, not a view (np.frombuffer): a view keeps the array.array and a memoryview alive,
-    # three objects the garbage collector tracks, per channel of every chunk held; a burst holds
-    # thousands of chunks, and the full collections they trigger stop every thread.
-    out = np.array(floats, dtype=np.float64)
-    out.flags.writeable = False
-    return out
+def _frozen(points: Points) -> Float64Array:
+    # A view of bytes is read-only, and keeps only the bytes alive.
+    return points if isinstance(points, np.ndarray) else np.frombuffer(points, dtype=np.float64)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,8 +302,9 @@ class RawSeries:
 
     name: str
     units: str | None
-    timestamps_s: Floats
-    values: Floats
+    timestamps_s: Points
+    values: Points
+    points: int
     digest: bytes  # identifies the content, to tell an idempotent re-push from a conflicting one
 
     def corrected(self, offset_ns: int, ts_ns: Int64Array | None = None) -> ChannelSeries:
@@ -327,7 +327,7 @@ def validate_series(
     units: object,
     *,
     max_points: int,
-    checked: dict[int, Floats] | None = None,
+    checked: dict[int, tuple[Points, int]] | None = None,
 ) -> RawSeries:
     """Validate one channel of one chunk.
 
@@ -353,9 +353,12 @@ def validate_series(
     if units is not None:
         _check_text(ctx, "units", units)
     known = checked.get(id(timestamps)) if checked is not None else None
-    ts = known if known is not None else _floats(timestamps, "timestamps", ctx)
+    if known is None:
+        ts = _floats(timestamps, "timestamps", ctx)
+        n = len(ts)
+    else:
+        kept_ts, n = known
     vals = _floats(values, "values", ctx)
-    n = len(ts)
     if n != len(vals):
         raise ValueError(f"{ctx}: {n} timestamps but {len(vals)} values; they must match")
     if n == 0:
@@ -369,23 +372,30 @@ def validate_series(
     if known is None:
         if isinstance(ts, np.ndarray):
             _check_timestamps(ts, ctx)
-            ts.flags.writeable = False
         else:
             _check_timestamp_list(ts, ctx)
-        if checked is not None:
-            checked[id(timestamps)] = ts
-    if isinstance(vals, np.ndarray):
-        vals.flags.writeable = False
+        kept_ts = _kept(ts)
+        if checked is not None:  # channels sharing it share one object, and its ns conversion
+            checked[id(timestamps)] = (kept_ts, n)
+    kept_values = _kept(vals)
     # The bytes of float64 points, whichever path made them: a list and an array of the same
     # points have the same digest.
-    h = hashlib.blake2b(_buffer(ts), digest_size=16)
-    h.update(_buffer(vals))
+    h = hashlib.blake2b(_buffer(kept_ts), digest_size=16)
+    h.update(_buffer(kept_values))
     h.update((units or "\0").encode())
-    return RawSeries(channel_name, units, ts, vals, h.digest())
+    return RawSeries(channel_name, units, kept_ts, kept_values, n, h.digest())
 
 
-def _buffer(floats: Floats) -> memoryview | array[float]:
-    return floats.data if isinstance(floats, np.ndarray) else floats
+def _kept(floats: Floats) -> Points:
+    """Validated points as a chunk keeps them: read-only numpy, or a list's floats as bytes."""
+    if isinstance(floats, np.ndarray):
+        floats.flags.writeable = False
+        return floats
+    return floats.tobytes()
+
+
+def _buffer(points: Points) -> memoryview | bytes:
+    return points.data if isinstance(points, np.ndarray) else points
 
 
 def _floats(obj: object, what: str, ctx: str) -> Floats:
@@ -410,7 +420,7 @@ def validate_multi(
             f"not {type(channels).__name__}"
         )
     out: list[RawSeries] = []
-    checked: dict[int, Floats] = {}
+    checked: dict[int, tuple[Points, int]] = {}
     for name, spec in channels.items():
         # Checked per channel, so the common case (a plain dict with the expected keys) is
         # decided without building anything.

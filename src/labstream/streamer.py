@@ -566,7 +566,8 @@ class AsyncTimeseriesStreamer:
             units,
             max_points=self.points_per_chunk,
         )
-        return self._admit(stream, index, [raw], multi=False, handoff=handoff, bulk=bulk)
+        # A tuple: the chunk keeps it until built, and a tuple of one is cheaper than a list.
+        return self._admit(stream, index, (raw,), multi=False, handoff=handoff, bulk=bulk)
 
     def accept_push_multi(
         self, data_id: str, chunk_index: int, channels: object, *, handoff: bool = False
@@ -575,13 +576,13 @@ class AsyncTimeseriesStreamer:
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
         raws = validate_multi(data_id, index, channels, max_points=self.points_per_chunk)
-        return self._admit(stream, index, raws, multi=True, handoff=handoff)
+        return self._admit(stream, index, tuple(raws), multi=True, handoff=handoff)
 
     def _admit(
         self,
         stream: _Stream,
         index: int,
-        raws: Sequence[RawSeries],
+        raws: tuple[RawSeries, ...],
         *,
         multi: bool,
         handoff: bool = False,
@@ -602,22 +603,24 @@ class AsyncTimeseriesStreamer:
                 )
             # An identical re-push of a channel is harmless and sent nothing; other data under a
             # used (channel, chunk_index) is refused.
-            fresh = []
+            repeated = False
             for raw in raws:
                 seen = stream.digests.get((raw.name, index))
                 if seen is None:
-                    fresh.append(raw)
-                elif seen != raw.digest:
+                    continue
+                if seen != raw.digest:
                     raise ValueError(
                         f"{where(data_id, raw.name, index)}: this chunk was already pushed with "
                         "different data; chunk indexes must not be reused"
                     )
-            if not fresh:
-                log.debug("ignoring identical re-push of %s chunk %d", data_id, index)
-                return None
-            raws = fresh  # ATLAS appends: channels already sent must not be sent twice
+                repeated = True
+            if repeated:  # ATLAS appends: channels already sent must not be sent twice
+                raws = tuple(r for r in raws if (r.name, index) not in stream.digests)
+                if not raws:
+                    log.debug("ignoring identical re-push of %s chunk %d", data_id, index)
+                    return None
             journal = self._journal
-            points = sum(len(r.values) for r in raws)
+            points = sum(r.points for r in raws)
             if journal is not None:
                 try:
                     journal.reserve(chunk_size(points))
