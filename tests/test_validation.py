@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from decimal import Decimal
+from fractions import Fraction
 
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from labstream import StreamStateError, TimeseriesStreamer
+from labstream.chunk import EARLIEST_S, LATEST_S, validate_series
 
 from .fakes import FakeAtomscale
 
@@ -254,6 +259,48 @@ def test_push_multi_channels_sharing_one_timestamps_object_are_checked_and_conve
     shared_bad = {name: {"timestamps": bad, "values": [1.0] * 5} for name in ("T", "P")}
     with pytest.raises(ValueError, match=r"channel='T' chunk_index=3: timestamps\[4\] is nan"):
         validate_multi("d", 3, shared_bad, max_points=5)
+
+
+@st.composite
+def _numbers(draw: st.DrawFn) -> object:
+    """A number near a limit of the timestamp range, in one of the forms a caller may push:
+    some compare unequal to each other but are the same float (a Decimal a hair above one)."""
+    if draw(st.integers(0, 9)) == 0:
+        return draw(st.sampled_from([math.nan, math.inf, Decimal("NaN"), Decimal("-Inf")]))
+    x = draw(st.sampled_from([EARLIEST_S, LATEST_S, T0, T0 * 1e3]))
+    for _ in range(draw(st.integers(0, 2))):
+        x = math.nextafter(x, draw(st.sampled_from([-math.inf, math.inf])))
+    form = draw(st.sampled_from(["float", "int", "fraction", "decimal", "hair", "np"]))
+    if form == "hair":
+        return Decimal(x) + draw(st.sampled_from([Decimal("1e-20"), Decimal("-1e-20")]))
+    return {
+        "float": x,
+        "int": int(x),
+        "fraction": Fraction(x),
+        "decimal": Decimal(x),
+        "np": np.float64(x),
+    }[form]
+
+
+def _outcome(timestamps: object) -> object:
+    try:
+        return validate_series("d", 0, "T", timestamps, [1.0] * 6, None, max_points=6).digest
+    except (TypeError, ValueError) as exc:
+        return type(exc), str(exc)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(st.lists(_numbers(), min_size=1, max_size=6), st.booleans())
+def test_a_list_of_numbers_is_checked_as_its_floats_are(
+    numbers: list[object], in_order: bool
+) -> None:
+    """A short list's order and range are checked on the caller's numbers, not on their floats
+    (cheaper); the verdict, the error and the stored bytes must be the floats' all the same."""
+    if in_order:  # as their floats, so that the range's limits and ties are what decides
+        numbers.sort(key=float)  # type: ignore[arg-type]
+    timestamps = numbers + [numbers[-1]] * (6 - len(numbers))
+    floats = np.array([float(n) for n in timestamps])  # type: ignore[arg-type]
+    assert _outcome(timestamps) == _outcome(tuple(timestamps)) == _outcome(floats)
 
 
 @pytest.mark.parametrize("n", [100, 129, 1000])
