@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -15,8 +17,9 @@ import pytest
 import trustme
 from aiohttp import web
 
+from labstream.sinks.aiohttp_client import AiohttpClient
 from labstream.sinks.curl import CurlClient, RequestMulti, trust_store
-from labstream.sinks.http import AiohttpClient, HttpClient, TransportError
+from labstream.sinks.http import HttpClient, TransportError
 
 Engine = Callable[..., HttpClient]
 ENGINES = pytest.mark.parametrize("engine", [CurlClient, AiohttpClient], ids=["curl", "aiohttp"])
@@ -218,3 +221,20 @@ def test_a_failing_engine_thread_fails_its_requests_and_is_replaced(
             assert answer.status == 200
 
     run(main)
+
+
+def test_streaming_with_the_default_engine_imports_neither_aiohttp_nor_httpx() -> None:
+    """Both are imported only by whoever uses them: aiohttp alone is ~30,000 objects that every
+    full garbage collection scans (a stall in the caller's push()), and a quarter second of
+    import."""
+    probe = (
+        "import sys, labstream\n"
+        "s = labstream.TimeseriesStreamer(api_key='k', endpoint='http://127.0.0.1:9',"
+        " clock_sync=False, spool=False)\n"
+        "s.close()\n"
+        "print(sorted(m for m in ('aiohttp', 'httpx') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert out.stdout.strip() == "[]", out.stderr

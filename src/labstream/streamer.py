@@ -23,10 +23,9 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import anyio
-import httpx
 import numpy as np
 from anyio.abc import TaskGroup
 
@@ -54,6 +53,9 @@ from .sinks.atlas import AtlasSink
 from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink, HttpEngine
 from .sinks.base import Marker, Sink, StreamInfo
 from .timebase import seconds_to_ns_scalar
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("labstream")
 
