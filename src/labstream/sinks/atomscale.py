@@ -2,9 +2,10 @@
 
 Every path, header and JSON key here follows ``specs/atomscale-http-api.md`` so labstream can be
 pointed at the real service. Bodies are serialised with orjson straight from numpy arrays (NaN/inf
-become ``null``, as the SDK writes them). httpx errors and HTTP statuses are translated here into
-labstream's errors, with the response body as the reason and the API key scrubbed from anything that
-could echo it.
+become ``null``, as the SDK writes them). Whichever HTTP client sent the request
+(``sinks/http.py``), its :class:`TransportError` and the HTTP status are translated here into
+labstream's errors, with the response body as the reason and the API key scrubbed from anything
+that could echo it.
 """
 
 from __future__ import annotations
