@@ -1,5 +1,6 @@
-"""Both HTTP engines (libcurl on its thread, aiohttp on the loop) answer the sink alike: status,
-headers, body, and the same TransportError for a refused connection or a timeout."""
+"""The HTTP engine (libcurl on its thread) answers the sink: status, headers, body, a
+TransportError for a refused connection or a timeout; and what it refuses to do for a server
+(follow a redirect, read an endless answer) or sends it (no form content type without a body)."""
 
 from __future__ import annotations
 
@@ -17,12 +18,9 @@ import pytest
 import trustme
 from aiohttp import web
 
-from labstream.sinks.aiohttp_client import AiohttpClient
 from labstream.sinks.curl import CurlClient, RequestMulti, trust_store
 from labstream.sinks.http import HttpClient, TransportError
 
-Engine = Callable[..., HttpClient]
-ENGINES = pytest.mark.parametrize("engine", [CurlClient, AiohttpClient], ids=["curl", "aiohttp"])
 KEY = "secret-key-123"
 
 
@@ -66,15 +64,14 @@ def run(main: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(main())  # type: ignore[arg-type]
 
 
-def client(engine: Engine, url: str, timeout_s: float = 5.0) -> HttpClient:
-    return engine(url, {"X-API-KEY": KEY}, max_connections=4, timeout_s=timeout_s)
+def client(url: str, timeout_s: float = 5.0) -> HttpClient:
+    return CurlClient(url, {"X-API-KEY": KEY}, max_connections=4, timeout_s=timeout_s)
 
 
-@ENGINES
-def test_requests_and_answers(engine: Engine) -> None:
+def test_requests_and_answers() -> None:
     async def main() -> None:
         async with server() as srv:
-            http = client(engine, srv.url)
+            http = client(srv.url)
             try:
                 posted = await http.request(
                     "POST", "/chunk", b'{"a":1}', {"Content-Type": "application/json"}
@@ -104,21 +101,20 @@ def test_requests_and_answers(engine: Engine) -> None:
     run(main)
 
 
-@ENGINES
-def test_refused_and_timed_out_are_transport_errors(engine: Engine) -> None:
+def test_refused_and_timed_out_are_transport_errors() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         closed_port = s.getsockname()[1]
 
     async def main() -> None:
-        refused = client(engine, f"http://127.0.0.1:{closed_port}")
+        refused = client(f"http://127.0.0.1:{closed_port}")
         with pytest.raises(TransportError) as err:
             await refused.request("POST", "/chunk", b"{}", {})
         await refused.aclose()
         assert not err.value.timed_out
         assert KEY not in str(err.value)
         async with server() as srv:
-            slow = client(engine, srv.url, timeout_s=0.2)
+            slow = client(srv.url, timeout_s=0.2)
             with pytest.raises(TransportError) as err:
                 await slow.request("GET", "/slow", None, {})
             await slow.aclose()

@@ -277,7 +277,7 @@ def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
                 atlas=atlas,
                 finalize_timeout=cfg["push.finalize_timeout"],
                 clock_sync=bool(cfg["atomscale.clock_sync"]),
-                http_engine=cfg["atomscale.http_engine"],
+                proxy=cfg["atomscale.proxy"],
             )
     except (ValueError, TypeError) as exc:
         raise _UsageError(f"cannot start streaming: {exc}") from None
@@ -326,6 +326,7 @@ def _check(args: argparse.Namespace) -> int:
             str(cfg["atomscale.api_key"]),
             cfg.source("atomscale.api_key"),
             args.timeout,
+            cfg["atomscale.proxy"],
         )
     if dests.atlas:
         ok &= _check_atlas(_atlas_settings(cfg), args.timeout)
@@ -364,13 +365,21 @@ def _http_problem(base: str, exc: Exception, timeout: float) -> str:
     return f"request to {base} failed: {exc or type(exc).__name__}"
 
 
-def _check_atomscale(endpoint: str, api_key: str, key_source: str, timeout: float) -> bool:
-    """Reachability and clock (GET /gateway/time), then the key (an authenticated GET)."""
+def _check_atomscale(
+    endpoint: str, api_key: str, key_source: str, timeout: float, proxy: str | None
+) -> bool:
+    """Reachability and clock (GET /gateway/time), then the key (an authenticated GET), through
+    the proxy the streamer would use."""
     import httpx
 
+    from .sinks.proxy import proxy_for, redact_proxy
+
     base = endpoint.rstrip("/")
-    print(f"atomscale  {base}")
-    with httpx.Client(timeout=timeout, headers={"X-API-KEY": api_key}) as client:
+    used = proxy_for(base, proxy)
+    print(f"atomscale  {base} (proxy: {redact_proxy(used) if used else 'none'})")
+    with httpx.Client(
+        timeout=timeout, headers={"X-API-KEY": api_key}, proxy=used or None, trust_env=False
+    ) as client:
         sent = time.time()
         try:
             answer = client.get(f"{base}/gateway/time", headers={"Cache-Control": "no-store"})

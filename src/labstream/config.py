@@ -98,11 +98,9 @@ KEYS: Final[tuple[Key, ...]] = (
         help="correct timestamps by the Atomscale gateway clock",
     ),
     Key(
-        "atomscale.http_engine",
+        "atomscale.proxy",
         str,
-        "curl",
-        env=("LABSTREAM_HTTP_ENGINE",),
-        help="how uploads are made: curl (libcurl on its own thread, fastest) or aiohttp",
+        help="proxy URL for Atomscale (default: HTTPS_PROXY / HTTP_PROXY / NO_PROXY; '' for none)",
     ),
     Key(
         "atlas.address",
@@ -137,7 +135,7 @@ KEYS: Final[tuple[Key, ...]] = (
     Key(
         "push.max_pending_chunks",
         int,
-        256,
+        1024,
         help="reading pauses while a destination holds this many unconfirmed chunks",
     ),
     Key(

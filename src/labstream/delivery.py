@@ -17,7 +17,7 @@ import contextlib
 import logging
 import math
 import random
-import threading
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import cast
@@ -32,39 +32,17 @@ from .journal import Journal
 from .report import DestinationReport, Rejection
 from .retry import RetryPolicy, Sleep
 from .sinks.base import BatchingSink, Marker, Sink, StreamInfo
+from .window import AdaptiveWindow
 
 log = logging.getLogger("labstream.delivery")
 
-
-@dataclass(eq=False, slots=True)
-class _TakenOver:
-    """A chunk whose upload by ``run()``'s bulk lane failed, with that first attempt's error."""
-
-    chunk: Chunk
-    error: DestinationError
+# The most queued items a gather passes over (other streams') looking for its stream's chunks.
+_GATHER_LOOKAHEAD = 10_000
 
 
-# What a runner's queue carries: a stream to open, a chunk, a batch set aside after a failure,
-# a chunk taken over from the bulk lane, or a marker.
-_Item = StreamInfo | Chunk | tuple[Chunk, ...] | _TakenOver | Marker
-
-
-class BulkCounts:
-    """What ``run()``'s bulk lanes (``bulk.py``) did with a stream's chunks for one destination.
-
-    Written by the lanes' threads under ``lock``; read without it by the runner's report (each
-    figure only grows, and ``delivered`` is read before ``accepted``, so a report never shows
-    more delivered than accepted). A chunk a lane hands over after a failed upload stays
-    counted in ``accepted``; the runner counts its delivery or rejection as its own.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.accepted = 0
-        self.points = 0
-        self.delivered = 0
-        self.points_delivered = 0
-        self.handed_over = 0
+# What a runner's queue carries: a stream to open, a chunk, a batch set aside after a failure, or
+# a marker.
+_Item = StreamInfo | Chunk | tuple[Chunk, ...] | Marker
 
 
 @dataclass(eq=False)
@@ -89,39 +67,21 @@ class _StreamDelivery:
     # the loader reads them back in order.
     spill_after: int | None = None
     _changed: anyio.Event | None = None  # created by a waiter; set and dropped by the next change
-    bulk: BulkCounts = field(default_factory=BulkCounts)
-    taken_over: int = 0  # chunks the bulk lanes handed over that the runner has taken
 
-    @property
-    def report(self) -> DestinationReport:
-        bulk = self.bulk
-        chunks_delivered, points_delivered = bulk.delivered, bulk.points_delivered
+    def report(self, window: int) -> DestinationReport:
         return replace(
             self.base,
-            chunks_accepted=self.chunks_accepted + bulk.accepted,
-            points_accepted=self.points_accepted + bulk.points,
-            chunks_delivered=self.chunks_delivered + chunks_delivered,
-            points_delivered=self.points_delivered + points_delivered,
+            chunks_accepted=self.chunks_accepted,
+            points_accepted=self.points_accepted,
+            chunks_delivered=self.chunks_delivered,
+            points_delivered=self.points_delivered,
+            window=window,
         )
 
     @property
     def chunks_pending(self) -> int:
-        delivered = self.chunks_delivered + self.bulk.delivered
         b = self.base
-        accepted = self.chunks_accepted + self.bulk.accepted
-        return accepted - delivered - b.chunks_rejected - b.chunks_dropped
-
-    @property
-    def caught_up(self) -> bool:
-        """Nothing of this stream in the runner's hands: none of its own chunks pending, every
-        chunk a bulk lane handed over taken and settled, nothing left to read back from disk."""
-        b = self.base
-        own = self.chunks_accepted + self.taken_over - self.chunks_delivered
-        return (
-            own - b.chunks_rejected - b.chunks_dropped == 0
-            and self.taken_over == self.bulk.handed_over
-            and self.spill_after is None
-        )
+        return self.chunks_accepted - self.chunks_delivered - b.chunks_rejected - b.chunks_dropped
 
     def update(self, **changes: object) -> None:
         self.base = replace(self.base, **changes)  # type: ignore[arg-type]
@@ -134,16 +94,10 @@ class _StreamDelivery:
             self._changed = None
 
     def next_change(self) -> anyio.Event:
-        """An event the next :meth:`notify` sets. Take it before reading the counts it guards: a
-        bulk lane updates the counts on its own thread, then wakes the loop only if a waiter has
-        an event by then (``watched``)."""
+        """An event the next :meth:`notify` sets."""
         if self._changed is None:
             self._changed = anyio.Event()
         return self._changed
-
-    @property
-    def watched(self) -> bool:
-        return self._changed is not None
 
 
 class DeliveryRunner:
@@ -174,12 +128,14 @@ class DeliveryRunner:
         self._max_in_memory = max_in_memory
         self._held = 0  # chunks in memory: queued, in flight or set aside for a retry
         self._streams: dict[str, _StreamDelivery] = {}
+        self.window = AdaptiveWindow(sink.max_concurrency)
         # Points a batching sink takes in one call (0: the sink takes chunks one at a time).
         self._batch_points: int = getattr(sink, "max_batch_points", 0)
         self._send: MemoryObjectSendStream[_Item]
         self._receive: MemoryObjectReceiveStream[_Item]
         # Unbounded: what is held is bounded by max_in_memory (the rest waits in the journal).
         self._send, self._receive = anyio.create_memory_object_stream[_Item](math.inf)
+        self._ahead: deque[_Item] = deque()  # taken from the queue by a gather, not part of it
         self._tg: TaskGroup | None = None
 
     @property
@@ -230,40 +186,6 @@ class DeliveryRunner:
         self._held += 1
         self._send.send_nowait(chunk)
 
-    def bulk_counts(self, data_id: str) -> BulkCounts:
-        """Where a bulk lane counts this stream's chunks (any thread)."""
-        return self._streams[data_id].bulk
-
-    def watched(self, data_id: str) -> bool:
-        """Whether someone on the loop waits for this stream's counts to change (any thread)."""
-        return self._streams[data_id].watched
-
-    def notify(self, data_id: str) -> None:
-        """Wake the stream's waiters after a bulk lane changed its counts (event-loop thread)."""
-        self._streams[data_id].notify()
-
-    def caught_up(self, data_id: str) -> bool:
-        """True when this runner holds nothing of the stream (any thread; a stale answer only
-        delays a bulk lane's return, see ``bulk.py``)."""
-        st = self._streams.get(data_id)
-        return st is None or st.caught_up
-
-    def take_over(self, chunk: Chunk, error: DestinationError) -> None:
-        """Deliver a chunk whose upload by a bulk lane failed with ``error`` (event-loop thread).
-
-        It is retried (or rejected) as if its first attempt had been the runner's own. It stays
-        counted in the lane's ``accepted``, so it is not counted again here.
-        """
-        st = self._streams[chunk.data_id]
-        st.taken_over += 1
-        if st.spill_after is not None and chunk.seq > st.spill_after:
-            # Its seq is in the part of the stream read back from the journal: it comes back
-            # from there (queued here too, it would be sent twice).
-            st.last_seq = max(st.last_seq, chunk.seq)
-            return
-        self._held += 1
-        self._send.send_nowait(_TakenOver(chunk, error))
-
     @property
     def takes_markers(self) -> bool:
         return hasattr(self.sink, "send_marker")
@@ -277,7 +199,9 @@ class DeliveryRunner:
     def report(self, data_id: str) -> DestinationReport:
         st = self._streams.get(data_id)
         # A recovered stream this destination had already closed before the crash.
-        return st.report if st is not None else DestinationReport(self.name, closed=True)
+        if st is None:
+            return DestinationReport(self.name, closed=True)
+        return st.report(self.window.size)
 
     def pending_chunks(self, data_id: str) -> int:
         st = self._streams.get(data_id)
@@ -301,7 +225,9 @@ class DeliveryRunner:
         """Wait for the stream's chunks until ``deadline`` (anyio clock), then close it.
 
         The close request is attempted whatever happened before, including when chunks are still
-        pending (they stay pending and keep being retried; the report says so).
+        pending (they stay pending and keep being retried; the report says so), except on a
+        destination that takes no data after its close (ATLAS): there the stream is left open and
+        closed once its backlog is in, so the backlog is never cut off.
         """
         st = self._streams.get(data_id)
         if st is None:
@@ -309,13 +235,40 @@ class DeliveryRunner:
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             await st.opened.wait()  # a stream with no chunk may not be opened yet (busy worker)
             await self.wait_pending_at_most(data_id, 0)
-        if st.chunks_pending:
+        if st.chunks_pending and not self.sink.takes_data_after_close:
+            # Closing now would cut the backlog off (ATLAS takes nothing after its end): the
+            # stream stays open, its chunks stay pending, and it is closed once they are in.
+            behind = _behind(st)
             log.warning(
-                "%s: finalizing data_id=%s with %d chunk(s) still pending",
+                "%s: data_id=%s is %s at finalize's deadline; left open until they are delivered%s",
                 self.name,
                 data_id,
-                st.chunks_pending,
+                behind,
+                _RESUME_HINT if self._journal is not None else "",
             )
+            st.update(close_error=f"not closed yet: {behind} at finalize's deadline")
+            assert self._tg is not None
+            self._tg.start_soon(self._close_when_delivered, st)
+            return st.report(self.window.size)
+        if st.chunks_pending:
+            log.warning(
+                "%s: finalizing data_id=%s %s at finalize's deadline (they stay pending%s)",
+                self.name,
+                data_id,
+                _behind(st),
+                _RESUME_HINT if self._journal is not None else "",
+            )
+        await self._close(st, deadline)
+        return st.report(self.window.size)
+
+    async def _close_when_delivered(self, st: _StreamDelivery) -> None:
+        """Close a stream that finalize left open once its backlog is in (while this process
+        runs; after it, the journal keeps both the chunks and the request to finalize)."""
+        await self.wait_pending_at_most(st.info.data_id, 0)
+        await self._close(st, math.inf)
+
+    async def _close(self, st: _StreamDelivery, deadline: float) -> None:
+        data_id = st.info.data_id
         # The close is always attempted, even when the deadline is spent; it is retried only
         # until the deadline.
         try:
@@ -331,13 +284,12 @@ class DeliveryRunner:
             log.error("%s: could not close data_id=%s: %s", self.name, data_id, exc)
             st.update(close_error=str(exc), last_error=str(exc))
         else:
-            st.update(closed=True)
+            st.update(closed=True, close_error=None)
             if self._journal is not None:
                 self._journal.closed(data_id, self.name)
         late = getattr(self.sink, "marker_rejections", None)
         if late is not None:
             st.update(marker_rejections=(*st.base.marker_rejections, *late(data_id)))
-        return st.report
 
     def count_undelivered_as_dropped(self) -> None:
         """After the workers stopped: whatever was not delivered is dropped, counted, and logged.
@@ -347,7 +299,7 @@ class DeliveryRunner:
         self._send.close()
         reason = "streamer closed before the destination confirmed them (spool=False)"
         for st in self._streams.values():
-            r = st.report
+            r = st.report(self.window.size)
             if r.chunks_pending and self._journal is not None:
                 log.warning(
                     "%s: data_id=%s: %d chunk(s) not delivered yet; kept in the journal at %s "
@@ -378,9 +330,8 @@ class DeliveryRunner:
         return _OnRetry(self.name, st)
 
     async def _worker(self) -> None:
-        ahead: _Item | None = None  # taken from the queue while gathering a batch, not part of it
         while True:
-            item, ahead = (await self._next() if ahead is None else ahead), None
+            item = await self._next()
             if item is None:
                 return
             if isinstance(item, StreamInfo):
@@ -388,19 +339,19 @@ class DeliveryRunner:
             elif isinstance(item, Marker):
                 await self._mark(item)
             elif isinstance(item, Chunk):
-                batch, ahead = self._gather(item)
-                await self._deliver(batch)
-            elif isinstance(item, _TakenOver):
-                await self._deliver((item.chunk,), item.error)
+                await self._deliver(self._gather(item))
             else:
                 await self._deliver(item)  # a batch set aside after a failure, as it was
 
     async def _next(self) -> _Item | None:
-        """The next queued item; None once the queue is closed and empty.
+        """The next item (what a gather left in front first); None once the queue is closed and
+        empty.
 
         Without a trip through the event loop when an item is waiting (``receive()`` always makes
         one): the delivery that follows yields anyway.
         """
+        if self._ahead:
+            return self._ahead.popleft()
         try:
             return self._receive.receive_nowait()
         except anyio.WouldBlock:
@@ -412,28 +363,36 @@ class DeliveryRunner:
         except anyio.EndOfStream:
             return None
 
-    def _gather(self, first: Chunk) -> tuple[tuple[Chunk, ...], _Item | None]:
-        """``first`` plus the chunks of its stream queued right behind it, for a batching sink.
+    def _gather(self, first: Chunk) -> tuple[Chunk, ...]:
+        """``first`` plus its stream's chunks already waiting anywhere in the queue, for a
+        batching sink, up to its point budget.
 
         A sink that writes one request per chunk gets them one by one. A batching one (ATLAS)
-        gets every chunk already waiting, up to its point budget: under load one write carries
-        many chunks, while a lone chunk still goes at once.
+        gets every chunk of the stream that is waiting, also those behind other streams' items
+        and markers (which keep their order, in front): under load one call carries many chunks,
+        which the sink writes as one packet per data format, while a lone chunk still goes at
+        once.
         """
         budget = self._batch_points - first.points
         if budget <= 0:
-            return (first,), None
+            return (first,)
         batch = [first]
-        while True:
-            try:
-                item = self._receive.receive_nowait()
-            except anyio.WouldBlock:
-                return tuple(batch), None
-            if not (
-                isinstance(item, Chunk) and item.data_id == first.data_id and item.points <= budget
-            ):
-                return tuple(batch), item
-            batch.append(item)
-            budget -= item.points
+        passed_over: list[_Item] = []
+        while budget > 0 and len(passed_over) < _GATHER_LOOKAHEAD:
+            if self._ahead:
+                item = self._ahead.popleft()
+            else:
+                try:
+                    item = self._receive.receive_nowait()
+                except (anyio.WouldBlock, anyio.EndOfStream):
+                    break
+            if isinstance(item, Chunk) and item.data_id == first.data_id and item.points <= budget:
+                batch.append(item)
+                budget -= item.points
+            else:
+                passed_over.append(item)
+        self._ahead.extendleft(reversed(passed_over))
+        return tuple(batch)
 
     async def _open(self, info: StreamInfo) -> None:
         st = self._streams[info.data_id]
@@ -458,10 +417,8 @@ class DeliveryRunner:
             st.opened.set()
             return
 
-    async def _deliver(
-        self, batch: tuple[Chunk, ...], failed_with: DestinationError | None = None
-    ) -> None:
-        """Deliver a batch; ``failed_with``: its first attempt was made elsewhere and failed."""
+    async def _deliver(self, batch: tuple[Chunk, ...]) -> None:
+        """Deliver a batch: confirmed, rejected, or set aside to be tried again."""
         st = self._streams[batch[0].data_id]
         await st.opened.wait()
         if st.open_failed is not None:
@@ -471,7 +428,7 @@ class DeliveryRunner:
             return
         refused: Mapping[int, DestinationError] = {}
         try:
-            refused = await self._send_with_retries(st, batch, failed_with)
+            refused = await self._send_with_retries(st, batch)
         except TransientDestinationError as exc:
             # Out of attempts: set the batch aside and put it back in the queue later, whole, so
             # a batching sink resumes the very writes it started.
@@ -489,11 +446,18 @@ class DeliveryRunner:
             return
         except DestinationError as exc:
             refused = {c.seq: exc for c in batch}
-        except Exception as exc:  # a bug must not kill the worker; count and show it instead
-            log.exception("%s: unexpected error delivering %s", self.name, _describe(batch))
-            for chunk in batch:
-                self._reject(st, chunk, "internal error", f"{type(exc).__name__}: {exc}")
-            self._held -= len(batch)
+        except Exception as exc:
+            # A bug in labstream, not the destination's refusal: the chunks stay pending (the
+            # journal keeps them) and are tried again; the worker lives on.
+            log.exception(
+                "%s: BUG: unexpected error delivering %s; kept pending, retrying in %.1f s",
+                self.name,
+                _describe(batch),
+                self._policy.cooldown_s,
+            )
+            st.update(last_error=f"internal error (a bug): {type(exc).__name__}: {exc}")
+            assert self._tg is not None
+            self._tg.start_soon(self._requeue_later, batch)
             return
         for chunk in batch:
             error = refused.get(chunk.seq)
@@ -540,23 +504,19 @@ class DeliveryRunner:
             return
 
     async def _send_once(self, batch: tuple[Chunk, ...]) -> Mapping[int, DestinationError]:
-        if self._batch_points:
-            return await cast(BatchingSink, self.sink).send_chunks(batch)
-        await self.sink.send_chunk(batch[0])
-        return {}
+        """One attempt, within the window (released while a retry waits)."""
+        async with self.window.slot():
+            if self._batch_points:
+                return await cast(BatchingSink, self.sink).send_chunks(batch)
+            await self.sink.send_chunk(batch[0])
+            return {}
 
     async def _send_with_retries(
-        self,
-        st: _StreamDelivery,
-        batch: tuple[Chunk, ...],
-        failed_with: DestinationError | None = None,
+        self, st: _StreamDelivery, batch: tuple[Chunk, ...]
     ) -> Mapping[int, DestinationError]:
         """Send; retry transient failures with the policy. tenacity only runs after a failure:
-        on a healthy link the first attempt is a plain await (it is most of the traffic).
-        ``failed_with``: the first attempt was made elsewhere and failed so."""
+        on a healthy link the first attempt is a plain await (it is most of the traffic)."""
         try:
-            if failed_with is not None:
-                raise failed_with
             return await self._send_once(batch)
         except TransientDestinationError as exc:
             if self._policy.attempts <= 1:
@@ -615,6 +575,16 @@ class DeliveryRunner:
         # If the runner is closing, aclose() counts the chunks as dropped.
         with contextlib.suppress(anyio.ClosedResourceError):
             self._send.send_nowait(batch)
+
+
+_RESUME_HINT = "; the journal keeps them: `labstream spool resume` delivers them later"
+
+
+def _behind(st: _StreamDelivery) -> str:
+    """How far behind a destination is, in words."""
+    points = st.points_accepted - st.points_delivered - st.base.points_rejected
+    points -= st.base.points_dropped
+    return f"{st.chunks_pending:,} chunk(s) / {points:,} point(s) behind"
 
 
 def _describe(batch: tuple[Chunk, ...]) -> str:

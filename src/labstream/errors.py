@@ -61,12 +61,21 @@ class TransientDestinationError(DestinationError):
 
     Attributes:
         retry_after: seconds the server asked us to wait (``Retry-After``), if it said.
+        timed_out: no answer came within the request's deadline.
         made_progress: the operation got further than on its previous attempt before failing
             (a multi-step operation resumes where it stopped): the retry budget starts afresh.
     """
 
-    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        timed_out: bool = False,
+        **kw: object,
+    ) -> None:
         self.retry_after = retry_after
+        self.timed_out = timed_out
         self.made_progress = False
         super().__init__(message, **kw)  # type: ignore[arg-type]
 

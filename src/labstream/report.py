@@ -47,6 +47,8 @@ class DestinationReport:
     rejections: tuple[Rejection, ...] = ()
     markers_accepted: int = 0
     marker_rejections: tuple[str, ...] = ()
+    # Requests the destination may have in flight when the report was made (the adaptive window).
+    window: int = 0
 
     @property
     def chunks_pending(self) -> int:

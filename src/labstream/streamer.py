@@ -23,14 +23,13 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Se
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, get_args
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
 from anyio.abc import TaskGroup
 
 from .atlas.config import Atlas
-from .bulk import BulkLane
 from .chunk import (
     EARLIEST_S,
     LATEST_S,
@@ -50,7 +49,7 @@ from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spoo
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
 from .sinks.atlas import AtlasSink
-from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink, HttpEngine
+from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink
 from .sinks.base import Marker, Sink, StreamInfo
 from .timebase import seconds_to_ns_scalar
 
@@ -107,14 +106,12 @@ class Accepted:
     seq: int
     points: int
     chunk: Chunk | None = None
-    bulk: bool = False  # uploaded to Atomscale by run()'s bulk lane, not by its runner
 
     def build(self) -> Chunk:
         """The chunk, clock-corrected and frozen. Made once, by whichever thread needs it first:
-        the event loop (to deliver it), the journal's writer (to store it), or ``run()``'s bulk
-        lane (to hand a failed upload over). In a burst the loop lags behind the pushes, and the
-        writer must not wait for it. Should two make it at the same moment, they make the same
-        chunk."""
+        the event loop (to deliver it) or the journal's writer (to store it). In a burst the loop
+        lags behind the pushes, and the writer must not wait for it. Should two make it at the
+        same moment, they make the same chunk."""
         # The input is let go once the chunk exists: in a burst thousands wait for the journal,
         # and every object they keep brings a full garbage collection (which stops every thread)
         # closer. raws is read before chunk: a builder clears raws only after setting chunk.
@@ -190,12 +187,13 @@ class AsyncTimeseriesStreamer:
             alone.
         retry: retry policy shared by every destination.
         finalize_timeout: default seconds ``finalize()``/``run()`` wait for pending deliveries.
-        max_concurrency: parallel Atomscale uploads.
-        http_transport: an httpx async transport (tests use ``httpx.MockTransport``); replaces
-            ``http_engine``.
-        http_engine: how Atomscale uploads are made: ``"curl"`` (libcurl on a thread of its own,
-            ~4x less CPU per request) or ``"aiohttp"`` (on the event loop); default
-            ``LABSTREAM_HTTP_ENGINE``, else ``"curl"``.
+        max_concurrency: the most Atomscale uploads in flight. The window adapts below it: it
+            grows while round trips stay flat and shrinks when the server is overloaded
+            (``labstream.window``).
+        http_transport: an httpx async transport (tests use ``httpx.MockTransport``); Atomscale's
+            requests then go through it instead of libcurl.
+        proxy: proxy URL for Atomscale's requests (``""``: none); default: ``HTTPS_PROXY``,
+            ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` from the environment, as the SDK.
         clock_sync: False turns clock correction off (so does ``ATOMSCALE_SKIP_CLOCK_SYNC``).
         sleep: injected async sleep for back-off (tests pass one that returns at once).
         max_pending_chunks: ``run()`` waits while a destination has more chunks pending than this.
@@ -226,12 +224,12 @@ class AsyncTimeseriesStreamer:
         *,
         retry: RetryPolicy | None = None,
         finalize_timeout: float = 60.0,
-        max_concurrency: int = 8,
+        max_concurrency: int = 512,
         http_transport: httpx.AsyncBaseTransport | None = None,
-        http_engine: HttpEngine | None = None,
+        proxy: str | None = None,
         clock_sync: bool | None = None,
         sleep: Sleep | None = None,
-        max_pending_chunks: int = 64,
+        max_pending_chunks: int = 1024,
         atlas: str | Atlas | None = None,
         spool: bool = True,
         spool_dir: str | os.PathLike[str] | None = None,
@@ -258,11 +256,8 @@ class AsyncTimeseriesStreamer:
         self._policy = retry or RetryPolicy()
         self._sleep: Sleep = sleep or anyio.sleep
         self._max_concurrency = max_concurrency
-        engine = http_engine or os.environ.get("LABSTREAM_HTTP_ENGINE") or "curl"
-        if engine not in get_args(HttpEngine):
-            raise ValueError(f"http_engine must be 'curl' or 'aiohttp', got {engine!r}")
         self._http_transport = http_transport
-        self._http_engine: HttpEngine = engine  # type: ignore[assignment]
+        self._proxy = proxy
         self._max_pending_chunks = max_pending_chunks
         self._memory_window = memory_window_chunks
         # The reference clock is Atomscale's gateway; without Atomscale there is nothing to correct.
@@ -273,7 +268,6 @@ class AsyncTimeseriesStreamer:
         self._streams: dict[str, _Stream] = {}
         self._atomscale: AtomscaleSink | None = None
         self._runners: list[DeliveryRunner] = []
-        self._bulk_runner: DeliveryRunner | None = None  # Atomscale's: run()'s lanes feed it
         self._destination_names: tuple[str, ...] = ()  # the runners', for the journal
         self._host: asyncio.Task[None] | None = None
         self._host_tg: TaskGroup | None = None
@@ -326,7 +320,7 @@ class AsyncTimeseriesStreamer:
                 sleep=self._sleep,
                 transport=self._http_transport,
                 max_concurrency=self._max_concurrency,
-                http_engine=self._http_engine,
+                proxy=self._proxy,
             )
             sinks.append(self._atomscale)
         if self._atlas_settings is not None:
@@ -342,7 +336,6 @@ class AsyncTimeseriesStreamer:
             for sink in sinks
         ]
         self._destination_names = tuple(r.name for r in self._runners)
-        self._bulk_runner = next((r for r in self._runners if r.sink is self._atomscale), None)
         self._handoff = LoopHandoff(
             self._loop, self._dispatch_accepted, coalesce_s=HANDOFF_COALESCE_S
         )
@@ -547,15 +540,12 @@ class AsyncTimeseriesStreamer:
         units: str | None = None,
         *,
         handoff: bool = False,
-        bulk: bool = False,
     ) -> Accepted | None:
         """Validate one channel's chunk and admit it; None for an identical re-push.
 
         Thread-safe; does no I/O. With ``handoff`` (a thread other than the event loop's), the
-        chunk is queued for the loop, which delivers it, and None is returned. With ``bulk``
-        too, the loop delivers it to every destination but Atomscale, and it is returned for
-        a :class:`~labstream.bulk.BulkLane` to upload. Raises the errors documented on
-        :meth:`push`.
+        chunk is queued for the loop, which delivers it, and None is returned. Raises the errors
+        documented on :meth:`push`.
         """
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
@@ -569,7 +559,7 @@ class AsyncTimeseriesStreamer:
             max_points=self.points_per_chunk,
         )
         # A tuple: the chunk keeps it until built, and a tuple of one is cheaper than a list.
-        return self._admit(stream, index, (raw,), multi=False, handoff=handoff, bulk=bulk)
+        return self._admit(stream, index, (raw,), multi=False, handoff=handoff)
 
     def accept_push_multi(
         self, data_id: str, chunk_index: int, channels: object, *, handoff: bool = False
@@ -588,7 +578,6 @@ class AsyncTimeseriesStreamer:
         *,
         multi: bool,
         handoff: bool = False,
-        bulk: bool = False,
     ) -> Accepted | None:
         """Everything that decides whether a chunk is taken: a repeat, room in the journal, its
         place in the order; the chunk then goes to the journal's queue. What is left to do (the ns
@@ -638,16 +627,13 @@ class AsyncTimeseriesStreamer:
                 digests[(raw.name, index)] = raw.digest
             while len(digests) > DIGEST_WINDOW:
                 del digests[next(iter(digests))]  # the oldest (dicts keep insertion order)
-            accepted = Accepted(
-                data_id, index, raws, multi, self._clock.offset_ns, seq, points, bulk=bulk
-            )
+            accepted = Accepted(data_id, index, raws, multi, self._clock.offset_ns, seq, points)
             if journal is not None:
                 # Straight to the journal, not through the event loop: the loop may be far
                 # behind in a burst, and the chunk must be on disk within a commit or two.
                 journal.add_chunk(accepted, self._destination_names)
-            if handoff and not (bulk and len(self._runners) == 1):  # nothing for the loop
+            if handoff:
                 self.dispatch_threadsafe(accepted)
-            if handoff and not bulk:
                 return None
         return accepted
 
@@ -666,31 +652,11 @@ class AsyncTimeseriesStreamer:
 
     def _dispatch_accepted(self, item: Accepted | Marker) -> None:
         """Build an accepted chunk and :meth:`dispatch` it (event-loop thread only)."""
-        if isinstance(item, Marker):
-            self.dispatch(item)
-        else:  # a bulk chunk's Atomscale upload is the bulk lane's
-            self.dispatch(item.build(), skip=self._bulk_runner if item.bulk else None)
+        self.dispatch(item if isinstance(item, Marker) else item.build())
 
-    def bulk_lane(self, data_id: str) -> BulkLane | None:
-        """A lane for ``run()``'s uploads to Atomscale from the calling thread (``bulk.py``);
-        None when Atomscale is not a destination or its uploads do not go through libcurl."""
-        runner, sink, loop = self._bulk_runner, self._atomscale, self._loop
-        if runner is None or sink is None or loop is None:
-            return None
-        if not isinstance(data_id, str) or not runner.knows(data_id):  # push() says why
-            return None
-        multi = sink.bulk_multi()
-        if multi is None:
-            return None
-        window = min(self._max_concurrency, max(1, self._max_pending_chunks // 2))
-        return BulkLane(sink, multi, runner, data_id, loop, self._journal, window)
-
-    def dispatch(self, item: Chunk | Marker, skip: DeliveryRunner | None = None) -> None:
-        """Hand an accepted chunk or marker to every runner but ``skip`` (event-loop thread
-        only)."""
+    def dispatch(self, item: Chunk | Marker) -> None:
+        """Hand an accepted chunk or marker to every runner (event-loop thread only)."""
         for runner in self._runners:
-            if runner is skip:
-                continue
             if isinstance(item, Marker):
                 if runner.takes_markers:
                     runner.submit_marker(item)

@@ -17,7 +17,6 @@ import atexit
 import logging
 import signal
 import threading
-import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -213,43 +212,22 @@ class TimeseriesStreamer:
     ) -> None:
         """Generator mode; see :meth:`AsyncTimeseriesStreamer.run`. Iterates on this thread.
 
-        With the curl engine, this thread also makes the Atomscale uploads while that
-        destination keeps up (``labstream.bulk``); a failed one is retried like a pushed chunk.
-
         Raises:
             DeliveryError: a destination rejected some chunks.
             DeliveryTimeoutError: not delivered within ``timeout``; chunks are still held.
         """
         core = self._core
         before = core._rejected(data_id)
-        wait_s = core.finalize_timeout if timeout is None else timeout
-        # Atomscale's uploads go from this thread while that destination keeps up (bulk.py).
-        lane = core.bulk_lane(data_id)
-        try:
-            index = 0
-            for item in data_iter:
-                for idx, ts, vals in split_run_item(
-                    data_id, channel_name, item, index, core.points_per_chunk
-                ):
-                    if lane is not None and lane.usable:
-                        accepted = core.accept_push(
-                            data_id, idx, channel_name, ts, vals, units, handoff=True, bulk=True
-                        )
-                        if accepted is not None:
-                            lane.send(accepted)
-                    else:
-                        self.push(data_id, idx, channel_name, ts, vals, units)
-                    index = idx + 1
-                if core.over_capacity(data_id):  # the lane's pump drives it meanwhile
-                    self._thread.call(core.wait_for_capacity, data_id, timeout)
-            if lane is not None:  # one deadline for the lane's uploads and the rest
-                deadline = time.monotonic() + wait_s
-                lane.drain(wait_s)
-                wait_s = max(0.0, deadline - time.monotonic())
-            self._thread.call(core.wait_delivered, data_id, wait_s)
-        finally:
-            if lane is not None:
-                lane.close()
+        index = 0
+        for item in data_iter:
+            for idx, ts, vals in split_run_item(
+                data_id, channel_name, item, index, core.points_per_chunk
+            ):
+                self.push(data_id, idx, channel_name, ts, vals, units)
+                index = idx + 1
+            if core.over_capacity(data_id):
+                self._thread.call(core.wait_for_capacity, data_id, timeout)
+        self._thread.call(core.wait_delivered, data_id, timeout)
         core._raise_if_rejected(data_id, before)
 
     def finalize(self, data_id: str, timeout: float | None = None) -> StreamReport:

@@ -107,6 +107,7 @@ class AtlasSink:
 
     name = NAME
     max_concurrency = 1  # one writer per streamer keeps packets in order
+    takes_data_after_close = False
     # Points per batch of chunks (see send_chunks): a few hundred kB of packets, and what a crash
     # mid-write may repeat at most.
     max_batch_points = 10_000
@@ -186,10 +187,12 @@ class AtlasSink:
             raise refused[chunk.seq]
 
     async def send_chunks(self, chunks: Sequence[Chunk]) -> Mapping[int, DestinationError]:
-        """Write consecutive chunks of one stream; chunks that continue each other go as one.
+        """Write chunks of one stream (in seq order), as few packets as the protocol allows.
 
-        Merged chunks share their packets (one write, one session update, one state save), which
-        is what keeps up with a backlog: the per-write cost is paid per batch, not per chunk.
+        A packet holds one data format (one channel set), so the chunks are grouped by channel
+        set, each group in time order, and each group goes as one chunk: one write, one session
+        update. That is what keeps up with a backlog of many interleaved channels: the cost of a
+        write is paid per format, not per chunk.
         """
         data_id = chunks[0].data_id
         run = self._runs[data_id]
@@ -204,7 +207,7 @@ class AtlasSink:
                 data_id=data_id,
                 chunk_index=todo[0].chunk_index,
             )
-        groups = _continuing_runs(todo)
+        groups = _by_format(todo)
         keys = [("chunks", g[0].seq, g[-1].seq) for g in groups]
         for key, group in zip(keys, groups, strict=True):
             # A retry passes the same chunks: a group already fed is resumed, not fed again.
@@ -425,15 +428,31 @@ def _merged(chunks: list[Chunk]) -> ChunkReady:
     return ChunkReady(concatenate(chunks))
 
 
-def _continuing_runs(chunks: list[Chunk]) -> list[list[Chunk]]:
-    """Split ``chunks`` where one does not continue the one before (see :func:`continues`)."""
-    runs = [[chunks[0]]]
-    for chunk in chunks[1:]:
-        if continues(runs[-1][-1], chunk):
-            runs[-1].append(chunk)
-        else:
-            runs.append([chunk])
-    return runs
+def _by_format(chunks: list[Chunk]) -> list[list[Chunk]]:
+    """Group ``chunks`` (in seq order) into runs that can each travel as one chunk.
+
+    A chunk joins the latest group that shares a channel with it when it continues that group's
+    last chunk (same channels, later points, :func:`continues`); otherwise it starts a group of
+    its own. Groups are written in the order they were started, so every channel's points still
+    reach ATLAS in the order they were pushed.
+    """
+    groups: list[list[Chunk]] = []
+    latest: dict[str, list[Chunk]] = {}  # channel name -> the latest group holding it
+    for chunk in chunks:
+        names = [c.name for c in chunk.channels]
+        candidates = {id(g): g for g in (latest.get(n) for n in names) if g is not None}
+        group = None
+        if len(candidates) == 1:
+            (only,) = candidates.values()
+            if continues(only[-1], chunk):
+                group = only
+        if group is None:
+            group = []
+            groups.append(group)
+        group.append(chunk)
+        for name in names:
+            latest[name] = group
+    return groups
 
 
 def _utc_offset_ns() -> int:

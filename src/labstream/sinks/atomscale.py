@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -25,13 +25,12 @@ from ..errors import DestinationError, RejectedError, TransientDestinationError
 from ..retry import RetryPolicy, Sleep
 from ..timebase import Float64Array
 from .base import StreamInfo
-from .curl import CurlClient, RequestMulti
+from .curl import CurlClient
 from .http import HttpAnswer, HttpClient, TransportError
+from .proxy import proxy_for
 
 if TYPE_CHECKING:
     import httpx
-
-HttpEngine = Literal["curl", "aiohttp"]
 
 log = logging.getLogger("labstream.atomscale")
 
@@ -156,16 +155,16 @@ class AtomscaleSink:
         policy: retry policy for the control requests made here (create, link, finalize); chunk
             uploads are retried by the delivery runner with the same policy.
         sleep: injected sleep for those retries.
-        transport: an httpx transport (tests pass ``httpx.MockTransport``, users may need httpx's
-            proxy or auth features); when given, ``http_engine`` is not used.
-        http_engine: ``"curl"`` (default: libcurl on a thread of its own, the fastest; see
-            :mod:`labstream.sinks.curl`) or ``"aiohttp"`` (on the event loop).
-        max_concurrency: parallel chunk uploads (and pooled connections).
+        transport: an httpx transport (tests pass ``httpx.MockTransport``); requests then go
+            through it instead of libcurl (:mod:`labstream.sinks.curl`).
+        max_concurrency: the most chunk uploads in flight (the adaptive window's ceiling).
+        proxy: the proxy URL for every request, ``""`` for none; None: from the environment.
         timeout_s: per-request timeout (the SDK uses 30 s).
         now: wall clock, injected for the clock-exchange tests.
     """
 
     name = NAME
+    takes_data_after_close = True  # chunks uploaded after finalize are still stored
 
     def __init__(
         self,
@@ -175,10 +174,10 @@ class AtomscaleSink:
         policy: RetryPolicy | None = None,
         sleep: Sleep,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_concurrency: int = 8,
+        max_concurrency: int = 512,
         timeout_s: float = 30.0,
         now: Callable[[], float] = time.time,
-        http_engine: HttpEngine = "curl",
+        proxy: str | None = None,
     ) -> None:
         self._api_key = api_key
         self.endpoint = endpoint.rstrip("/")
@@ -187,25 +186,22 @@ class AtomscaleSink:
         self.max_concurrency = max_concurrency
         self._now = now
         headers = {"X-API-KEY": api_key}
+        self.proxy = proxy_for(self.endpoint, proxy)
         self._client: HttpClient
-        # aiohttp and httpx are imported only by whoever uses them: aiohttp alone is ~30,000
-        # objects that every full garbage collection scans (15 ms here), and a quarter second
-        # of import.
         if transport is not None:
+            # Imported only here: httpx adds objects every full garbage collection scans.
             from .httpx_client import HttpxClient
 
             self._client = HttpxClient(
                 self.endpoint, headers, transport=transport, timeout_s=timeout_s
             )
-        elif http_engine == "curl":
-            self._client = CurlClient(
-                self.endpoint, headers, max_connections=max_concurrency + 2, timeout_s=timeout_s
-            )
         else:
-            from .aiohttp_client import AiohttpClient
-
-            self._client = AiohttpClient(
-                self.endpoint, headers, max_connections=max_concurrency + 2, timeout_s=timeout_s
+            self._client = CurlClient(
+                self.endpoint,
+                headers,
+                max_connections=max_concurrency + 2,
+                timeout_s=timeout_s,
+                proxy=self.proxy,
             )
 
     def __repr__(self) -> str:
@@ -270,6 +266,7 @@ class AtomscaleSink:
             return TransientDestinationError(
                 f"{what} {'timed out' if answer.timed_out else 'failed'}",
                 detail=self._scrub(str(answer)),
+                timed_out=answer.timed_out,
                 **ctx,
             )
         status = answer.status
@@ -435,13 +432,6 @@ class AtomscaleSink:
             data_id=chunk.data_id,
             chunk_index=chunk.chunk_index,
         )
-
-    def bulk_multi(self) -> RequestMulti[Any] | None:
-        """A multi for a thread that uploads chunks itself (``run()``'s bulk lane), with this
-        sink's endpoint, key and timeout; None when uploads do not go through libcurl."""
-        if not isinstance(self._client, CurlClient):
-            return None
-        return self._client.multi(self.max_concurrency + 2)
 
     async def close_stream(self, stream: StreamInfo) -> None:
         await self._request(

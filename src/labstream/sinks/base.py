@@ -53,7 +53,14 @@ class Sink(Protocol):
 
     @property
     def max_concurrency(self) -> int:
-        """How many requests may be in flight at once (1 keeps chunks in order)."""
+        """The most requests in flight at once (1 keeps chunks in order); the runner's adaptive
+        window stays below it."""
+        ...
+
+    @property
+    def takes_data_after_close(self) -> bool:
+        """Whether chunks may still be delivered after :meth:`close_stream` (Atomscale: yes;
+        ATLAS: no, nothing may follow the end of a session)."""
         ...
 
     async def open_stream(self, stream: StreamInfo) -> None:

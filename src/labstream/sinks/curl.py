@@ -1,19 +1,18 @@
-"""libcurl (pycurl) as labstream's HTTP engine: uploads run on a thread of their own.
+"""libcurl (pycurl), labstream's one HTTP engine: uploads run on a thread of their own.
 
-Why: with aiohttp, each chunk upload costs the event loop ~90-125 µs of Python per request (the
-request and response objects, the protocol callbacks); that, not the network, capped ``run()``.
-Here one thread drives a ``CurlMulti`` (:class:`RequestMulti`; ``run()`` drives one of its own from
-the caller's thread, ``bulk.py``); libcurl builds requests, parses responses and keeps the
-connections alive in C, with the GIL released while it waits or works, so a request costs ~25 µs
-of the process's CPU (``benchmarks/http_transport.py``). The event loop only hands a request over
-and is woken once per batch of finished ones.
+Why: in Python on the event loop (aiohttp, httpx) a request costs several times the CPU it costs
+here (docs/performance.md); one thread drives a ``CurlMulti`` (:class:`RequestMulti`), libcurl
+builds requests, parses responses and keeps connections alive in C with the GIL released, and the
+event loop only hands requests over and is woken once per batch of finished ones. Hundreds of
+uploads can be in flight at once (the adaptive window, ``labstream.window``).
 
-Behaviour matches :class:`~labstream.sinks.http.AiohttpClient`: the same answers and
-:class:`~labstream.sinks.http.TransportError` (``timed_out`` for curl's timeout), no proxy taken
-from the environment, no ``Expect: 100-continue`` round trip, and the same certificates trusted:
-the system's, as Python's :mod:`ssl` finds them (``SSL_CERT_FILE``/``SSL_CERT_DIR`` included).
-That one is not a detail: the libcurl in pycurl's wheels looks for a Red Hat CA bundle path that
-Debian and Ubuntu do not have, so without it every HTTPS upload would fail there.
+What it does and does not do: the proxy is the one :mod:`.proxy` chose (libcurl's own reading of
+the environment is off); no redirect is followed (an upload is never re-posted, and the API key
+never sent, elsewhere); no ``Expect: 100-continue`` round trip; a request without a body has no
+Content-Type, as the official SDK sends it; and the certificates trusted are the system's, as
+Python's :mod:`ssl` finds them (``SSL_CERT_FILE``/``SSL_CERT_DIR`` included). That one is not a
+detail: the libcurl in pycurl's wheels looks for a Red Hat CA bundle path that Debian and Ubuntu
+do not have, so without it every HTTPS upload would fail there.
 """
 
 from __future__ import annotations
@@ -27,11 +26,10 @@ import ssl
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 import anyio
 import pycurl
-from multidict import CIMultiDict
 
 from .http import HttpAnswer, TransportError
 
@@ -39,6 +37,8 @@ log = logging.getLogger("labstream.http")
 
 _POLL_S = 0.001  # how long the thread waits on sockets before taking new requests
 _CLOSED = "the HTTP client was closed"
+# No Atomscale answer comes near this; a server sending more is cut off (curl error 63).
+MAX_ANSWER_BYTES = 8 * 1024 * 1024
 # (status or 0, headers, body, curl error number or 0, error message)
 Outcome = tuple[int, Mapping[str, str], bytes, int, str]
 T = TypeVar("T")
@@ -82,18 +82,20 @@ class _InFlight(Generic[T]):
 
 
 class RequestMulti(Generic[T]):
-    """A ``CurlMulti`` with its handles, driven by whichever thread calls it (one at a time).
-
-    :class:`CurlClient` drives one from a thread of its own; ``run()``'s bulk uploads
-    (``labstream.bulk``) drive one from the caller's thread, so a chunk goes from validation to
-    the socket without crossing a thread. Each request carries a ``token`` that comes back with
-    its outcome.
-    """
+    """A ``CurlMulti`` with its handles, driven by one thread (:class:`CurlClient`'s). Each
+    request carries a ``token`` that comes back with its outcome."""
 
     def __init__(
-        self, endpoint: str, headers: Mapping[str, str], *, max_connections: int, timeout_s: float
+        self,
+        endpoint: str,
+        headers: Mapping[str, str],
+        *,
+        max_connections: int,
+        timeout_s: float,
+        proxy: str,
     ) -> None:
         self._endpoint = endpoint
+        self._proxy = proxy
         self._headers = [f"{k}: {v}" for k, v in headers.items()] + ["Expect:"]
         self._timeout_ms = max(1, int(timeout_s * 1000))
         self._multi = pycurl.CurlMulti()
@@ -184,8 +186,9 @@ class RequestMulti(Generic[T]):
         if getattr(handle, "method", None) != method:
             handle.reset()
             handle.setopt(pycurl.NOSIGNAL, 1)
-            handle.setopt(pycurl.PROXY, "")  # as aiohttp: no proxy from the environment
+            handle.setopt(pycurl.PROXY, self._proxy)  # "" also stops libcurl reading the env
             handle.setopt(pycurl.TIMEOUT_MS, self._timeout_ms)
+            handle.setopt(pycurl.MAXFILESIZE_LARGE, MAX_ANSWER_BYTES)
             cafile, capath = trust_store()
             if cafile is not None:
                 handle.setopt(pycurl.CAINFO, cafile)
@@ -197,6 +200,8 @@ class RequestMulti(Generic[T]):
                 handle.setopt(pycurl.CUSTOMREQUEST, method)
             handle.method = method  # pycurl handles take attributes
         handle.setopt(pycurl.URL, url)
+        if method != "GET" and content is None:
+            headers = [*headers, "Content-Type:"]  # libcurl would add a form content type
         handle.setopt(pycurl.HTTPHEADER, self._headers + headers)
         handle.setopt(pycurl.WRITEFUNCTION, request.body.append)
         handle.setopt(pycurl.HEADERFUNCTION, request.header_lines.append)
@@ -208,27 +213,24 @@ class CurlClient:
     """One :class:`RequestMulti` on a daemon thread, started on first use."""
 
     def __init__(
-        self, endpoint: str, headers: Mapping[str, str], *, max_connections: int, timeout_s: float
+        self,
+        endpoint: str,
+        headers: Mapping[str, str],
+        *,
+        max_connections: int,
+        timeout_s: float,
+        proxy: str = "",
     ) -> None:
         self._endpoint = endpoint
         self._default_headers = dict(headers)
         self._max_connections = max_connections
         self._timeout_s = timeout_s
+        self._proxy = proxy
         self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._running = False
         self._lock = threading.Lock()
         self._closed = False
-
-    def multi(self, max_connections: int) -> RequestMulti[Any]:
-        """A multi of its own with this client's endpoint, headers and timeout, for a thread
-        that drives its requests itself."""
-        return RequestMulti(
-            self._endpoint,
-            self._default_headers,
-            max_connections=max_connections,
-            timeout_s=self._timeout_s,
-        )
 
     async def request(
         self, method: str, path: str, content: bytes | None, headers: Mapping[str, str]
@@ -268,7 +270,13 @@ class CurlClient:
     # -- the curl thread -----------------------------------------------------------------------
 
     def _run(self) -> None:
-        multi: RequestMulti[_Job] = self.multi(self._max_connections)
+        multi: RequestMulti[_Job] = RequestMulti(
+            self._endpoint,
+            self._default_headers,
+            max_connections=self._max_connections,
+            timeout_s=self._timeout_s,
+            proxy=self._proxy,
+        )
         why = _CLOSED
         try:
             while True:
@@ -309,7 +317,7 @@ class CurlClient:
 def failure(errno: int, message: str) -> Outcome:
     """The outcome of a request that got no answer."""
     text = message if errno < 0 else f"curl error {errno}: {message}"
-    return (0, CIMultiDict(), b"", errno, text)
+    return (0, {}, b"", errno, text)
 
 
 def _resolve_all(done: list[tuple[_Job, Outcome]]) -> None:
@@ -329,27 +337,27 @@ def _set_results(items: list[tuple[_Job, Outcome]]) -> None:
 
 
 class _Headers(Mapping[str, str]):
-    """The last response's headers (after any interim 1xx), case-insensitive, parsed on first
+    """The last response's headers (after any interim 1xx), by lower-case name, parsed on first
     use: a successful upload never looks at them."""
 
     def __init__(self, lines: list[bytes]) -> None:
         self._lines = lines
-        self._parsed: CIMultiDict[str] | None = None
+        self._parsed: dict[str, str] | None = None
 
-    def _headers(self) -> CIMultiDict[str]:
+    def _headers(self) -> dict[str, str]:
         if self._parsed is None:
-            self._parsed = CIMultiDict()
+            self._parsed = {}
             for raw in self._lines:
                 line = raw.decode("latin-1").rstrip("\r\n")
                 if line.startswith("HTTP/"):
-                    self._parsed = CIMultiDict()
+                    self._parsed = {}
                 elif ":" in line:
                     name, _, value = line.partition(":")
-                    self._parsed.add(name.strip(), value.strip())
+                    self._parsed[name.strip().lower()] = value.strip()
         return self._parsed
 
     def __getitem__(self, name: str) -> str:
-        return self._headers()[name]
+        return self._headers()[name.lower()]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._headers())

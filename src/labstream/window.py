@@ -1,0 +1,170 @@
+"""How many requests a destination may have in flight: a window that adapts to the link.
+
+Throughput over a link is the window divided by the round trip, so a fixed window suits nobody: a
+far server needs hundreds of uploads in flight, a server with a capacity refuses what exceeds it.
+The window is TCP's congestion window applied to requests (slow start, then AIMD), with a
+latency guard in the manner of TCP Vegas and Netflix's gradient limiter:
+
+* **slow start**: from ``initial``, every success adds one (the window doubles each round trip)
+  until the first sign of congestion;
+* **additive increase** after that: one more per window's worth of successes (one per round trip);
+* **multiplicative decrease** (``x0.7``, CUBIC's factor) when the server says it is overloaded
+  (429, 503, 504) or a request times out, at most once per round trip: answers to requests sent
+  before the last decrease do not count again;
+* **latency guard**: when the recent round trips exceed twice the lowest seen (plus a few ms of
+  slack for a fast link's jitter) the window stops growing, and shrinks in proportion, since
+  requests are queueing somewhere (in the server or in this process) rather than moving faster.
+
+The window only grows while it is used (at least half full): a live stream pushing a chunk a
+second must not grow it to the ceiling and then release a burst at that size. A refused
+connection is an outage, not congestion: the retry policy waits, and the window is left alone.
+Why AIMD rather than a pure gradient limiter: a server with a hard capacity answers its excess at
+once with 429, so latency alone never sees it; AIMD does, and its sawtooth with a 0.7 factor keeps
+~85% of that capacity in use (docs/performance.md measures it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from types import TracebackType
+
+import anyio
+
+from .errors import TransientDestinationError
+
+# The server is overloaded: shrink. Other failures (a refused connection, a 500) say nothing
+# about load.
+CONGESTION_STATUSES = frozenset({429, 503, 504, "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
+_DECREASE = 0.7
+_LATENCY_TOLERANCE = 2.0
+_LATENCY_SLACK_S = 0.005
+_MIN_RTT_SAMPLES = 1000  # the lowest round trip is forgotten after this many answers
+
+
+class AdaptiveWindow:
+    """Requests in flight for one destination (shared by all its streams).
+
+    Args:
+        ceiling: the most requests in flight, whatever the link.
+        initial: the window to start from (slow start grows it from there).
+        clock: monotonic seconds, injected by tests.
+    """
+
+    def __init__(
+        self,
+        ceiling: int,
+        *,
+        initial: int = 64,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.ceiling = max(1, ceiling)
+        self.limit = float(min(max(1, initial), self.ceiling))
+        self.in_flight = 0
+        self._clock = clock
+        self._slow_start = True
+        self._epoch = 0  # bumped at each decrease
+        self._min_rtt: float | None = None
+        self._next_min_rtt: float | None = None
+        self._rtt_samples = 0
+        self._recent: deque[float] = deque(maxlen=32)
+        self._room: anyio.Event | None = None
+        self._decreased_at = float("-inf")
+        self.decreases = 0  # how often the window shrank (the report shows it)
+
+    @property
+    def size(self) -> int:
+        """The current window, in requests."""
+        return max(1, int(self.limit))
+
+    def slot(self) -> _Slot:
+        """``async with window.slot():`` around one request. Leaving normally is a success; the
+        exception it leaves with says whether the server was overloaded."""
+        return _Slot(self)
+
+    async def _acquire(self) -> tuple[float, int, bool]:
+        while self.in_flight >= self.size:
+            if self._room is None:
+                self._room = anyio.Event()
+            await self._room.wait()
+        used = self.in_flight + 1 >= self.size / 2
+        self.in_flight += 1
+        return self._clock(), self._epoch, used
+
+    def _release(self, sent_at: float, epoch: int, used: bool, outcome: str) -> None:
+        self.in_flight -= 1
+        if outcome == "ok":
+            rtt = self._clock() - sent_at
+            self._sample(rtt)
+            if used:
+                self._grow(rtt)
+        elif outcome == "congested" and epoch == self._epoch:
+            self._shrink(_DECREASE)
+        if self._room is not None and self.in_flight < self.size:
+            self._room.set()
+            self._room = None
+
+    def _sample(self, rtt: float) -> None:
+        self._recent.append(rtt)
+        # A windowed minimum: the lowest of the last ~_MIN_RTT_SAMPLES, so a route that changed
+        # for good is learnt again.
+        self._next_min_rtt = rtt if self._next_min_rtt is None else min(self._next_min_rtt, rtt)
+        self._rtt_samples += 1
+        if self._min_rtt is None or rtt < self._min_rtt:
+            self._min_rtt = rtt
+        if self._rtt_samples >= _MIN_RTT_SAMPLES:
+            self._min_rtt, self._next_min_rtt, self._rtt_samples = self._next_min_rtt, None, 0
+
+    def _grow(self, rtt: float) -> None:
+        assert self._min_rtt is not None
+        allowed = _LATENCY_TOLERANCE * self._min_rtt + _LATENCY_SLACK_S
+        recent = sorted(self._recent)[len(self._recent) // 2]  # the median resists one outlier
+        if recent > allowed:
+            # Queueing: shrink towards the window that keeps round trips within the tolerance.
+            if self._clock() - self._decreased_at >= recent:
+                self._shrink(max(0.5, allowed / recent))
+            return
+        if self._slow_start:
+            self.limit = min(self.ceiling, self.limit + 1)
+        else:
+            self.limit = min(self.ceiling, self.limit + 1 / self.limit)
+
+    def _shrink(self, factor: float) -> None:
+        self.limit = max(1.0, self.limit * factor)
+        self._slow_start = False
+        self._epoch += 1
+        self.decreases += 1
+        self._decreased_at = self._clock()
+        self._recent.clear()
+
+
+def _outcome(exc: BaseException | None) -> str:
+    if exc is None:
+        return "ok"
+    if isinstance(exc, TransientDestinationError) and (
+        exc.timed_out or exc.status in CONGESTION_STATUSES
+    ):
+        return "congested"
+    return "failed"
+
+
+class _Slot:
+    __slots__ = ("_epoch", "_sent_at", "_used", "_window")
+
+    def __init__(self, window: AdaptiveWindow) -> None:
+        self._window = window
+        self._sent_at = 0.0
+        self._epoch = 0
+        self._used = False
+
+    async def __aenter__(self) -> None:
+        self._sent_at, self._epoch, self._used = await self._window._acquire()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._window._release(self._sent_at, self._epoch, self._used, _outcome(exc))
