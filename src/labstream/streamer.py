@@ -44,7 +44,7 @@ from .chunk import (
 )
 from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
-from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
+from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
 from .handoff import LoopHandoff
 from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
 from .report import StreamReport
@@ -420,6 +420,9 @@ class AsyncTimeseriesStreamer:
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
         finally:
+            if self._journal is not None:
+                # Every chunk on disk or, where the disk failed, in memory: those are counted.
+                self._journal.flush()
             for runner in self._runners:
                 runner.count_undelivered_as_dropped()
 
@@ -451,7 +454,10 @@ class AsyncTimeseriesStreamer:
     def _close_journal(self) -> None:
         if self._journal is not None:
             # Housekeeping: streams finished everywhere, and data past retention, are removed.
-            self._journal.forget_finished()
+            try:
+                self._journal.forget_finished()
+            except JournalError as exc:  # a full or failing disk: the next streamer does it
+                log.warning("journal: housekeeping skipped: %s", exc)
             self._journal.close()
             LIVE_OWNERS.discard(self._owner)
 
@@ -951,12 +957,21 @@ class AsyncTimeseriesStreamer:
 
     def _snapshot(self, stream: _Stream) -> StreamReport:
         data_id = stream.info.data_id
+        journal = self._journal
+        not_durable: tuple[int, int, str | None] = (0, 0, None)
+        if journal is not None:
+            not_durable = journal.not_durable(data_id)
+            if not_durable[2] is None:  # nothing kept in memory, but the flag is up
+                not_durable = (0, 0, journal.durability_off)
         return StreamReport(
             data_id,
             {r.name: r.report(data_id) for r in self._runners},
             refused_chunks=stream.refused_chunks,
             refused_points=stream.refused_points,
             refusal_reason=stream.refusal_reason,
+            not_durable_chunks=not_durable[0],
+            not_durable_points=not_durable[1],
+            not_durable_reason=not_durable[2],
         )
 
     def recovered_streams(self) -> list[str]:
