@@ -166,7 +166,7 @@ def split_run_item(
     if n_ts <= max_points:
         yield first_index, ts, vals
         return
-    ts_arr, vals_arr = np.asarray(ts), np.asarray(vals)
+    ts_arr, vals_arr = np.asanyarray(ts), np.asanyarray(vals)  # a masked array keeps its mask
     for k, start in enumerate(range(0, n_ts, max_points)):
         yield (
             first_index + k,
