@@ -253,3 +253,16 @@ def test_an_existing_journal_on_a_read_only_disk_is_named_in_the_error(tmp_path:
         with pytest.raises(JournalError, match=str(disk / FILE_NAME)) as caught:
             Journal(disk)
         assert isinstance(caught.value.__cause__, sqlite3.Error | OSError)
+
+
+def test_the_spool_commands_name_a_journal_path_they_cannot_open(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from labstream.cli import main
+
+    not_a_dir = tmp_path / "spool"
+    not_a_dir.write_text("")
+    assert main(["spool", "status", "--spool-dir", str(not_a_dir)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot open the journal at {not_a_dir / FILE_NAME}" in err
+    assert "Traceback" not in err
