@@ -266,3 +266,36 @@ def test_the_spool_commands_name_a_journal_path_they_cannot_open(
     err = capsys.readouterr().err
     assert f"cannot open the journal at {not_a_dir / FILE_NAME}" in err
     assert "Traceback" not in err
+
+
+def test_a_backlog_the_disk_cannot_read_for_a_while_is_delivered_once_it_reads_again(
+    streamer_factory: Callable[..., TimeseriesStreamer],
+    fake: FakeAtomscale,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The runner reads its backlog back from the journal; a failed read must neither stop the
+    streamer nor skip chunks."""
+    release = hold_chunks(fake)
+    streamer = streamer_factory(clock_sync=False, memory_window_chunks=4, max_concurrency=1)
+    data_id = streamer.initialize()
+    for c in range(40):
+        streamer.push(data_id, c, "T", *series(c))
+    journal = streamer._core._journal
+    assert journal is not None
+    journal.flush()
+    reads = {"failed": 0}
+    rows = journal._rows
+
+    def flaky(sql: str, args: Any = ()) -> list[tuple[Any, ...]]:
+        if "c.body" in sql and reads["failed"] < 5:
+            reads["failed"] += 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return rows(sql, args)
+
+    journal._rows = flaky  # type: ignore[method-assign]
+    release.set()
+    report = streamer.finalize(data_id, timeout=10)
+    assert reads["failed"] == 5
+    assert fake.points(data_id, "T")[1] == [float(i) for i in range(4000)]
+    assert report.ok and report.durable
+    assert any(str(journal.path) in r.getMessage() for r in caplog.records)

@@ -294,6 +294,7 @@ class Journal:
         self.max_memory_bytes = MAX_MEMORY_BYTES if max_memory_bytes is None else max_memory_bytes
         self._not_durable: dict[str, list[Any]] = {}  # data_id -> [chunks, points, reason]
         self._write_failing: str | None = None  # why the last write failed, until one succeeds
+        self._read_failing = False
         self._thread = threading.Thread(target=self._writer, name="labstream-journal", daemon=True)
         self._thread.start()
 
@@ -805,12 +806,21 @@ class Journal:
     ) -> list[Chunk]:
         """Chunks of a stream still pending for ``destination``, in order: committed ones, and
         those kept in memory because the disk could not take them."""
-        rows = self._rows(
-            "SELECT c.seq, c.chunk_index, c.multi, c.offset_ns, c.body FROM deliveries d "
-            "JOIN chunks c ON c.seq = d.seq WHERE d.destination=? AND d.state='pending' "
-            "AND c.data_id=? AND d.seq>? ORDER BY d.seq LIMIT ?",
-            (destination, data_id, after_seq, limit),
-        )
+        try:
+            rows = self._rows(
+                "SELECT c.seq, c.chunk_index, c.multi, c.offset_ns, c.body FROM deliveries d "
+                "JOIN chunks c ON c.seq = d.seq WHERE d.destination=? AND d.state='pending' "
+                "AND c.data_id=? AND d.seq>? ORDER BY d.seq LIMIT ?",
+                (destination, data_id, after_seq, limit),
+            )
+        except sqlite3.Error as exc:
+            # Nothing rather than the chunks in memory alone, which would skip those on disk:
+            # the caller asks again, and delivery goes on once the disk reads again.
+            if not self._read_failing:
+                log.error("journal: cannot read %s (%s); retrying", self.path, exc)
+            self._read_failing = True
+            return []
+        self._read_failing = False
         chunks = [decode_body(r[4], data_id, r[1], bool(r[2]), r[3], r[0]) for r in rows]
         if self._memory:  # and those the disk could not take
             with self._memory_lock:
