@@ -818,10 +818,13 @@ class AsyncTimeseriesStreamer:
     ) -> None:
         """Queue one channel's chunk for every destination; returns without network I/O.
 
+        A NaN value is a gap: Atomscale gets ``null``, ATLAS ``DATA_STATUS_MISSING``. The
+        masked values of a numpy masked array are sent the same way.
+
         Raises:
             TypeError: non-numeric timestamps/values, wrong argument types.
-            ValueError: empty or mismatched arrays, bad timestamps, negative or conflicting
-                chunk index, more than ``points_per_chunk`` points.
+            ValueError: empty or mismatched arrays, bad (or masked) timestamps, negative or
+                conflicting chunk index, more than ``points_per_chunk`` points.
             StreamStateError: unknown data_id, or the stream is finalized.
         """
         accepted = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
