@@ -204,8 +204,11 @@ class AsyncTimeseriesStreamer:
             destination down then loses them (counted and reported as dropped).
         spool_dir: the journal's directory; default ``LABSTREAM_SPOOL_DIR``, else the user cache
             directory. Streams left unfinished there by a process that died are resumed.
-        spool_max_bytes, spool_min_free_bytes: bounds; a chunk that would break one is refused
-            (counted in the report with the reason, and logged) instead of stored.
+        spool_max_bytes: cap on the journal; a chunk that would break it is refused (counted
+            in the report with the reason, and logged) instead of stored.
+        spool_min_free_bytes: below this much free space on its disk the journal stops writing
+            chunks: they are kept in memory (bounded) and delivered, and the report says they
+            are not durable (docs/durability.md).
         spool_retention_s: how long undeliverable data is kept.
         memory_window_chunks: with the journal, the most chunks a destination holds in memory;
             a destination that falls further behind reads its backlog back from disk.
