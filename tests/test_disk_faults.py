@@ -299,3 +299,27 @@ def test_a_backlog_the_disk_cannot_read_for_a_while_is_delivered_once_it_reads_a
     assert fake.points(data_id, "T")[1] == [float(i) for i in range(4000)]
     assert report.ok and report.durable
     assert any(str(journal.path) in r.getMessage() for r in caplog.records)
+
+
+def test_the_report_flags_a_low_disk_until_space_is_back(
+    streamer_factory: Callable[..., TimeseriesStreamer],
+    fake: FakeAtomscale,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A healthy link needs no disk, so no chunk is counted; the flag is up all the same."""
+    streamer = streamer_factory(clock_sync=False, spool_min_free_bytes=1 << 62)
+    data_id = streamer.initialize()
+    streamer.push(data_id, 0, "T", *series(0))
+    streamer._thread.call(streamer._core.wait_delivered, data_id, 10)
+    low = streamer.report(data_id)
+    assert not low.durable and low.not_durable_chunks == 0
+    assert "not durable: the journal is not writing chunks: less than" in str(low)
+    journal = streamer._core._journal
+    assert journal is not None
+    journal.min_free_bytes = 0  # space is back, seen at the next check
+    journal._free_checked_at = 0.0
+    streamer.push(data_id, 1, "T", *series(1))
+    report = streamer.finalize(data_id, timeout=10)
+    assert report.ok and report.durable, str(report)
+    assert fake.points(data_id, "T")[1] == [float(i) for i in range(200)]
+    assert any("durability is on again" in r.getMessage() for r in caplog.records)
