@@ -41,6 +41,29 @@ from tests.test_reliability import (  # noqa: E402 - needs the paths above
 COMMAND = ".venv/bin/python scripts/reliability_report.py"
 
 
+# Scenarios checked by their own tests (test_disk_faults.py, test_clock.py, test_validation.py),
+# not run by this script: the page lists them with the figures those tests assert.
+HOSTILE = """\
+## A failing disk, a bogus clock, masked input
+
+What labstream does in each case, and the test that checks it at the destination (figures are what that test asserts, on every run of `./scripts/test`):
+
+| scenario | what happens | test, and its figures |
+| --- | --- | --- |
+| A journal write fails (disk full, I/O error) while a destination lags and its backlog is beyond the memory window | The chunks stay in memory and are delivered from there. The journal logs the error with its path once, tries the disk with every later commit, and says when writes succeed again. The report counts them: `not durable: N chunk(s) / P point(s) kept in memory only …`, `report.durable` false | `tests/test_disk_faults.py::test_chunks_a_failed_write_could_not_store_are_still_delivered_and_reported`: every write failing, memory window 4, 60 chunks: 6,000 of 6,000 points stored, at least 55 chunks reported not durable |
+| The disk fills up mid-stream (a real 320 kB tmpfs, free-space floor 0) | As above: what the disk cannot take is kept in memory and delivered | `test_a_disk_that_fills_up_mid_stream_loses_nothing` (needs root to mount; skipped otherwise): 40,000 of 40,000 points stored |
+| Less free space than `spool_min_free_bytes` | Durability off, not delivery: a WARNING (`durability is off`), chunks accepted and delivered from memory, nothing written; the report flag and a `not durable` line in the report and in the `labstream push` summary | `test_below_the_free_space_floor_chunks_are_delivered_from_memory_and_said_so`: 30 chunks, 0 on disk, 3,000 of 3,000 points stored, 0 refused |
+| Chunks kept in memory reach their bound (256 MB of chunk data) | New chunks are refused and counted (`refused before storing: … reached their bound`); `push()` does not raise; every accepted chunk is delivered | `test_kept_in_memory_only_up_to_a_bound_then_refused_and_counted`: bound of 10 chunks, 30 pushed: at most 11 accepted, all delivered, the rest counted as refused |
+| The streamer closes with a destination down and chunks the disk could not take | Counted as dropped with the reason `not in the journal (…)`, not as pending | `test_chunks_lost_with_a_failed_write_are_counted_as_dropped_with_the_reason`: 10 of 10 chunks dropped, 0 pending |
+| Reading the backlog back from the journal fails | Logged with the path and tried again; no chunk is skipped | `test_a_backlog_the_disk_cannot_read_for_a_while_is_delivered_once_it_reads_again`: 5 failed reads, 4,000 of 4,000 points stored |
+| The journal cannot be opened: the spool directory is a file, or an existing journal is on a read-only filesystem | `JournalError` (a `LabstreamError`) naming the path, cause chained; the `labstream` commands print one line and exit 2 | `test_a_journal_directory_that_is_a_file_is_named_in_the_error`, `test_an_existing_journal_on_a_read_only_disk_is_named_in_the_error`, `test_the_spool_commands_name_a_journal_path_they_cannot_open` |
+| `/gateway/time` answers 0, 1e300, NaN, ±inf, a time before 2000 or from 2100, or an offset beyond 24 h | Refused with a WARNING; the correction in effect stays; `clock_status().error` says why | `tests/test_clock.py`: 8 such answers, each refused; with an answer of 0 the stored timestamps are the pushed ones |
+| The host clock is hours off (5 h, -23.5 h) | The offset is applied and logged as a WARNING; `clock_status().offset_s` is the offset applied, to the ns | `test_a_large_plausible_offset_is_applied_and_said_loudly` |
+| numpy masked arrays | A masked value is sent as missing, the way NaN is (`null` to Atomscale, `DATA_STATUS_MISSING` to ATLAS); a masked timestamp is refused naming the channel and chunk; `run()` keeps the mask of an item it splits | `tests/test_validation.py`: masked arrays of 14 dtypes in 600 hypothesis examples; `tests/test_atlas_end_to_end.py::test_masked_values_reach_atlas_as_missing` |
+
+"""  # noqa: E501
+
+
 def _ms(value: float) -> str:
     return f"{value:.1f} ms"
 
@@ -293,6 +316,7 @@ def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> 
         + ", ".join(f"`{c}`" for c in sorted(DATA_DEPENDENT_CHECKS))
         + ". All the other checks must pass.",
         "",
+        *HOSTILE.splitlines(),
         "## Bugs in src/ found by the suite",
         "",
         "Open bugs are pinned by `test_bug_*` tests marked `xfail(strict=True)`: such a test "

@@ -135,6 +135,19 @@ def test_push_multi_shares_one_packet_and_nan_inf_get_statuses(
     assert math.isnan(t.values[57]) and t.values[108] == math.inf  # chunks 1 and 2 too
 
 
+def test_masked_values_reach_atlas_as_missing(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    streamer = atlas_only()
+    with streamer.stream(stream_name="masked") as s:
+        values = np.ma.masked_array(np.arange(50.0), mask=[i in (3, 4) for i in range(50)])
+        s.push(0, "T", np.array(grid(T0, 50, 10.0)), values, units="C")
+    t = the_session(atlas).parameters["T:labstream"]
+    assert (t.statuses[2], t.statuses[3], t.statuses[4], t.statuses[5]) == (1, 2, 2, 1)
+    assert math.isnan(t.values[3]) and math.isnan(t.values[4])  # not 3.0 and 4.0
+    assert t.values[5] == 5.0
+
+
 def test_irregular_channel_goes_as_row_data(
     atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
 ) -> None:

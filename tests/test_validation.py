@@ -321,3 +321,112 @@ def test_long_and_short_lists_are_checked_alike(
             s.push(data_id, 0, "T", bad, vs)
     s.push(data_id, 0, "T", ts, vs)
     assert s.finalize(data_id)["atomscale"].points_delivered == n
+
+
+# -- numpy masked arrays: a masked value is a missing value, a masked timestamp is refused -------
+
+
+def test_masked_values_are_sent_as_missing_not_as_what_lies_under_the_mask(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    data_id = streamer.initialize()
+    values = np.ma.masked_array(VS, mask=[i in (2, 5) for i in range(10)])
+    streamer.push(data_id, 0, "pressure", np.array(TS), values)
+    ints = np.ma.masked_array(np.arange(10, dtype=np.int16), mask=[i == 0 for i in range(10)])
+    streamer.push_multi(data_id, 1, {"count": {"timestamps": TS, "values": ints}})
+    assert streamer.finalize(data_id).ok
+    first = fake.chunk_requests()[0]
+    assert first.body["values"] == [20.0, 21.0, None, 23.0, 24.0, None, 26.0, 27.0, 28.0, 29.0]
+    assert fake.chunks[(data_id, "count", 1)][1] == [None, *map(float, range(1, 10))]
+
+
+def test_run_keeps_the_mask_of_an_item_it_splits(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    s = streamer_factory(points_per_chunk=4, clock_sync=False)
+    data_id = s.initialize()
+    values = np.ma.masked_array(VS, mask=[i % 3 == 0 for i in range(10)])
+    s.run(data_id, "T", [(np.array(TS), values)])
+    assert s.finalize(data_id).ok
+    sent = fake.points(data_id, "T")[1]
+    assert [math.isnan(v) for v in sent] == [i % 3 == 0 for i in range(10)]
+    assert [v for v in sent if not math.isnan(v)] == [VS[i] for i in range(10) if i % 3]
+
+
+def test_a_masked_timestamp_is_refused_and_named(
+    streamer: TimeseriesStreamer, fake: FakeAtomscale
+) -> None:
+    data_id = streamer.initialize()
+    ts = np.ma.masked_array(TS, mask=[i == 4 for i in range(10)])
+    with pytest.raises(ValueError, match=r"channel='T' chunk_index=7: timestamps\[4\] is masked"):
+        streamer.push(data_id, 7, "T", ts, VS)
+    streamer.finalize(data_id)
+    assert fake.chunk_requests() == []
+
+
+_ODD_DTYPES = [
+    "float64", "float32", "float16", ">f8", "int8", "int64", "uint64", "bool", "complex128",
+    "datetime64[s]", "timedelta64[ms]", "U3", "S2", "object",
+]  # fmt: skip
+
+
+@st.composite
+def _arrays(draw: st.DrawFn, n: int = 6) -> np.ndarray:  # type: ignore[type-arg]
+    """An array of ``n`` points of any dtype a caller may have, masked or not (all, some,
+    none: numpy's ``nomask`` too). Object arrays mix numbers, None and strings."""
+    from hypothesis.extra import numpy as hnp
+
+    dtype = draw(st.sampled_from(_ODD_DTYPES))
+    if dtype == "object":
+        item = st.one_of(st.floats(), st.integers(-(2**70), 2**70), st.none(), st.text(max_size=2))
+        data = np.array([*draw(st.lists(item, min_size=n, max_size=n)), None], dtype=object)[:n]
+    else:
+        data = draw(hnp.arrays(np.dtype(dtype), n))
+    if not draw(st.booleans()):
+        return data
+    mask = draw(st.one_of(st.just(np.ma.nomask), hnp.arrays(np.bool_, n)))
+    return np.ma.masked_array(data, mask=mask)
+
+
+def _pushed(timestamps: object, values: object) -> tuple[type[Exception] | bytes, np.ndarray]:  # type: ignore[type-arg]
+    """(the digest, the stored values) of an accepted push; (the error's type, []) of a refused
+    one, whose message must name the push."""
+    try:
+        raw = validate_series("d", 0, "T", timestamps, values, None, max_points=6)
+    except (TypeError, ValueError) as exc:
+        named = "data_id=d channel='T' chunk_index=0" in str(exc)
+        return (type(exc) if named else AssertionError), np.array([])
+    stored = raw.values
+    return raw.digest, stored if isinstance(stored, np.ndarray) else np.frombuffer(stored)
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(_arrays())
+def test_masked_values_of_any_dtype_are_missing_values(values: np.ndarray) -> None:  # type: ignore[type-arg]
+    """Whatever the dtype, a masked array is pushed as its unmasked points with NaN (missing)
+    where it is masked. It is refused only where the same points would be, unmasked: for its
+    dtype (strings, dates, complex numbers), or for an unmasked item that is not a number."""
+    ts = [T0 + i for i in range(6)]
+    mask = np.ma.getmaskarray(values)
+    data = np.ma.getdata(values)
+    plain = data
+    if data.dtype.kind in "biufO" and mask.any():  # what lies under the mask replaced by NaN
+        plain = np.array([math.nan if m else v for v, m in zip(data.tolist(), mask, strict=True)])
+    (got, stored), (expected, _) = _pushed(ts, values), _pushed(ts, plain)
+    assert got is not AssertionError  # a refusal names the push
+    assert got == expected  # the same error, or the same float64 bytes
+    if isinstance(got, bytes):
+        assert np.isnan(stored[mask]).all()
+
+
+@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@given(_arrays())
+def test_masked_timestamps_are_refused_whatever_the_dtype(timestamps: np.ndarray) -> None:  # type: ignore[type-arg]
+    """A point needs a time: a masked timestamp is refused, and named; an array with nothing
+    masked is checked as its data would be."""
+    if np.ma.getmaskarray(timestamps).any():
+        with pytest.raises(ValueError, match=r"chunk_index=0: timestamps\[\d\] is masked"):
+            validate_series("d", 0, "T", timestamps, [1.0] * 6, None, max_points=6)
+    else:
+        got = _pushed(timestamps, [1.0] * 6)[0]
+        assert got == _pushed(np.ma.getdata(timestamps), [1.0] * 6)[0]

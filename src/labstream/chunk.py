@@ -29,6 +29,7 @@ LATEST_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z
 MAX_CHUNK_INDEX = 2**63 - 1
 _NONE = object()  # "no such item" where None is a possible item
 _PYTHON_CHECK_MAX = 128  # see _check_timestamp_list
+_MASKED = np.ma.MaskedArray
 _UNIT_HINTS = ((1e17, "nanoseconds", 1e9), (1e14, "microseconds", 1e6), (1e11, "milliseconds", 1e3))
 
 
@@ -154,6 +155,8 @@ def check_chunk_index(data_id: str, chunk_index: object) -> int:
 
 
 def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
+    if isinstance(obj, _MASKED):
+        return _unmasked(obj, what, ctx)
     try:
         arr = np.asarray(obj)
     except (TypeError, ValueError) as exc:
@@ -182,6 +185,27 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
     if arr.dtype == np.float64 and arr is not obj and arr.base is None:
         return arr  # numpy built it from a list: already our own copy
     return arr.astype(np.float64)  # a copy: the caller may reuse its buffer
+
+
+def _unmasked(obj: np.ma.MaskedArray[Any, Any], what: str, ctx: str) -> Float64Array:
+    """A masked array's points: a masked value is a missing one (NaN, as a NaN pushed is: null
+    for Atomscale, a status that is not valid for ATLAS); a masked timestamp is refused, since
+    a point must have a time. ``np.asarray`` would drop the mask and send what lies under it."""
+    data = np.ma.getdata(obj)
+    mask = np.ma.getmaskarray(obj)
+    if data.ndim != 1 or not mask.any():
+        return _as_float_array(data, what, ctx)
+    if what == "timestamps":
+        raise ValueError(
+            f"{ctx}: timestamps[{int(np.argmax(mask))}] is masked; every point needs a "
+            "timestamp (mask the value instead: it is sent as missing)"
+        )
+    if data.dtype.kind == "O":  # what lies under the mask need not be a number
+        data = data.copy()
+        data[mask] = 0.0
+    floats = _as_float_array(data, what, ctx)  # a copy of its own
+    floats[mask] = np.nan
+    return floats
 
 
 def _is_number(item: object) -> bool:

@@ -266,6 +266,7 @@ def _hidden(names: Sequence[str]) -> Iterator[None]:
 def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
     from . import TimeseriesStreamer
     from .config import ENV_VARS
+    from .errors import JournalError
 
     atlas = _atlas_settings(cfg) if dests.atlas else None
     try:
@@ -279,7 +280,7 @@ def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
                 clock_sync=bool(cfg["atomscale.clock_sync"]),
                 proxy=cfg["atomscale.proxy"],
             )
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, JournalError) as exc:
         raise _UsageError(f"cannot start streaming: {exc}") from None
 
 
@@ -1193,6 +1194,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .errors import JournalError
+
     args = build_parser().parse_args(argv)
     try:
         with _library_logging(bool(getattr(args, "verbose", False))):
@@ -1200,6 +1203,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as exc:
         _say(f"error: {exc}")
         return exc.code
+    except JournalError as exc:  # the spool commands': the message names the path
+        _say(f"error: {exc}")
+        return EXIT_USAGE
     except KeyboardInterrupt:
         _say("interrupted")
         return EXIT_INTERRUPTED

@@ -301,6 +301,12 @@ class DeliveryRunner:
         for st in self._streams.values():
             r = st.report(self.window.size)
             if r.chunks_pending and self._journal is not None:
+                lost, lost_points = self._journal.memory_pending(self.name, st.info.data_id)
+                if lost:  # the disk could not take them: they go with the process
+                    why = self._journal.not_durable(st.info.data_id)[2]
+                    self._count_dropped(st, lost, lost_points, f"not in the journal ({why})")
+                    r = st.report
+            if r.chunks_pending and self._journal is not None:
                 log.warning(
                     "%s: data_id=%s: %d chunk(s) not delivered yet; kept in the journal at %s "
                     "(labstream spool resume delivers them)",
@@ -310,19 +316,23 @@ class DeliveryRunner:
                     self._journal.directory,
                 )
             elif r.chunks_pending:
-                log.error(
-                    "%s: data_id=%s: %d chunk(s) / %d point(s) dropped: %s",
-                    self.name,
-                    st.info.data_id,
-                    r.chunks_pending,
-                    r.points_pending,
-                    reason,
-                )
-                st.update(
-                    chunks_dropped=r.chunks_dropped + r.chunks_pending,
-                    points_dropped=r.points_dropped + r.points_pending,
-                    drop_reason=reason,
-                )
+                self._count_dropped(st, r.chunks_pending, r.points_pending, reason)
+
+    def _count_dropped(self, st: _StreamDelivery, chunks: int, points: int, reason: str) -> None:
+        log.error(
+            "%s: data_id=%s: %d chunk(s) / %d point(s) dropped: %s",
+            self.name,
+            st.info.data_id,
+            chunks,
+            points,
+            reason,
+        )
+        r = st.base
+        st.update(
+            chunks_dropped=r.chunks_dropped + chunks,
+            points_dropped=r.points_dropped + points,
+            drop_reason=reason,
+        )
 
     # -- workers -------------------------------------------------------------------------------
 

@@ -17,6 +17,11 @@ class StreamStateError(LabstreamError, ValueError):
     """A call that the stream's state does not allow (unknown data_id, push after finalize)."""
 
 
+class JournalError(LabstreamError, OSError):
+    """The durable journal (spool) cannot be opened or used; the message names its path and the
+    cause is chained (``__cause__``)."""
+
+
 class DestinationError(LabstreamError):
     """A destination failed to do what was asked.
 

@@ -36,6 +36,7 @@ import numpy as np
 import orjson
 
 from .chunk import ChannelSeries, Chunk
+from .errors import JournalError
 
 log = logging.getLogger("labstream.journal")
 
@@ -48,6 +49,9 @@ WRITER_WAIT_S = 2.0
 # Long enough for both destinations to confirm a chunk on a healthy link (ATLAS confirms a batch
 # per write), short enough that a crash loses little: see docs/durability.md, "When".
 WRITE_DELAY_S = 0.03
+# Chunk data kept in memory only, when the disk cannot take it (a failed write, or less free space
+# than the floor): new chunks are refused beyond it.
+MAX_MEMORY_BYTES = 256 * 1024**2
 FILE_NAME = "journal.sqlite3"
 
 _SCHEMA = """
@@ -231,6 +235,11 @@ class Journal:
         write_delay_s: how long after it was added the writer holds a chunk some destination
             has not confirmed yet before writing it; one confirmed by all destinations in that
             time is never written.
+        max_memory_bytes: cap on the chunk data kept in memory only while the disk cannot take
+            it (default ``MAX_MEMORY_BYTES``); new chunks are refused beyond it.
+
+    Raises:
+        JournalError: the journal cannot be opened (the message names the path).
     """
 
     def __init__(
@@ -242,32 +251,21 @@ class Journal:
         retention_s: float = 7 * 24 * 3600.0,
         commit_interval_s: float = 0.01,
         write_delay_s: float = WRITE_DELAY_S,
+        max_memory_bytes: int | None = None,
     ) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with contextlib.suppress(OSError):
-            self.directory.chmod(0o700)
         self.path = self.directory / FILE_NAME
         self.max_bytes = max_bytes
         self.min_free_bytes = min_free_bytes
         self.retention_s = retention_s
         self._interval = commit_interval_s
         self._write_delay = write_delay_s
-        self._write = self._connect()
-        self._write.executescript(_SCHEMA)
-        for suffix in ("", "-wal", "-shm"):
-            with contextlib.suppress(OSError):
-                Path(f"{self.path}{suffix}").chmod(0o600)
-        row = self._write.execute(
-            f"SELECT COALESCE(MAX(seq), 0), COALESCE(SUM({_SIZE_SQL}), 0) FROM chunks"
-        ).fetchone()
-        meta = self._write.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
-        # Delivered chunks are deleted, so the highest seq ever used is kept apart.
-        self._next_seq = max(int(row[0]), int(meta[0]) if meta else 0) + 1
-        self._bytes = int(row[1])
+        try:
+            self._open()
+        except (OSError, sqlite3.Error) as exc:
+            raise JournalError(f"cannot open the journal at {self.path}: {exc}") from exc
         self._bytes_lock = threading.Lock()  # updated by pushing threads and the writer
         self._queued_bytes = 0  # chunk data queued for the writer, not taken yet
-        self._read = self._connect()
         self._read_lock = threading.Lock()
         self._queue: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
@@ -286,8 +284,37 @@ class Journal:
         self._owed: dict[int, int] = {}
         self._dest_bits: dict[str, int] = {}
         self._free_ok = True
+        # Chunks the disk could not take (a failed write, or less free space than the floor):
+        # seq -> (chunk, destinations still owing). Delivered from here like chunks on disk, but
+        # lost when the process ends: counted per stream as not durable, and as dropped if
+        # still undelivered at close.
+        self._memory: dict[int, tuple[Chunk, set[str]]] = {}
+        self._memory_lock = threading.Lock()
+        self.memory_bytes = 0
+        self.max_memory_bytes = MAX_MEMORY_BYTES if max_memory_bytes is None else max_memory_bytes
+        self._not_durable: dict[str, list[Any]] = {}  # data_id -> [chunks, points, reason]
+        self._write_failing: str | None = None  # why the last write failed, until one succeeds
+        self._read_failing = False
         self._thread = threading.Thread(target=self._writer, name="labstream-journal", daemon=True)
         self._thread.start()
+
+    def _open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with contextlib.suppress(OSError):
+            self.directory.chmod(0o700)
+        self._write = self._connect()
+        self._write.executescript(_SCHEMA)
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                Path(f"{self.path}{suffix}").chmod(0o600)
+        row = self._write.execute(
+            f"SELECT COALESCE(MAX(seq), 0), COALESCE(SUM({_SIZE_SQL}), 0) FROM chunks"
+        ).fetchone()
+        meta = self._write.execute("SELECT value FROM meta WHERE key='last_seq'").fetchone()
+        # Delivered chunks are deleted, so the highest seq ever used is kept apart.
+        self._next_seq = max(int(row[0]), int(meta[0]) if meta else 0) + 1
+        self._bytes = int(row[1])
+        self._read = self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
@@ -329,14 +356,93 @@ class Journal:
         now = time.monotonic()
         if now - self._free_checked_at > 1.0:  # statvfs at most once a second
             self._free_checked_at = now
-            self._free_ok = shutil.disk_usage(self.directory).free >= self.min_free_bytes
-        if not self._free_ok:
+            self._check_free()
+        # Below the floor the queued chunks go to memory too (unless confirmed first).
+        in_memory = self.memory_bytes + (0 if self._free_ok else self._queued_bytes)
+        if in_memory and in_memory + nbytes > self.max_memory_bytes:
             raise JournalFull(
-                f"less than {_size(self.min_free_bytes)} free on the disk of {self.directory}"
+                f"the disk cannot take more ({self.durability_off or 'see the log'}) and the "
+                f"chunks kept in memory instead reached their bound ({_size(in_memory)}, "
+                f"bound {_size(self.max_memory_bytes)})"
             )
         with self._bytes_lock:
             self._bytes += nbytes
             self._queued_bytes += nbytes
+
+    @property
+    def durability_off(self) -> str | None:
+        """Why new chunks are kept in memory only right now, or None while the disk takes them."""
+        if not self._free_ok:
+            return self._low_disk
+        return self._write_failing
+
+    @property
+    def _low_disk(self) -> str:
+        return f"less than {_size(self.min_free_bytes)} free on the disk of {self.directory}"
+
+    def _check_free(self) -> None:
+        """Below the free-space floor the journal stops writing chunks (a full disk must not stop
+        delivery): new ones are kept in memory, within ``max_memory_bytes``, and said so."""
+        try:
+            free_ok = shutil.disk_usage(self.directory).free >= self.min_free_bytes
+        except OSError:
+            free_ok = False
+        if free_ok == self._free_ok:
+            return
+        self._free_ok = free_ok
+        if not free_ok:
+            log.warning(
+                "journal: %s: durability is off; new chunks are kept in memory only (up to %s) "
+                "and still delivered, but a crash loses them",
+                self._low_disk,
+                _size(self.max_memory_bytes),
+            )
+        else:
+            log.warning("journal: free space is back on %s: durability is on again", self.directory)
+
+    def not_durable(self, data_id: str) -> tuple[int, int, str | None]:
+        """(chunks, points, why) of a stream the disk could not take, kept in memory instead."""
+        with self._memory_lock:
+            counts = self._not_durable.get(data_id)
+            return (counts[0], counts[1], counts[2]) if counts else (0, 0, None)
+
+    def memory_pending(self, destination: str, data_id: str) -> tuple[int, int]:
+        """(chunks, points) of a stream still owed to ``destination`` held in memory only: lost
+        when this process ends."""
+        chunks = points = 0
+        with self._memory_lock:
+            for chunk, owing in self._memory.values():
+                if chunk.data_id == data_id and destination in owing:
+                    chunks += 1
+                    points += chunk.points
+        return chunks, points
+
+    def _keep_in_memory(self, kept: list[tuple[Chunk, tuple[str, ...]]], reason: str) -> int:
+        """Hold chunks the disk did not take; returns their bytes (they leave the disk's count)."""
+        nbytes = 0
+        with self._memory_lock:
+            for chunk, owing in kept:
+                self._memory[chunk.seq] = (chunk, set(owing))
+                nbytes += chunk_size(chunk.points)
+                counts = self._not_durable.setdefault(chunk.data_id, [0, 0, reason])
+                counts[0] += 1
+                counts[1] += chunk.points
+                counts[2] = reason
+            self.memory_bytes += nbytes
+        return nbytes
+
+    def _settle_in_memory(self, seq: int, destination: str) -> bool:
+        """A destination is done with a chunk (delivered or rejected); False if it is not held in
+        memory. Rejections of such chunks are logged and reported, not kept."""
+        with self._memory_lock:
+            entry = self._memory.get(seq)
+            if entry is None:
+                return False
+            entry[1].discard(destination)
+            if not entry[1]:
+                del self._memory[seq]
+                self.memory_bytes -= chunk_size(entry[0].points)
+        return True
 
     def add_stream(
         self, data_id: str, info: dict[str, Any], destinations: dict[str, str], owner: str
@@ -388,7 +494,8 @@ class Journal:
                 time.sleep(self._interval)  # let a burst accumulate: one commit for all of it
             self._wake.clear()
             self._commit_queued()
-            if self._stopping and not self._queue and not self._held:
+            # A disk that keeps failing would keep its bookkeeping queued forever.
+            if self._stopping and (not self._queue or self._write_failing) and not self._held:
                 return
 
     def _commit_queued(self) -> None:
@@ -402,11 +509,8 @@ class Journal:
         try:
             self._commit(batch)
         except Exception:
-            # e.g. the disk filled up. Delivery goes on from memory; only durability is lost for
-            # these, so say it loudly, keep the thread alive and the connection usable.
-            log.exception("journal write failed; %d operations not persisted", len(batch))
-            with contextlib.suppress(sqlite3.Error):
-                self._write.execute("ROLLBACK")
+            # A bug, not the disk (_commit handles failed writes): keep the thread alive.
+            log.exception("journal: %d operations not processed", len(batch))
 
     def _commit(self, batch: list[tuple[Any, ...]]) -> None:
         now = time.monotonic()
@@ -414,7 +518,8 @@ class Journal:
         write_all = self._write_all or self._stopping or self._queued_bytes > MAX_QUEUED_BYTES // 2
         self._write_all = False
         top = None
-        freed = 0
+        freed = 0  # bytes that leave the disk's count: settled in memory, or kept in memory
+        freed_on_disk = 0  # bytes of chunks this write deletes: counted only if it succeeds
         taken = 0  # bytes that leave the writer's memory: written, or settled without the disk
         # Confirmations of chunks still in memory are settled here, before anything is written:
         # a chunk every destination confirmed never touches the disk (on a healthy link that is
@@ -433,6 +538,8 @@ class Journal:
         # Chunks and confirmations go in a few executemany() calls per commit, not statements
         # per chunk: each statement takes the GIL back from the event loop.
         chunk_rows: list[tuple[Any, ...]] = []
+        stored: list[tuple[Chunk, tuple[str, ...]]] = []  # the chunks of chunk_rows
+        kept: list[tuple[Chunk, tuple[str, ...]]] = []  # for memory: the disk is low
         pending_rows: list[tuple[int, str]] = []
         done_rows: list[tuple[int, str]] = []
         dropped: list[tuple[int]] = []
@@ -440,6 +547,8 @@ class Journal:
         others: list[tuple[Any, ...]] = []
         atlas_states: dict[str, tuple[Any, ...]] = {}
         owed = self._owed
+        memory = self._memory
+        to_disk = self._free_ok
         held: deque[tuple[Chunk | ChunkToBuild, tuple[str, ...], float]] = deque()
         # Held chunks are older than the queued ones: seq order is kept.
         chunks = [*self._held, *(i[1:] for i in batch if i[0] == "chunk")]
@@ -459,6 +568,10 @@ class Journal:
                 chunk = chunk.build()  # only now: most chunks never need it
             taken += chunk_size(chunk.points)
             top = chunk.seq
+            if not to_disk:
+                kept.append((chunk, owing))
+                continue
+            stored.append((chunk, owing))
             chunk_rows.append(
                 (
                     chunk.seq,
@@ -477,6 +590,8 @@ class Journal:
         self._held = held
         with self._bytes_lock:
             self._queued_bytes -= taken
+        if kept:
+            freed += self._keep_in_memory(kept, self._low_disk)
         # Only the chunks below the oldest one held count as committed (on disk or settled).
         if chunks:
             self._taken_seq = chunks[-1][0].seq
@@ -490,6 +605,8 @@ class Journal:
                 seq, destination = item[1], item[2]
                 if seq in arrived:
                     continue  # settled above, with its chunk
+                if memory and self._settle_in_memory(seq, destination):
+                    continue
                 done_rows.append((seq, destination))
                 entry = owed.get(seq)
                 if entry is None:
@@ -501,18 +618,31 @@ class Journal:
                 else:
                     del owed[seq]
                     dropped.append((seq,))
-                    freed += chunk_size(entry >> 8)
+                    freed_on_disk += chunk_size(entry >> 8)
             elif kind == "atlas":
                 atlas_states[item[1]] = item  # only the latest state of a session is kept
             else:
                 if kind == "rejected":  # kept on disk with its reason: the database decides
+                    if memory and self._settle_in_memory(item[1], item[2]):
+                        continue
                     owed.pop(item[1], None)
                 others.append(item)
         others.extend(atlas_states.values())
         if chunk_rows or done_rows or dropped or unknown or others:
-            freed += self._write_to_disk(
-                chunk_rows, pending_rows, done_rows, dropped, unknown, others
-            )
+            try:
+                freed += self._write_to_disk(
+                    chunk_rows, pending_rows, done_rows, dropped, unknown, others
+                )
+            except Exception as exc:  # the disk is full, read-only, gone...
+                with contextlib.suppress(sqlite3.Error):
+                    self._write.execute("ROLLBACK")
+                self._write_failed(exc, stored, batch, arrived)
+                freed += self._keep_in_memory(stored, f"a journal write failed: {exc}")
+            else:
+                freed += freed_on_disk
+                if self._write_failing is not None:
+                    self._write_failing = None
+                    log.warning("journal: writes to %s succeed again: durability is on", self.path)
         # else nothing to store: every chunk was settled in memory, or is still held. The
         # highest seq taken is recorded with the next write; until then no row refers to it.
         with self._bytes_lock:
@@ -521,6 +651,40 @@ class Journal:
             with self._committed:
                 self.committed_seq = max(self.committed_seq, top)
                 self._committed.notify_all()
+
+    def _write_failed(
+        self,
+        exc: Exception,
+        stored: list[tuple[Chunk, tuple[str, ...]]],
+        batch: list[tuple[Any, ...]],
+        arrived: set[int],
+    ) -> None:
+        """A write failed: its chunks are kept in memory (the caller does it) and still delivered;
+        the rest (confirmations, stream records) is tried again with the next write."""
+        for chunk, _ in stored:
+            self._owed.pop(chunk.seq, None)
+        retry = [
+            item
+            for item in batch
+            if item[0] != "chunk" and not (item[0] == "delivered" and item[1] in arrived)
+        ]
+        if len(self._queue) + len(retry) > MAX_OWED:
+            # Bounded: past it, confirmations are let go. Their chunks stay pending on disk
+            # and a later process sends them again (Atomscale replaces a re-sent chunk).
+            retry = [item for item in retry if item[0] != "delivered"]
+        self._queue.extendleft(reversed(retry))
+        if self._write_failing is None:
+            log.error(
+                "journal: a write to %s failed (%s: %s): %d chunk(s) kept in memory only, still "
+                "delivered; durability is off until a write succeeds",
+                self.path,
+                type(exc).__name__,
+                exc,
+                len(stored),
+            )
+        else:
+            log.debug("journal: a write to %s failed again: %s", self.path, exc)
+        self._write_failing = f"a write to {self.path} failed: {exc}"
 
     def _write_to_disk(
         self,
@@ -616,6 +780,8 @@ class Journal:
         self._write_all = True
         self._wake.set()
         while (self._queue or self._held) and time.monotonic() < deadline:
+            if self._write_failing is not None and not self._held:
+                break  # what is queued is the failed writes' bookkeeping: it waits for the disk
             time.sleep(self._interval / 2)
         with self._committed:
             self._committed.wait(timeout=min(self._interval * 4, 0.1))
@@ -638,14 +804,34 @@ class Journal:
     def pending_chunks(
         self, destination: str, data_id: str, after_seq: int, limit: int
     ) -> list[Chunk]:
-        """Committed chunks of a stream still pending for ``destination``, in order."""
-        rows = self._rows(
-            "SELECT c.seq, c.chunk_index, c.multi, c.offset_ns, c.body FROM deliveries d "
-            "JOIN chunks c ON c.seq = d.seq WHERE d.destination=? AND d.state='pending' "
-            "AND c.data_id=? AND d.seq>? ORDER BY d.seq LIMIT ?",
-            (destination, data_id, after_seq, limit),
-        )
-        return [decode_body(r[4], data_id, r[1], bool(r[2]), r[3], r[0]) for r in rows]
+        """Chunks of a stream still pending for ``destination``, in order: committed ones, and
+        those kept in memory because the disk could not take them."""
+        try:
+            rows = self._rows(
+                "SELECT c.seq, c.chunk_index, c.multi, c.offset_ns, c.body FROM deliveries d "
+                "JOIN chunks c ON c.seq = d.seq WHERE d.destination=? AND d.state='pending' "
+                "AND c.data_id=? AND d.seq>? ORDER BY d.seq LIMIT ?",
+                (destination, data_id, after_seq, limit),
+            )
+        except sqlite3.Error as exc:
+            # Nothing rather than the chunks in memory alone, which would skip those on disk:
+            # the caller asks again, and delivery goes on once the disk reads again.
+            if not self._read_failing:
+                log.error("journal: cannot read %s (%s); retrying", self.path, exc)
+            self._read_failing = True
+            return []
+        self._read_failing = False
+        chunks = [decode_body(r[4], data_id, r[1], bool(r[2]), r[3], r[0]) for r in rows]
+        if self._memory:  # and those the disk could not take
+            with self._memory_lock:
+                extra = [
+                    chunk
+                    for seq, (chunk, owing) in self._memory.items()
+                    if seq > after_seq and chunk.data_id == data_id and destination in owing
+                ]
+            if extra:
+                chunks = sorted([*chunks, *extra], key=lambda c: c.seq)[:limit]
+        return chunks
 
     def pending_summary(self, destination: str, data_id: str) -> tuple[int, int, int]:
         """(chunks, points, highest seq) still pending for a destination."""
@@ -718,6 +904,14 @@ class Journal:
     def purge(self, data_id: str) -> int:
         """Forget a stream and everything held for it; return the chunks removed."""
         self.flush()
+        try:
+            return self._purge(data_id)
+        except sqlite3.Error as exc:
+            raise JournalError(
+                f"cannot purge {data_id} from the journal at {self.path}: {exc}"
+            ) from exc
+
+    def _purge(self, data_id: str) -> int:
         db = self._connect()  # not the writer's connection: that one belongs to its thread
         try:
             db.execute("BEGIN")

@@ -332,7 +332,7 @@ def summary_table(
         f"{'destination':<12}{'accepted':>10}{'delivered':>11}{'retries':>9}{'rejected':>10}"
         f"{'pending':>9}{'dropped':>9}{'earlier':>10}  {'closed':<7}status"
     )
-    lines = [f"stream {report.data_id}", head]
+    lines = [f"stream {report.data_id}", *report.notes(), head]
     for name, d in report.destinations.items():
         lines.append(
             f"{name:<12}{d.points_accepted:>10}{d.points_delivered:>11}{d.retries:>9}"

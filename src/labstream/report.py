@@ -76,18 +76,53 @@ class DestinationReport:
 
 @dataclass(frozen=True, slots=True)
 class StreamReport:
-    """The outcome of one stream across every destination."""
+    """The outcome of one stream across every destination.
+
+    ``not_durable_chunks`` were accepted but the journal's disk could not take them (a failed
+    write, or less free space than ``spool_min_free_bytes``): they were kept in memory and
+    delivered from there, and a crash before delivery would have lost them. ``not_durable_reason``
+    says why; it is also set, with no chunk counted, while the journal is not writing chunks.
+    Any of them still undelivered when the streamer closed is counted as dropped.
+    """
 
     data_id: str
     destinations: dict[str, DestinationReport] = field(default_factory=dict)
     refused_chunks: int = 0
     refused_points: int = 0
     refusal_reason: str | None = None
+    not_durable_chunks: int = 0
+    not_durable_points: int = 0
+    not_durable_reason: str | None = None
+
+    @property
+    def durable(self) -> bool:
+        """False when some accepted chunks were held in memory only, or the journal is not
+        writing chunks (see ``not_durable_*``)."""
+        return not self.not_durable_chunks and self.not_durable_reason is None
 
     @property
     def ok(self) -> bool:
         """True when nothing was refused and every destination got everything and closed."""
         return not self.refused_chunks and all(d.complete for d in self.destinations.values())
+
+    def notes(self) -> list[str]:
+        """Lines about the stream as a whole: chunks refused, chunks not durable."""
+        out = []
+        if self.refused_chunks:
+            out.append(
+                f"  refused before storing: {self.refused_chunks} chunk(s) / "
+                f"{self.refused_points} point(s): {self.refusal_reason}"
+            )
+        if self.not_durable_chunks:
+            out.append(
+                f"  not durable: {self.not_durable_chunks} chunk(s) / {self.not_durable_points} "
+                f"point(s) kept in memory only, not in the journal: {self.not_durable_reason}"
+            )
+        elif self.not_durable_reason:
+            out.append(
+                f"  not durable: the journal is not writing chunks: {self.not_durable_reason}"
+            )
+        return out
 
     def __getitem__(self, destination: str) -> DestinationReport:
         return self.destinations[destination]
@@ -98,12 +133,7 @@ class StreamReport:
             f"{'rejected':>10}{'pending':>9}{'dropped':>9}  closed"
         )
         lines = [f"stream {self.data_id}: {'complete' if self.ok else 'INCOMPLETE'}", head]
-        if self.refused_chunks:
-            lines.insert(
-                1,
-                f"  refused before storing: {self.refused_chunks} chunk(s) / "
-                f"{self.refused_points} point(s): {self.refusal_reason}",
-            )
+        lines[1:1] = self.notes()
         for d in self.destinations.values():
             lines.append(
                 f"{d.destination:<12}{d.points_accepted:>10}{d.points_delivered:>11}"

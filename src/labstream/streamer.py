@@ -43,7 +43,7 @@ from .chunk import (
 )
 from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
-from .errors import DeliveryError, DeliveryTimeoutError, StreamStateError
+from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
 from .handoff import LoopHandoff
 from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
 from .report import StreamReport
@@ -163,7 +163,7 @@ def split_run_item(
     if n_ts <= max_points:
         yield first_index, ts, vals
         return
-    ts_arr, vals_arr = np.asarray(ts), np.asarray(vals)
+    ts_arr, vals_arr = np.asanyarray(ts), np.asanyarray(vals)  # a masked array keeps its mask
     for k, start in enumerate(range(0, n_ts, max_points)):
         yield (
             first_index + k,
@@ -202,8 +202,11 @@ class AsyncTimeseriesStreamer:
             destination down then loses them (counted and reported as dropped).
         spool_dir: the journal's directory; default ``LABSTREAM_SPOOL_DIR``, else the user cache
             directory. Streams left unfinished there by a process that died are resumed.
-        spool_max_bytes, spool_min_free_bytes: bounds; a chunk that would break one is refused
-            (counted in the report with the reason, and logged) instead of stored.
+        spool_max_bytes: cap on the journal; a chunk that would break it is refused (counted
+            in the report with the reason, and logged) instead of stored.
+        spool_min_free_bytes: below this much free space on its disk the journal stops writing
+            chunks: they are kept in memory (bounded) and delivered, and the report says they
+            are not durable (docs/durability.md).
         spool_retention_s: how long undeliverable data is kept.
         memory_window_chunks: with the journal, the most chunks a destination holds in memory;
             a destination that falls further behind reads its backlog back from disk.
@@ -413,6 +416,9 @@ class AsyncTimeseriesStreamer:
                 await self._stop.wait()
                 tg.cancel_scope.cancel()
         finally:
+            if self._journal is not None:
+                # Every chunk on disk or, where the disk failed, in memory: those are counted.
+                self._journal.flush()
             for runner in self._runners:
                 runner.count_undelivered_as_dropped()
 
@@ -444,7 +450,10 @@ class AsyncTimeseriesStreamer:
     def _close_journal(self) -> None:
         if self._journal is not None:
             # Housekeeping: streams finished everywhere, and data past retention, are removed.
-            self._journal.forget_finished()
+            try:
+                self._journal.forget_finished()
+            except JournalError as exc:  # a full or failing disk: the next streamer does it
+                log.warning("journal: housekeeping skipped: %s", exc)
             self._journal.close()
             LIVE_OWNERS.discard(self._owner)
 
@@ -778,10 +787,13 @@ class AsyncTimeseriesStreamer:
     ) -> None:
         """Queue one channel's chunk for every destination; returns without network I/O.
 
+        A NaN value is a gap: Atomscale gets ``null``, ATLAS ``DATA_STATUS_MISSING``. The
+        masked values of a numpy masked array are sent the same way.
+
         Raises:
             TypeError: non-numeric timestamps/values, wrong argument types.
-            ValueError: empty or mismatched arrays, bad timestamps, negative or conflicting
-                chunk index, more than ``points_per_chunk`` points.
+            ValueError: empty or mismatched arrays, bad (or masked) timestamps, negative or
+                conflicting chunk index, more than ``points_per_chunk`` points.
             StreamStateError: unknown data_id, or the stream is finalized.
         """
         accepted = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
@@ -917,12 +929,21 @@ class AsyncTimeseriesStreamer:
 
     def _snapshot(self, stream: _Stream) -> StreamReport:
         data_id = stream.info.data_id
+        journal = self._journal
+        not_durable: tuple[int, int, str | None] = (0, 0, None)
+        if journal is not None:
+            not_durable = journal.not_durable(data_id)
+            if not_durable[2] is None:  # nothing kept in memory, but the flag is up
+                not_durable = (0, 0, journal.durability_off)
         return StreamReport(
             data_id,
             {r.name: r.report(data_id) for r in self._runners},
             refused_chunks=stream.refused_chunks,
             refused_points=stream.refused_points,
             refusal_reason=stream.refusal_reason,
+            not_durable_chunks=not_durable[0],
+            not_durable_points=not_durable[1],
+            not_durable_reason=not_durable[2],
         )
 
     def recovered_streams(self) -> list[str]:
