@@ -10,7 +10,8 @@ seeded fault plan, and lets tests, the demo and other processes read back what i
 Choices callers rely on:
 
 * Every API request needs an ``X-API-KEY`` header (missing: 401); with ``api_key`` set, another
-  key gets 403. ``GET /gateway/time`` is a public time service and needs no key (the SDK sends none). The key is checked before fault injection: faults count only authorised requests.
+  key gets 403. ``GET /gateway/time`` is a public time service and needs no key (the SDK sends
+  none). The key is checked before fault injection: faults count only authorised requests.
 * Body problems answer 422 ``{"detail": ...}``; an unknown ``data_id``, sample or tag answers 404.
 * Chunks are stored per ``(data_id, channel, chunk_index)``: a re-send replaces the earlier copy.
   A JSON ``null`` value is stored as NaN; ``null`` timestamps are rejected.
