@@ -34,6 +34,7 @@ from .emulators.atlas_checker import (
     SessionReport,
     check_session,
     decode_content,
+    format_report,
 )
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "ServerSession",
     "Verified",
     "VerifyError",
+    "format_verified",
     "list_sessions",
     "read_session",
     "verify",
@@ -368,8 +370,7 @@ def verify(
 
 
 def format_verified(v: Verified, address: str, *, verbose: bool = False) -> str:
-    from .emulators.atlas_checker import format_report
-
+    """What was read, the checker's report, and the checks left out."""
     state = "ended" if v.session.is_complete else "NOT ended (no EndSession yet)"
     head = (
         f"read from {address}: {v.packets} packets of session {v.session.key} ({state}), "
