@@ -748,3 +748,62 @@ async def test_record_keeps_any_well_known_type_and_unknown_ones(tmp_path: Path)
     assert packet.content is not None
     got = wrappers_pb2.StringValue()
     assert packet.content.metadata["Driver"].Unpack(got) and got.value == "Ada"
+
+
+async def test_read_packets_batches_a_long_topic_in_order_and_ends_with_the_connection(
+    emu: AtlasEmulator, client: Client
+) -> None:
+    other = await client.create("other")
+    key = await client.create("long")
+    details = [
+        client.details(k, STREAM, od.MarkerPacket(timestamp=T0 + i, label=str(i)))
+        for i in range(600)
+        for k in (key, other)
+    ]
+    for d in details:
+        await client.writer.WriteDataPacket(api_pb2.WriteDataPacketRequest(detail=d))
+    conn = (
+        await client.connections.NewConnection(
+            api_pb2.NewConnectionRequest(
+                details=api_pb2.ConnectionDetails(data_source=DS, session_key=key)
+            )
+        )
+    ).connection
+    call = client.reader.ReadPackets(api_pb2.ReadPacketsRequest(connection=conn))
+    labels: list[str] = []
+    batches = 0
+    while len(labels) < 600:
+        message = await asyncio.wait_for(call.read(), TIMEOUT)
+        batches += 1
+        labels += [od.MarkerPacket.FromString(r.packet.content).label for r in message.response]
+        assert {r.stream for r in message.response} == {STREAM}
+    assert labels == [str(i) for i in range(600)] and batches > 1  # the other key's are dropped
+    closed = await client.connections.CloseConnection(
+        api_pb2.CloseConnectionRequest(connection=conn)
+    )
+    assert closed.success
+    assert await asyncio.wait_for(call.read(), TIMEOUT) == grpc.aio.EOF  # the read ended
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_live_read_ends_unavailable_when_the_emulator_stops() -> None:
+    async with AtlasEmulator() as emu:
+        c = Client(emu)
+        try:
+            conn = (
+                await c.connections.NewConnection(
+                    api_pb2.NewConnectionRequest(details=api_pb2.ConnectionDetails(data_source=DS))
+                )
+            ).connection
+            call = c.reader.ReadPackets(api_pb2.ReadPacketsRequest(connection=conn))
+            await asyncio.wait_for(call.wait_for_connection(), TIMEOUT)
+            key = await c.create()
+            await c.write(key, "", od.NewSessionPacket(data_source=DS))
+            first = await asyncio.wait_for(call.read(), TIMEOUT)  # live: written after the call
+            assert [r.packet.type for r in first.response] == ["NewSession"]
+            await emu.stop_stream_api()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call.read(), TIMEOUT)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await c.close()

@@ -1290,9 +1290,12 @@ class AtlasEmulator:
                 if not essentials and not details.streams:  # "all streams": new ones too
                     for name in self._state.named_streams(details.data_source):
                         cursors.setdefault(stream_topic(details.data_source, name), 0)
-                batch = self._take(cursors, details.session_key, keep)
+                batch, advanced = self._take(cursors, details.session_key, keep)
             if batch:
                 yield cls(response=batch)
+                continue
+            if advanced:  # all skipped: let writers in before the next pass
+                await asyncio.sleep(0)
                 continue
             if closing is None or closing.is_set():
                 raise _AbortError(grpc.StatusCode.UNAVAILABLE, "emulator shutting down")
@@ -1328,38 +1331,36 @@ class AtlasEmulator:
         cursors: dict[str, int],
         session_key: str,
         keep: Callable[[RecordedPacket], bool] | None,
-    ) -> list[api_pb2.PacketResponse]:
-        """The next batch over `cursors`, in arrival order across topics; advances them.
+    ) -> tuple[list[api_pb2.PacketResponse], bool]:
+        """The next batch over `cursors`, in arrival order across topics, and whether any cursor
+        moved (a pass may skip every record it looks at).
 
         A record whose key is not `session_key` (when one is given) is skipped, as the real
         server's reader drops it. Caller holds the lock.
         """
+        pending = []
+        for topic, start in cursors.items():
+            records = self._state.topics.get(topic, ())
+            stop = min(len(records), start + _BATCH_PACKETS)
+            pending += [(records[i].seq, topic, i) for i in range(start, stop)]
+        pending.sort()
         out: list[api_pb2.PacketResponse] = []
         size = 0
-        while not out:
-            pending = []
-            for topic, start in cursors.items():
-                records = self._state.topics.get(topic, ())
-                stop = min(len(records), start + _BATCH_PACKETS)
-                pending += [(records[i].seq, topic, i) for i in range(start, stop)]
-            if not pending:
-                return out
-            pending.sort()
-            for _, topic, i in pending[:_BATCH_PACKETS]:
-                if size >= _BATCH_BYTES:
-                    break
-                rec = self._state.topics[topic][i]
-                cursors[topic] = i + 1
-                if session_key and rec.details_session_key != session_key:
-                    continue
-                if keep is not None and not keep(rec):
-                    continue
-                packet: Any = rec.packet
-                response = api_pb2.PacketResponse(packet=packet, stream=rec.stream)
-                response.submit_time.FromNanoseconds(rec.received_ns)
-                out.append(response)
-                size += response.ByteSize()
-        return out
+        for _, topic, i in pending[:_BATCH_PACKETS]:
+            if size >= _BATCH_BYTES:
+                break
+            rec = self._state.topics[topic][i]
+            cursors[topic] = i + 1
+            if session_key and rec.details_session_key != session_key:
+                continue
+            if keep is not None and not keep(rec):
+                continue
+            packet: Any = rec.packet
+            response = api_pb2.PacketResponse(packet=packet, stream=rec.stream)
+            response.submit_time.FromNanoseconds(rec.received_ns)
+            out.append(response)
+            size += response.ByteSize()
+        return out, bool(pending)
 
     def _data_filter(self, r: Any) -> Callable[[RecordedPacket], bool]:
         """ReadDataPackets' selection: data packets with a parameter the include patterns match
