@@ -1309,6 +1309,8 @@ class AtlasEmulator:
         else:
             names = list(details.streams) or self._state.named_streams(ds)
             offsets = list(details.stream_offsets)
+            # A listed stream is always "{ds}.{name}" (1.3.5's rule applied as is): a "" listed
+            # there names a topic nobody writes to; the main stream comes through main_offset.
             wanted = [
                 (f"{ds}.{name}", offsets[i] if i < len(offsets) else 0, f"stream_offsets[{i}]")
                 for i, name in enumerate(names)
