@@ -282,8 +282,13 @@ def test_live_read_follows_the_session_as_it_is_written(
     thread.start()
 
     def pause() -> None:
-        # The writer goes on only once the reader is connected to the running session.
+        # The writer goes on only once the reader is connected and its ReadPackets runs: what
+        # comes after (later chunks, the end of the session) reaches it live.
         assert connected.wait(TIMEOUT)
+        deadline = time.monotonic() + TIMEOUT
+        while not any(c.method == "ReadPackets" and c.code is None for c in emu.calls):
+            assert time.monotonic() < deadline, "the reader never called ReadPackets"
+            time.sleep(0.005)
 
     write_session(emu, pause)
     thread.join(TIMEOUT)
