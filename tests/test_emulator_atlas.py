@@ -807,3 +807,35 @@ async def test_a_live_read_ends_unavailable_when_the_emulator_stops() -> None:
             assert err.value.code() == grpc.StatusCode.UNAVAILABLE
         finally:
             await c.close()
+
+
+async def test_spilled_packets_read_back_the_same_and_stay_readable_after_stop() -> None:
+    reports, read = [], []
+    for spill in (False, True):
+        async with AtlasEmulator(spill=spill) as emu:
+            c = Client(emu)
+            try:
+                key = await c.create()
+                await five_steps(c, key)
+                conn = (
+                    await c.connections.NewConnection(
+                        api_pb2.NewConnectionRequest(
+                            details=api_pb2.ConnectionDetails(data_source=DS, session_key=key)
+                        )
+                    )
+                ).connection
+                call = c.reader.ReadPackets(api_pb2.ReadPacketsRequest(connection=conn))
+                message = await asyncio.wait_for(call.read(), TIMEOUT)
+                got = [(r.stream, r.packet) for r in message.response]
+                assert got == [(p.stream, p.packet) for p in emu.packets]
+                read.append([(stream, p.id, p.type) for stream, p in got])
+                call.cancel()
+            finally:
+                await c.close()
+        # stopped: what it holds is still there
+        (report,) = emu.reports()
+        reports.append(report.to_json())
+        assert [p.packet for p in emu.packets] == [p.packet for p in emu.sessions[key].packets]
+    in_memory, spilled = reports
+    assert spilled["clean"] and spilled["parameters"] == in_memory["parameters"]
+    assert len(read[1]) == 10 and read[0] == read[1]

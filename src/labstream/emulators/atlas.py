@@ -63,9 +63,11 @@ import base64
 import contextlib
 import fnmatch
 import hashlib
+import os
 import random
 import re
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -258,6 +260,74 @@ class RecordedInfoPacket:
     packet: Message
 
 
+class _Spill:
+    """Packets' bytes in an unlinked temporary file; memory keeps where each one is."""
+
+    def __init__(self) -> None:
+        # Lives as long as the emulator's state (readable after stop); unlinked from the start.
+        self._file = tempfile.TemporaryFile(prefix="labstream-atlas-")  # noqa: SIM115
+        self._end = 0
+
+    def put(self, data: bytes) -> tuple[int, int]:
+        """Append `data` (caller holds the state lock): its (offset, length)."""
+        where = (self._end, len(data))
+        os.pwrite(self._file.fileno(), data, self._end)
+        self._end += len(data)
+        return where
+
+    def get(self, where: tuple[int, int]) -> bytes:
+        offset, length = where
+        return os.pread(self._file.fileno(), length, offset)
+
+    @property
+    def size(self) -> int:
+        return self._end
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A packet as the emulator keeps it: the envelope (or where a spill file holds it) and where
+    it came from. The content is decoded only when read (`recorded`): decoded samples take about
+    four times their bytes."""
+
+    seq: int
+    rpc: str
+    call_id: int
+    received_ns: int
+    data_source: str
+    stream: str
+    details_session_key: str
+    type: str
+    held: Any  # the Packet, or its (offset, length) in `spill`
+    spill: _Spill | None = None
+
+    @property
+    def packet(self) -> Any:
+        if self.spill is None:
+            return self.held
+        return od.Packet.FromString(self.spill.get(self.held))
+
+    def content(self) -> tuple[Message | None, str | None]:
+        packet = self.packet
+        return decode_content(packet.type, bytes(packet.content))
+
+    def recorded(self) -> RecordedPacket:
+        packet = self.packet
+        content, problem = decode_content(packet.type, bytes(packet.content))
+        return RecordedPacket(
+            seq=self.seq,
+            rpc=self.rpc,
+            call_id=self.call_id,
+            received_ns=self.received_ns,
+            data_source=self.data_source,
+            stream=self.stream,
+            details_session_key=self.details_session_key,
+            packet=packet,
+            content=content,
+            content_error=problem,
+        )
+
+
 @dataclass(slots=True)
 class _Session:
     key: str
@@ -274,7 +344,7 @@ class _Session:
     offsets: dict[str, int] = field(default_factory=dict)
     termination_time: Any = None
     end_seqs: list[int] = field(default_factory=list)
-    packets: list[RecordedPacket] = field(default_factory=list)
+    packets: list[_Held] = field(default_factory=list)
 
 
 class _AbortError(Exception):
@@ -332,11 +402,12 @@ class _State:
     `add_packet`, so the live server and `load_record` (replaying a ``--record`` file) agree.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, spill: bool = False) -> None:
         self.lock = threading.Lock()
+        self.spill = _Spill() if spill else None
         self.seq = 0
         self.calls: list[RecordedCall] = []
-        self.packets: list[RecordedPacket] = []
+        self.packets: list[_Held] = []
         self.info_packets: list[RecordedInfoPacket] = []
         self.sessions: dict[str, _Session] = {}
         self.formats: dict[tuple[str, str, int], FormatRecord] = {}  # (data_source, kind, id)
@@ -345,7 +416,7 @@ class _State:
         self.connections: dict[int, Any] = {}
         self.last_connection = 0
         #: topic -> its records in offset order (the offset is the index; one partition per topic)
-        self.topics: dict[str, list[RecordedPacket]] = {}
+        self.topics: dict[str, list[_Held]] = {}
         self.record: IO[bytes] | None = None
 
     def next_seq(self) -> int:
@@ -435,21 +506,22 @@ class _State:
         call_id: int,
         received_ns: int,
         detail: Any,
-    ) -> RecordedPacket:
+    ) -> None:
         """Record one DataPacketDetails (caller holds the lock)."""
         packet = detail.message
-        content, problem = decode_content(packet.type, bytes(packet.content))
-        rec = RecordedPacket(
-            seq=seq,
-            rpc=rpc,
-            call_id=call_id,
-            received_ns=received_ns,
-            data_source=detail.data_source,
-            stream=detail.stream,
-            details_session_key=detail.session_key,
-            packet=packet,
-            content=content,
-            content_error=problem,
+        spill = self.spill
+        # Interned: a long session repeats the same few names in every one of its packets.
+        rec = _Held(
+            seq,
+            rpc,
+            call_id,
+            received_ns,
+            sys.intern(detail.data_source),
+            sys.intern(detail.stream),
+            sys.intern(detail.session_key),
+            sys.intern(packet.type),
+            packet if spill is None else spill.put(packet.SerializeToString()),
+            spill,
         )
         self.packets.append(rec)
         self.topics.setdefault(stream_topic(rec.data_source, rec.stream), []).append(rec)
@@ -462,8 +534,10 @@ class _State:
                 key, detail.data_source, "", "", 0, {}, [], None, None, None
             )
         session.packets.append(rec)
-        self.write(
-            lambda: {
+
+        def line() -> dict[str, Any]:
+            content, problem = decode_content(packet.type, bytes(packet.content))
+            return {
                 "kind": "packet",
                 "seq": seq,
                 "rpc": rpc,
@@ -480,8 +554,8 @@ class _State:
                 "content": _content_json(content) if problem is None else None,
                 "content_error": problem,
             }
-        )
-        return rec
+
+        self.write(line)
 
     def topic_offsets(self, data_source: str) -> dict[str, int]:
         """``"{topic}:0"`` -> next offset, every topic of `data_source` (caller holds the lock)."""
@@ -510,7 +584,7 @@ class _State:
                 details=dict(s.details),
                 created_seq=s.created_seq,
                 end_session_seqs=tuple(s.end_seqs),
-                packets=tuple(s.packets),
+                packets=tuple(p.recorded() for p in s.packets),
                 formats=formats,
                 issued_keys=keys,
             )
@@ -557,6 +631,12 @@ class AtlasEmulator:
     Use ``async with`` or `start`/`stop`. State is guarded by a `threading.Lock`: another thread
     (see `run_in_thread`) may read `sessions`, `packets`, `calls`, `reports` and set `faults`
     while the servers run.
+
+    Packets are kept as received (about 14 bytes of memory per double sample) and decoded when
+    read. With ``spill=True`` their bytes go to an unlinked temporary file instead, and memory
+    keeps under 1 KB per packet (where it is, and the call that wrote it) whatever the packet
+    holds: what ``labstream atlas serve`` does, so that it can run for days (the disk holds the
+    packets' bytes).
     """
 
     def __init__(
@@ -568,6 +648,7 @@ class AtlasEmulator:
         faults: AtlasFaultPlan | None = None,
         answer_write_stream: bool = False,
         record_path: str | Path | None = None,
+        spill: bool = False,
     ) -> None:
         self.host = host
         self._port = port or None
@@ -575,7 +656,7 @@ class AtlasEmulator:
         self._requested = (port, key_generator_port)
         self.answer_write_stream = answer_write_stream
         self.record_path = Path(record_path) if record_path is not None else None
-        self._state = _State()
+        self._state = _State(spill=spill)
         self._plan = AtlasFaultPlan()
         self._rng = random.Random(0)
         self._matched = 0
@@ -775,16 +856,18 @@ class AtlasEmulator:
     def packets(self) -> list[RecordedPacket]:
         """Every packet received, all sessions and streams, in arrival order."""
         with self._state.lock:
-            return list(self._state.packets)
+            held = list(self._state.packets)
+        return [p.recorded() for p in held]
 
     def packets_on(self, data_source: str, stream: str) -> list[RecordedPacket]:
         """Packets received for (data_source, stream), in arrival order."""
         with self._state.lock:
-            return [
+            held = [
                 p
                 for p in self._state.packets
                 if p.data_source == data_source and p.stream == stream
             ]
+        return [p.recorded() for p in held]
 
     @property
     def calls(self) -> list[RecordedCall]:
@@ -1270,7 +1353,7 @@ class AtlasEmulator:
         cls: Any,
         *,
         essentials: bool,
-        keep: Callable[[RecordedPacket], bool] | None = None,
+        keep: Callable[[_Held], bool] | None = None,
     ) -> AsyncIterator[Message]:
         """Serve a connection's topics from their offsets, then live until cancelled (or the
         connection is closed, or the emulator stops)."""
@@ -1332,7 +1415,7 @@ class AtlasEmulator:
         self,
         cursors: dict[str, int],
         session_key: str,
-        keep: Callable[[RecordedPacket], bool] | None,
+        keep: Callable[[_Held], bool] | None,
     ) -> tuple[list[api_pb2.PacketResponse], bool]:
         """The next batch over `cursors`, in arrival order across topics, and whether any cursor
         moved (a pass may skip every record it looks at).
@@ -1364,7 +1447,7 @@ class AtlasEmulator:
             size += response.ByteSize()
         return out, bool(pending)
 
-    def _data_filter(self, r: Any) -> Callable[[RecordedPacket], bool]:
+    def _data_filter(self, r: Any) -> Callable[[_Held], bool]:
         """ReadDataPackets' selection: data packets with a parameter the include patterns match
         (all when none) and the exclude patterns do not; events likewise; markers if asked."""
 
@@ -1392,7 +1475,7 @@ class AtlasEmulator:
                 for n in names
             )
 
-        def keep(rec: RecordedPacket) -> bool:
+        def keep(rec: _Held) -> bool:
             if rec.type == "Marker":
                 return markers
             if rec.type == "Event":
@@ -1403,9 +1486,9 @@ class AtlasEmulator:
 
         return keep
 
-    def _names_of(self, rec: RecordedPacket, kind: str) -> tuple[str, ...]:
+    def _names_of(self, rec: _Held, kind: str) -> tuple[str, ...]:
         """The parameters (or event) a data packet's format resolves to (caller holds the lock)."""
-        fmt: Any = getattr(rec.content, "data_format", None)
+        fmt: Any = getattr(rec.content()[0], "data_format", None)
         if fmt is None:
             return ()
         which = fmt.WhichOneof("format")
@@ -1512,8 +1595,12 @@ def serve(
     *,
     faults: AtlasFaultPlan | None = None,
     answer_write_stream: bool = False,
+    spill: bool = True,
 ) -> None:
-    """Serve until Ctrl-C, printing the addresses first and every session's report at the end."""
+    """Serve until Ctrl-C, printing the addresses first and every session's report at the end.
+
+    Packets' bytes are spilled to a temporary file (`AtlasEmulator`'s ``spill``) unless told not to.
+    """
     emulator = AtlasEmulator(
         host=host,
         port=port,
@@ -1521,6 +1608,7 @@ def serve(
         faults=faults,
         answer_write_stream=answer_write_stream,
         record_path=record_path,
+        spill=spill,
     )
 
     async def main() -> None:
