@@ -48,6 +48,12 @@ SECTIONS: list[tuple[str, str, str, list[str] | None]] = [
         None,
     ),
     (
+        "labstream.atlas_verify",
+        "labstream.atlas_verify",
+        "Read a session back from a Stream API and check what the server holds.",
+        ["verify", "list_sessions", "read_session", "Verified", "ServerSession", "VerifyError"],
+    ),
+    (
         "labstream.emulators.atomscale",
         "labstream.emulators.atomscale",
         "A local Atomscale API for tests, demos and the examples.",

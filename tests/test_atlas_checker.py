@@ -366,7 +366,8 @@ def test_data_before_configuration_on_its_stream() -> None:
     findings = report.check("configuration_before_data").findings
     assert {f.parameter for f in findings} == {TEMP, PRES}
     assert all(f.stream == DATA and f.packet_id == 4 for f in findings)
-    assert "defined only later" in findings[0].message
+    # it was on the main stream already: say so, not "defined later"
+    assert "(configured on '' but not on 'Stream1', which got it only later)" in findings[0].message
 
 
 def test_configuration_only_on_one_stream() -> None:
@@ -383,6 +384,8 @@ def test_configuration_only_on_one_stream() -> None:
     }
     finding = report.check("configuration_on_every_stream").findings[0]
     assert finding.stream == DATA and "was sent on '' but not on 'Stream1'" in finding.message
+    before = report.check("configuration_before_data").findings[0]
+    assert "(configured on '' but not on 'Stream1')" in before.message
 
 
 def test_configuration_missing_on_main_stream() -> None:

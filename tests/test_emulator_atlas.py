@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import orjson
 import pytest
+from google.protobuf import any_pb2, wrappers_pb2
 
 from labstream._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
 from labstream._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
@@ -226,8 +227,9 @@ async def test_session_lifecycle(emu: AtlasEmulator, client: Client) -> None:
         assert end.success and end.end_session.data_source == DS
     info = await s.GetSessionInfo(api_pb2.GetSessionInfoRequest(session_key=key))
     assert info.is_complete
+    # Ended sessions stay listed, as server 1.3.5 lists them; is_complete tells them apart.
     current = await s.GetCurrentSessions(api_pb2.GetCurrentSessionsRequest(data_source=DS))
-    assert list(current.session_keys) == []
+    assert list(current.session_keys) == [key]
     recorded = emu.sessions[key]
     assert recorded.identifier == "run-1b" and len(recorded.end_session_seqs) == 2
 
@@ -438,7 +440,24 @@ async def test_info_packets_and_connections(emu: AtlasEmulator, client: Client) 
             api_pb2.ReadPacketsRequest(connection=conn.connection), timeout=TIMEOUT
         )
         await stream.read()
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND  # closed
+
+
+async def test_session_info_lists_named_streams_and_creation_offsets(client: Client) -> None:
+    first = await client.create("run-1")
+    await five_steps(client, first)
+    second = await client.create("run-2")
+    info = await client.sessions.GetSessionInfo(api_pb2.GetSessionInfoRequest(session_key=second))
+    assert list(info.streams) == [STREAM]  # the data source's named streams; never ""
+    # where each topic stood when the session was created: after the first session's packets
+    # (Stream1: NewSession, config, 2 data, marker, end; main: the same without data; essentials:
+    # both configs and both markers)
+    assert dict(info.topic_partition_offsets) == {f"{DS}.{STREAM}:0": 6}
+    assert info.main_offset == 4 and info.essentials_offset == 4
+    first_info = await client.sessions.GetSessionInfo(
+        api_pb2.GetSessionInfoRequest(session_key=first)
+    )
+    assert first_info.main_offset == 0 and dict(first_info.topic_partition_offsets) == {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -680,6 +699,19 @@ def test_serve_prints_addresses_and_reports_on_ctrl_c(tmp_path: Path) -> None:
         with grpc.insecure_channel(address) as channel:
             stub = api_pb2_grpc.SessionManagementServiceStub(channel)
             key = stub.CreateSession(api_pb2.CreateSessionRequest(data_source=DS)).session_key
+            # The vendor sample's metadata: an Any holding a StringValue, which the emulator's
+            # process (unlike this one) has no reason to have imported.
+            meta = od.MetadataPacket()
+            meta.metadata["Driver"].Pack(wrappers_pb2.StringValue(value="Ada"))
+            packet = od.Packet(type="Metadata", session_key=key, content=meta.SerializeToString())
+            api_pb2_grpc.PacketWriterServiceStub(channel).WriteDataPacket(
+                api_pb2.WriteDataPacketRequest(
+                    detail=api_pb2.DataPacketDetails(
+                        message=packet, data_source=DS, stream=STREAM, session_key=key
+                    )
+                ),
+                timeout=TIMEOUT,
+            )
         proc.send_signal(2)  # SIGINT, i.e. Ctrl-C
         out, _ = proc.communicate(timeout=TIMEOUT)
     finally:
@@ -687,3 +719,123 @@ def test_serve_prints_addresses_and_reports_on_ctrl_c(tmp_path: Path) -> None:
             proc.kill()
     assert f"ATLAS session {key}" in out and "NOT CLEAN" in out
     assert check_sessions(load_record(record))[0].session_key == key
+    (line,) = [
+        x for x in map(orjson.loads, record.read_bytes().splitlines()) if x["kind"] == "packet"
+    ]
+    assert line["content"]["metadata"]["Driver"]["value"] == "Ada"
+
+
+async def test_record_keeps_any_well_known_type_and_unknown_ones(tmp_path: Path) -> None:
+    record = tmp_path / "atlas.jsonl"
+    async with AtlasEmulator(record_path=record) as emu:
+        c = Client(emu)
+        try:
+            key = await c.create()
+            meta = od.MetadataPacket()
+            meta.metadata["Driver"].Pack(wrappers_pb2.StringValue(value="Ada"))
+            meta.metadata["custom"].CopyFrom(
+                any_pb2.Any(type_url="type.googleapis.com/acme.Thing", value=b"\x08\x01")
+            )
+            await c.write(key, STREAM, meta)  # the vendor sample's metadata: answered OK
+        finally:
+            await c.close()
+    (line,) = [
+        x for x in map(orjson.loads, record.read_bytes().splitlines()) if x["kind"] == "packet"
+    ]
+    assert line["type"] == "Metadata" and line["content_b64"]
+    assert line["content"] is None  # acme.Thing has no descriptor: only the bytes are kept
+    (packet,) = load_record(record)[key].packets
+    assert packet.content is not None
+    got = wrappers_pb2.StringValue()
+    assert packet.content.metadata["Driver"].Unpack(got) and got.value == "Ada"
+
+
+async def test_read_packets_batches_a_long_topic_in_order_and_ends_with_the_connection(
+    emu: AtlasEmulator, client: Client
+) -> None:
+    other = await client.create("other")
+    key = await client.create("long")
+    details = [
+        client.details(k, STREAM, od.MarkerPacket(timestamp=T0 + i, label=str(i)))
+        for i in range(600)
+        for k in (key, other)
+    ]
+    for d in details:
+        await client.writer.WriteDataPacket(api_pb2.WriteDataPacketRequest(detail=d))
+    conn = (
+        await client.connections.NewConnection(
+            api_pb2.NewConnectionRequest(
+                details=api_pb2.ConnectionDetails(data_source=DS, session_key=key)
+            )
+        )
+    ).connection
+    call = client.reader.ReadPackets(api_pb2.ReadPacketsRequest(connection=conn))
+    labels: list[str] = []
+    batches = 0
+    while len(labels) < 600:
+        message = await asyncio.wait_for(call.read(), TIMEOUT)
+        batches += 1
+        labels += [od.MarkerPacket.FromString(r.packet.content).label for r in message.response]
+        assert {r.stream for r in message.response} == {STREAM}
+    assert labels == [str(i) for i in range(600)] and batches > 1  # the other key's are dropped
+    closed = await client.connections.CloseConnection(
+        api_pb2.CloseConnectionRequest(connection=conn)
+    )
+    assert closed.success
+    assert await asyncio.wait_for(call.read(), TIMEOUT) == grpc.aio.EOF  # the read ended
+    assert await call.code() == grpc.StatusCode.OK
+
+
+async def test_a_live_read_ends_unavailable_when_the_emulator_stops() -> None:
+    async with AtlasEmulator() as emu:
+        c = Client(emu)
+        try:
+            conn = (
+                await c.connections.NewConnection(
+                    api_pb2.NewConnectionRequest(details=api_pb2.ConnectionDetails(data_source=DS))
+                )
+            ).connection
+            call = c.reader.ReadPackets(api_pb2.ReadPacketsRequest(connection=conn))
+            await asyncio.wait_for(call.wait_for_connection(), TIMEOUT)
+            key = await c.create()
+            await c.write(key, "", od.NewSessionPacket(data_source=DS))
+            first = await asyncio.wait_for(call.read(), TIMEOUT)  # live: written after the call
+            assert [r.packet.type for r in first.response] == ["NewSession"]
+            await emu.stop_stream_api()
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(call.read(), TIMEOUT)
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        finally:
+            await c.close()
+
+
+async def test_spilled_packets_read_back_the_same_and_stay_readable_after_stop() -> None:
+    reports, read = [], []
+    for spill in (False, True):
+        async with AtlasEmulator(spill=spill) as emu:
+            c = Client(emu)
+            try:
+                key = await c.create()
+                await five_steps(c, key)
+                conn = (
+                    await c.connections.NewConnection(
+                        api_pb2.NewConnectionRequest(
+                            details=api_pb2.ConnectionDetails(data_source=DS, session_key=key)
+                        )
+                    )
+                ).connection
+                call = c.reader.ReadPackets(api_pb2.ReadPacketsRequest(connection=conn))
+                message = await asyncio.wait_for(call.read(), TIMEOUT)
+                got = [(r.stream, r.packet) for r in message.response]
+                assert got == [(p.stream, p.packet) for p in emu.packets]
+                read.append([(stream, p.id, p.type) for stream, p in got])
+                call.cancel()
+            finally:
+                await c.close()
+        # stopped: what it holds is still there
+        (report,) = emu.reports()
+        reports.append(report.to_json())
+        assert [p.packet for p in emu.packets] == [p.packet for p in emu.sessions[key].packets]
+    in_memory, spilled = reports
+    assert spilled["clean"] and spilled["parameters"] == in_memory["parameters"]
+    assert len(read[1]) == 10 and read[0] == read[1]

@@ -307,6 +307,14 @@ async def test_missing_key_is_401(emu: AtomscaleEmulator) -> None:
     assert emu.requests[-1].status == 401
 
 
+async def test_gateway_time_needs_no_key_as_the_sdk_sends_none() -> None:
+    async with AtomscaleEmulator(api_key=KEY) as emu, httpx.AsyncClient(base_url=emu.url) as bare:
+        answer = await bare.get("/gateway/time")
+        refused = await bare.get("/tags/")
+    assert answer.status_code == 200 and "transmittedAtUnixMs" in answer.json()
+    assert refused.status_code == 401  # every other endpoint still needs the key
+
+
 async def test_wrong_key_is_403_and_key_never_recorded() -> None:
     async with AtomscaleEmulator(api_key=KEY) as emu:
         async with httpx.AsyncClient(base_url=emu.url, headers={"X-API-KEY": "wrong"}) as bad:

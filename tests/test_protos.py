@@ -1,7 +1,9 @@
 """The ATLAS Stream API protocol definitions (protos/) and their generated code (labstream._proto).
 
 * the committed generated code matches protos/ (scripts/gen_protos.py --check; descriptors);
-* the compiled descriptors match the published wire facts (shared/specs/atlas-wire-facts.json):
+* the compiled descriptors match the published wire facts (tests/data holds a copy of
+  shared/specs/atlas-wire-facts.json so that a plain clone runs them; it must equal the spec when
+  ../shared is there):
   every message, field number, name, type, label, oneof, map, enum value, service and RPC;
 * the generated gRPC stubs use the right method paths and call kinds;
 * messages round-trip, and encode to the bytes the wire facts imply;
@@ -27,9 +29,8 @@ import pytest
 from google.protobuf import descriptor_pb2
 
 REPO = Path(__file__).resolve().parents[1]
-FACTS_PATH = (
-    Path(__file__).resolve().parents[1].parent / "shared" / "specs" / "atlas-wire-facts.json"
-)
+FACTS_PATH = Path(__file__).resolve().parent / "data" / "atlas-wire-facts.json"
+SPEC_FACTS_PATH = REPO.parent / "shared" / "specs" / "atlas-wire-facts.json"
 GEN_SCRIPT = REPO / "scripts" / "gen_protos.py"
 PROTO_OUT = REPO / "src" / "labstream" / "_proto"
 
@@ -78,10 +79,15 @@ def _compiled() -> dict[str, descriptor_pb2.FileDescriptorProto]:
 
 @pytest.fixture(scope="module")
 def facts() -> dict[str, Any]:
-    if not FACTS_PATH.is_file():
-        pytest.skip(f"wire facts not found at {FACTS_PATH} (needs ../shared beside the repo)")
     data: dict[str, Any] = json.loads(FACTS_PATH.read_text(encoding="utf-8"))
     return data
+
+
+def test_the_facts_copy_is_the_spec(facts: dict[str, Any]) -> None:
+    if not SPEC_FACTS_PATH.is_file():
+        pytest.skip(f"no spec at {SPEC_FACTS_PATH} to compare the copy with (plain clone)")
+    spec = json.loads(SPEC_FACTS_PATH.read_text(encoding="utf-8"))
+    assert facts == spec, f"{FACTS_PATH} is stale: copy {SPEC_FACTS_PATH} over it"
 
 
 def _load_gen_script() -> ModuleType:

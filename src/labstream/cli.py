@@ -1173,6 +1173,9 @@ def build_parser() -> argparse.ArgumentParser:
     areport.add_argument("--verbose", action="store_true", help="also list passed checks")
     areport.add_argument("--plot", metavar="FILE", help="draw the data each session received")
     areport.set_defaults(func=_atlas_report)
+    from .atlas_commands import add_commands
+
+    add_commands(atlas_sub)  # verify, sessions
 
     spool_parser = sub.add_parser("spool", help="the durable journal of undelivered data")
     spool_sub = spool_parser.add_subparsers(dest="action", required=True)

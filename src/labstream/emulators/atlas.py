@@ -24,8 +24,28 @@ Behaviour (see ``shared/specs/atlas-protocol.md``; choices of the emulator are m
   client cancellation, deadline or emulator shutdown (``UNAVAILABLE``), unless
   ``answer_write_stream=True``. ``WriteInfoPacket(s)`` behave the same way and are recorded apart.
   Every request message is limited to 4 MiB (``RESOURCE_EXHAUSTED`` beyond).
-* ``ConnectionManagerService``: minimal (connection ids and their details are kept; nothing reads).
-  ``PacketReaderService``: not implemented (``UNIMPLEMENTED``): the emulator has no Kafka.
+* Topics as server 1.3.5 keeps them (topic-based mode, one partition each): the main stream is
+  topic ``{DataSource}``, a named stream ``S`` is ``{DataSource}.{S}``, and every ``is_essential``
+  packet is copied to ``{DataSource}_essential``; a record's offset is its position in its topic,
+  its key the outer ``DataPacketDetails.session_key``. GetCurrentSessions lists every session of
+  the data source, ended ones included (1.3.5 does not filter them). GetSessionInfo lists the data
+  source's named streams (never ``""``) and the offsets its topics had at CreateSession
+  (``topic_partition_offsets`` keyed ``"{topic}:0"``, ``main_offset``, ``essentials_offset``; the
+  NewSessionPacket of CreateSession carries all of them in its map).
+* ``ConnectionManagerService``: connection ids 1, 2, 3, ... with their details (emulator choice:
+  the real server hashes the request with a random number).
+  ``PacketReaderService``: ReadPackets serves the connection's named streams (all of the data
+  source's, new ones included, when none are listed) and the main stream unless excluded, from
+  each stream's offset (-1 latest at the time of the call, 0 earliest, else that position), merged
+  in arrival order, then live until the client cancels; with a ``session_key`` it skips every record
+  whose key differs. ReadEssentials does the same over the essentials topic from
+  ``essentials_offset``. ReadDataPackets keeps data packets with a parameter that an include
+  pattern matches (all when none) and no exclude pattern does (``re.search``), events likewise,
+  markers when ``include_markers``. Responses are batches of up to 500 packets / 1 MiB; a
+  response's ``stream`` is the stream the packet was written to (for essentials too) and its
+  ``submit_time`` the arrival time. Emulator choices: an unknown or closed connection is
+  ``NOT_FOUND``; an offset below -1 or a bad pattern is ``INVALID_ARGUMENT``; CloseConnection ends
+  that connection's reads (OK); shutting down ends them ``UNAVAILABLE``.
 * ``UniqueKeyGeneratorService`` on its own server and port: ``KEY_TYPE_STRING`` -> GUID,
   ``KEY_TYPE_ULONG`` -> 1, 2, 3, ...; anything else ``INVALID_ARGUMENT``.
 
@@ -43,8 +63,11 @@ import base64
 import contextlib
 import fnmatch
 import hashlib
+import os
 import random
+import re
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -57,7 +80,15 @@ from typing import IO, Any, Final
 
 import grpc
 import orjson
-from google.protobuf import json_format
+from google.protobuf import api_pb2 as wkt_api_pb2
+from google.protobuf import (
+    empty_pb2,
+    field_mask_pb2,
+    json_format,
+    struct_pb2,
+    type_pb2,
+    wrappers_pb2,
+)
 from google.protobuf.message import Message
 
 from labstream._proto.ma.streaming.api.v1 import api_pb2
@@ -66,6 +97,7 @@ from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
 
 from ._threaded import started_in_thread
 from .atlas_checker import (
+    DATA_TYPES,
     FormatRecord,
     RecordedPacket,
     RecordedSession,
@@ -96,9 +128,24 @@ DEFAULT_KEY_GENERATOR_PORT: Final = 15379
 #: The real server's per-request message limit (ASP.NET gRPC default).
 MAX_REQUEST_BYTES: Final = 4 * 1024 * 1024
 
+#: Every well-known type loaded into the default descriptor pool, so that a packet's `Any` holding
+#: one (the vendor sample's MetadataPacket wraps a StringValue) is recorded as JSON.
+_WELL_KNOWN_TYPES: Final = (
+    wkt_api_pb2,
+    empty_pb2,
+    field_mask_pb2,
+    struct_pb2,
+    type_pb2,
+    wrappers_pb2,
+)
+
 _API: Final = "ma.streaming.api.v1"
 _KEYGEN: Final = "ma.streaming.key_generator.v1"
 _STOP_GRACE_S: Final = 1.0
+# A read response is a batch: at most this many packets, and no more once this many bytes are in
+# (a client accepts 4 MiB per message by default).
+_BATCH_PACKETS: Final = 500
+_BATCH_BYTES: Final = 1024 * 1024
 
 
 # --------------------------------------------------------------------------------------------------
@@ -213,6 +260,74 @@ class RecordedInfoPacket:
     packet: Message
 
 
+class _Spill:
+    """Packets' bytes in an unlinked temporary file; memory keeps where each one is."""
+
+    def __init__(self) -> None:
+        # Lives as long as the emulator's state (readable after stop); unlinked from the start.
+        self._file = tempfile.TemporaryFile(prefix="labstream-atlas-")  # noqa: SIM115
+        self._end = 0
+
+    def put(self, data: bytes) -> tuple[int, int]:
+        """Append `data` (caller holds the state lock): its (offset, length)."""
+        where = (self._end, len(data))
+        os.pwrite(self._file.fileno(), data, self._end)
+        self._end += len(data)
+        return where
+
+    def get(self, where: tuple[int, int]) -> bytes:
+        offset, length = where
+        return os.pread(self._file.fileno(), length, offset)
+
+    @property
+    def size(self) -> int:
+        return self._end
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A packet as the emulator keeps it: the envelope (or where a spill file holds it) and where
+    it came from. The content is decoded only when read (`recorded`): decoded samples take about
+    four times their bytes."""
+
+    seq: int
+    rpc: str
+    call_id: int
+    received_ns: int
+    data_source: str
+    stream: str
+    details_session_key: str
+    type: str
+    held: Any  # the Packet, or its (offset, length) in `spill`
+    spill: _Spill | None = None
+
+    @property
+    def packet(self) -> Any:
+        if self.spill is None:
+            return self.held
+        return od.Packet.FromString(self.spill.get(self.held))
+
+    def content(self) -> tuple[Message | None, str | None]:
+        packet = self.packet
+        return decode_content(packet.type, bytes(packet.content))
+
+    def recorded(self) -> RecordedPacket:
+        packet = self.packet
+        content, problem = decode_content(packet.type, bytes(packet.content))
+        return RecordedPacket(
+            seq=self.seq,
+            rpc=self.rpc,
+            call_id=self.call_id,
+            received_ns=self.received_ns,
+            data_source=self.data_source,
+            stream=self.stream,
+            details_session_key=self.details_session_key,
+            packet=packet,
+            content=content,
+            content_error=problem,
+        )
+
+
 @dataclass(slots=True)
 class _Session:
     key: str
@@ -225,9 +340,11 @@ class _Session:
     utc_offset: Any
     creation_time: Any
     created_seq: int | None
+    #: "{topic}:{partition}" -> the topic's next offset when the session was created
+    offsets: dict[str, int] = field(default_factory=dict)
     termination_time: Any = None
     end_seqs: list[int] = field(default_factory=list)
-    packets: list[RecordedPacket] = field(default_factory=list)
+    packets: list[_Held] = field(default_factory=list)
 
 
 class _AbortError(Exception):
@@ -243,6 +360,35 @@ def _to_dict(message: Message | None) -> dict[str, Any] | None:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
 
+def _content_json(content: Message | None) -> dict[str, Any] | None:
+    """A packet's content as JSON for the record; None when an `Any` in it holds a type nobody
+    registered (the record's ``content_b64`` keeps the bytes either way)."""
+    try:
+        return _to_dict(content)
+    except TypeError:
+        return None
+
+
+def stream_topic(data_source: str, stream: str) -> str:
+    """The Kafka topic of a stream in server 1.3.5's topic-based mode: the main stream ``""`` is
+    ``{data_source}``, a named stream ``S`` is ``{data_source}.{S}``."""
+    return f"{data_source}.{stream}" if stream else data_source
+
+
+def essentials_topic(data_source: str) -> str:
+    """The topic every ``is_essential`` packet of `data_source` is copied to."""
+    return f"{data_source}_essential"
+
+
+def _named_stream(data_source: str, topic: str) -> str | None:
+    """The stream of `topic` if it matches ``^{data_source}\\.[^.]*$`` (how the server lists a
+    data source's named streams), else None."""
+    prefix = f"{data_source}."
+    if topic.startswith(prefix) and "." not in topic[len(prefix) :]:
+        return topic[len(prefix) :]
+    return None
+
+
 def _format_id(kind: str, data_source: str, names: Sequence[str]) -> int:
     """A stable, non-zero uint64 per (kind, data source, ordered names)."""
     digest = hashlib.blake2b(orjson.dumps([kind, data_source, list(names)]), digest_size=8)
@@ -256,17 +402,21 @@ class _State:
     `add_packet`, so the live server and `load_record` (replaying a ``--record`` file) agree.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, spill: bool = False) -> None:
         self.lock = threading.Lock()
+        self.spill = _Spill() if spill else None
         self.seq = 0
         self.calls: list[RecordedCall] = []
-        self.packets: list[RecordedPacket] = []
+        self.packets: list[_Held] = []
         self.info_packets: list[RecordedInfoPacket] = []
         self.sessions: dict[str, _Session] = {}
         self.formats: dict[tuple[str, str, int], FormatRecord] = {}  # (data_source, kind, id)
         self.issued_keys: set[str] = set()
         self.next_ulong = 1
         self.connections: dict[int, Any] = {}
+        self.last_connection = 0
+        #: topic -> its records in offset order (the offset is the index; one partition per topic)
+        self.topics: dict[str, list[_Held]] = {}
         self.record: IO[bytes] | None = None
 
     def next_seq(self) -> int:
@@ -298,6 +448,7 @@ class _State:
                 utc_offset=req.utc_offset,
                 creation_time=resp.new_session.creation_time,
                 created_seq=call.seq,
+                offsets=dict(resp.new_session.topic_partition_offsets),
             )
         elif m == "EndSession" and resp.success:
             s = self.sessions[req.session_key]
@@ -343,6 +494,7 @@ class _State:
                 self.next_ulong = max(self.next_ulong, resp.ulong_key + 1)
         elif m == "NewConnection":
             self.connections[resp.connection.id] = req.details
+            self.last_connection = max(self.last_connection, resp.connection.id)
         elif m == "CloseConnection":
             self.connections.pop(req.connection.id, None)
 
@@ -354,23 +506,27 @@ class _State:
         call_id: int,
         received_ns: int,
         detail: Any,
-    ) -> RecordedPacket:
+    ) -> None:
         """Record one DataPacketDetails (caller holds the lock)."""
         packet = detail.message
-        content, problem = decode_content(packet.type, bytes(packet.content))
-        rec = RecordedPacket(
-            seq=seq,
-            rpc=rpc,
-            call_id=call_id,
-            received_ns=received_ns,
-            data_source=detail.data_source,
-            stream=detail.stream,
-            details_session_key=detail.session_key,
-            packet=packet,
-            content=content,
-            content_error=problem,
+        spill = self.spill
+        # Interned: a long session repeats the same few names in every one of its packets.
+        rec = _Held(
+            seq,
+            rpc,
+            call_id,
+            received_ns,
+            sys.intern(detail.data_source),
+            sys.intern(detail.stream),
+            sys.intern(detail.session_key),
+            sys.intern(packet.type),
+            packet if spill is None else spill.put(packet.SerializeToString()),
+            spill,
         )
         self.packets.append(rec)
+        self.topics.setdefault(stream_topic(rec.data_source, rec.stream), []).append(rec)
+        if packet.is_essential:
+            self.topics.setdefault(essentials_topic(rec.data_source), []).append(rec)
         key = detail.session_key or packet.session_key
         session = self.sessions.get(key)
         if session is None:  # packets for a key no CreateSession returned: kept all the same
@@ -378,8 +534,10 @@ class _State:
                 key, detail.data_source, "", "", 0, {}, [], None, None, None
             )
         session.packets.append(rec)
-        self.write(
-            lambda: {
+
+        def line() -> dict[str, Any]:
+            content, problem = decode_content(packet.type, bytes(packet.content))
+            return {
                 "kind": "packet",
                 "seq": seq,
                 "rpc": rpc,
@@ -393,11 +551,26 @@ class _State:
                 "is_essential": packet.is_essential,
                 "id": packet.id,
                 "content_b64": base64.b64encode(packet.content).decode("ascii"),
-                "content": _to_dict(content) if problem is None else None,
+                "content": _content_json(content) if problem is None else None,
                 "content_error": problem,
             }
-        )
-        return rec
+
+        self.write(line)
+
+    def topic_offsets(self, data_source: str) -> dict[str, int]:
+        """``"{topic}:0"`` -> next offset, every topic of `data_source` (caller holds the lock)."""
+        names = {data_source, essentials_topic(data_source)}
+        return {
+            f"{topic}:0": len(records)
+            for topic, records in self.topics.items()
+            if topic in names or _named_stream(data_source, topic) is not None
+        }
+
+    def named_streams(self, data_source: str) -> list[str]:
+        """The named streams of `data_source`, as the server lists them (caller holds the lock)."""
+        return [
+            name for topic in self.topics if (name := _named_stream(data_source, topic)) is not None
+        ]
 
     def snapshot(self) -> dict[str, RecordedSession]:
         """Immutable copies of every session (caller holds the lock)."""
@@ -411,7 +584,7 @@ class _State:
                 details=dict(s.details),
                 created_seq=s.created_seq,
                 end_session_seqs=tuple(s.end_seqs),
-                packets=tuple(s.packets),
+                packets=tuple(p.recorded() for p in s.packets),
                 formats=formats,
                 issued_keys=keys,
             )
@@ -458,6 +631,12 @@ class AtlasEmulator:
     Use ``async with`` or `start`/`stop`. State is guarded by a `threading.Lock`: another thread
     (see `run_in_thread`) may read `sessions`, `packets`, `calls`, `reports` and set `faults`
     while the servers run.
+
+    Packets are kept as received (about 14 bytes of memory per double sample) and decoded when
+    read. With ``spill=True`` their bytes go to an unlinked temporary file instead, and memory
+    keeps under 1 KB per packet (where it is, and the call that wrote it) whatever the packet
+    holds: what ``labstream atlas serve`` does, so that it can run for days (the disk holds the
+    packets' bytes).
     """
 
     def __init__(
@@ -469,6 +648,7 @@ class AtlasEmulator:
         faults: AtlasFaultPlan | None = None,
         answer_write_stream: bool = False,
         record_path: str | Path | None = None,
+        spill: bool = False,
     ) -> None:
         self.host = host
         self._port = port or None
@@ -476,7 +656,7 @@ class AtlasEmulator:
         self._requested = (port, key_generator_port)
         self.answer_write_stream = answer_write_stream
         self.record_path = Path(record_path) if record_path is not None else None
-        self._state = _State()
+        self._state = _State(spill=spill)
         self._plan = AtlasFaultPlan()
         self._rng = random.Random(0)
         self._matched = 0
@@ -486,6 +666,7 @@ class AtlasEmulator:
         self._keygen: grpc.aio.Server | None = None
         self._closing: asyncio.Event | None = None
         self._subscribers: list[tuple[str, str, asyncio.Queue[tuple[str, str] | None]]] = []
+        self._packets_added = asyncio.Event()  # replaced on every wake-up of the readers
         self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -539,6 +720,7 @@ class AtlasEmulator:
             self._closing.set()
         for _, _, queue in list(self._subscribers):
             queue.put_nowait(None)
+        self._wake_readers()
         await server.stop(_STOP_GRACE_S)
 
     async def start_key_generator(self) -> None:
@@ -674,16 +856,18 @@ class AtlasEmulator:
     def packets(self) -> list[RecordedPacket]:
         """Every packet received, all sessions and streams, in arrival order."""
         with self._state.lock:
-            return list(self._state.packets)
+            held = list(self._state.packets)
+        return [p.recorded() for p in held]
 
     def packets_on(self, data_source: str, stream: str) -> list[RecordedPacket]:
         """Packets received for (data_source, stream), in arrival order."""
         with self._state.lock:
-            return [
+            held = [
                 p
                 for p in self._state.packets
                 if p.data_source == data_source and p.stream == stream
             ]
+        return [p.recorded() for p in held]
 
     @property
     def calls(self) -> list[RecordedCall]:
@@ -752,7 +936,14 @@ class AtlasEmulator:
                     "CloseConnection": self._close_connection,
                 },
             ),
-            # PacketReaderService: deliberately absent, so gRPC answers UNIMPLEMENTED.
+            self._service(
+                "PacketReaderService",
+                {
+                    "ReadPackets": self._read_packets,
+                    "ReadEssentials": self._read_essentials,
+                    "ReadDataPackets": self._read_data_packets,
+                },
+            ),
         ]
 
     def _service(self, service: str, impls: dict[str, Any]) -> grpc.GenericRpcHandler:
@@ -934,6 +1125,8 @@ class AtlasEmulator:
                 creation_time=new_session.creation_time,
             )
         )
+        with self._state.lock:
+            new_session.topic_partition_offsets.update(self._state.topic_offsets(req.data_source))
         self._notify("start", req.data_source, key)
         return api_pb2.CreateSessionResponse(session_key=key, new_session=new_session, success=True)
 
@@ -956,12 +1149,12 @@ class AtlasEmulator:
         return api_pb2.EndSessionResponse(end_session=end, success=True)
 
     async def _current_sessions(self, req: Any, call: RecordedCall) -> Message:
+        # Ended sessions too: server 1.3.5 does not filter on completion, whatever the name says.
         with self._state.lock:
             keys = [
                 s.key
                 for s in self._state.sessions.values()
                 if s.created_seq is not None
-                and not s.end_seqs
                 and (not req.data_source or s.data_source == req.data_source)
             ]
         return api_pb2.GetCurrentSessionsResponse(session_keys=keys, success=True)
@@ -970,8 +1163,8 @@ class AtlasEmulator:
         s = self._known(req.session_key)
         if s is None:
             return api_pb2.GetSessionInfoResponse(success=False)
+        main, essentials = f"{s.data_source}:0", f"{essentials_topic(s.data_source)}:0"
         with self._state.lock:
-            streams = list(dict.fromkeys(p.stream for p in s.packets))
             resp = api_pb2.GetSessionInfoResponse(
                 data_source=s.data_source,
                 identifier=s.identifier,
@@ -979,7 +1172,13 @@ class AtlasEmulator:
                 version=s.version,
                 associate_session_keys=list(s.associates),
                 is_complete=bool(s.end_seqs),
-                streams=streams,
+                # The data source's named streams (its topics), never the main stream "".
+                streams=self._state.named_streams(s.data_source),
+                topic_partition_offsets={
+                    k: v for k, v in s.offsets.items() if k not in (main, essentials)
+                },
+                main_offset=s.offsets.get(main, 0),
+                essentials_offset=s.offsets.get(essentials, 0),
                 details=dict(s.details),
                 success=True,
             )
@@ -1077,10 +1276,12 @@ class AtlasEmulator:
 
     async def _write_data_packet(self, req: Any, call: RecordedCall) -> Message:
         self._record_details([req.detail], call)
+        self._wake_readers()
         return api_pb2.WriteDataPacketResponse()
 
     def _write_data_packets(self, req: Any, call: RecordedCall) -> None:
         self._record_details(list(req.details), call)
+        self._wake_readers()
 
     def _record_info(self, req: Any, call: RecordedCall) -> None:
         with self._state.lock:
@@ -1107,11 +1308,11 @@ class AtlasEmulator:
     def _write_info_packets(self, req: Any, call: RecordedCall) -> None:
         self._record_info(req, call)
 
-    # -- ConnectionManagerService (minimal: nothing reads packets back) ----------------------------
+    # -- ConnectionManagerService ----------------------------------------------------------------
 
     async def _new_connection(self, req: Any, call: RecordedCall) -> Message:
         with self._state.lock:
-            cid = max(self._state.connections, default=0) + 1
+            cid = self._state.last_connection + 1
         return api_pb2.NewConnectionResponse(connection=api_pb2.Connection(id=cid))
 
     async def _get_connection(self, req: Any, call: RecordedCall) -> Message:
@@ -1122,7 +1323,185 @@ class AtlasEmulator:
     async def _close_connection(self, req: Any, call: RecordedCall) -> Message:
         with self._state.lock:
             known = req.connection.id in self._state.connections
+        self._wake_readers()  # its reads end once apply_rpc has removed it
         return api_pb2.CloseConnectionResponse(success=known)
+
+    # -- PacketReaderService -----------------------------------------------------------------------
+
+    def _read_packets(self, req: Any) -> AsyncIterator[Message]:
+        return self._read(req.connection.id, api_pb2.ReadPacketsResponse, essentials=False)
+
+    def _read_essentials(self, req: Any) -> AsyncIterator[Message]:
+        return self._read(req.connection.id, api_pb2.ReadEssentialsResponse, essentials=True)
+
+    def _read_data_packets(self, req: Any) -> AsyncIterator[Message]:
+        r = req.request
+        return self._read(
+            r.connection.id,
+            api_pb2.ReadDataPacketsResponse,
+            essentials=False,
+            keep=self._data_filter(r),
+        )
+
+    def _wake_readers(self) -> None:
+        woken, self._packets_added = self._packets_added, asyncio.Event()
+        woken.set()
+
+    async def _read(
+        self,
+        cid: int,
+        cls: Any,
+        *,
+        essentials: bool,
+        keep: Callable[[_Held], bool] | None = None,
+    ) -> AsyncIterator[Message]:
+        """Serve a connection's topics from their offsets, then live until cancelled (or the
+        connection is closed, or the emulator stops)."""
+        closing = self._closing
+        with self._state.lock:
+            details = self._state.connections.get(cid)
+            if details is None:
+                raise _AbortError(
+                    grpc.StatusCode.NOT_FOUND, f"no open connection {cid} (NewConnection first)"
+                )
+            cursors = self._cursors(details, essentials)
+        while True:
+            woken = self._packets_added
+            with self._state.lock:
+                if cid not in self._state.connections:
+                    return
+                if not essentials and not details.streams:  # "all streams": new ones too
+                    for name in self._state.named_streams(details.data_source):
+                        cursors.setdefault(stream_topic(details.data_source, name), 0)
+                batch, advanced = self._take(cursors, details.session_key, keep)
+            if batch:
+                yield cls(response=batch)
+                continue
+            if advanced:  # all skipped: let writers in before the next pass
+                await asyncio.sleep(0)
+                continue
+            if closing is None or closing.is_set():
+                raise _AbortError(grpc.StatusCode.UNAVAILABLE, "emulator shutting down")
+            await woken.wait()
+
+    def _cursors(self, details: Any, essentials: bool) -> dict[str, int]:
+        """topic -> the offset to read next, from a connection's details (caller holds the lock)."""
+        ds = details.data_source
+        if essentials:
+            wanted = [(essentials_topic(ds), details.essentials_offset, "essentials_offset")]
+        else:
+            names = list(details.streams) or self._state.named_streams(ds)
+            offsets = list(details.stream_offsets)
+            # A listed stream is always "{ds}.{name}" (1.3.5's rule applied as is): a "" listed
+            # there names a topic nobody writes to; the main stream comes through main_offset.
+            wanted = [
+                (f"{ds}.{name}", offsets[i] if i < len(offsets) else 0, f"stream_offsets[{i}]")
+                for i, name in enumerate(names)
+            ]
+            if not details.exclude_main_stream:
+                wanted.append((ds, details.main_offset, "main_offset"))
+        cursors: dict[str, int] = {}
+        for topic, offset, what in wanted:
+            if offset < -1:
+                raise _AbortError(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"{what} is {offset}: an offset is -1 (latest), 0 (earliest) or a position",
+                )
+            latest = len(self._state.topics.get(topic, ()))
+            cursors[topic] = latest if offset == -1 else offset
+        return cursors
+
+    def _take(
+        self,
+        cursors: dict[str, int],
+        session_key: str,
+        keep: Callable[[_Held], bool] | None,
+    ) -> tuple[list[api_pb2.PacketResponse], bool]:
+        """The next batch over `cursors`, in arrival order across topics, and whether any cursor
+        moved (a pass may skip every record it looks at).
+
+        A record whose key is not `session_key` (when one is given) is skipped, as the real
+        server's reader drops it. Caller holds the lock.
+        """
+        pending = []
+        for topic, start in cursors.items():
+            records = self._state.topics.get(topic, ())
+            stop = min(len(records), start + _BATCH_PACKETS)
+            pending += [(records[i].seq, topic, i) for i in range(start, stop)]
+        pending.sort()
+        out: list[api_pb2.PacketResponse] = []
+        size = 0
+        for _, topic, i in pending[:_BATCH_PACKETS]:
+            if size >= _BATCH_BYTES:
+                break
+            rec = self._state.topics[topic][i]
+            cursors[topic] = i + 1
+            if session_key and rec.details_session_key != session_key:
+                continue
+            if keep is not None and not keep(rec):
+                continue
+            packet: Any = rec.packet
+            response = api_pb2.PacketResponse(packet=packet, stream=rec.stream)
+            response.submit_time.FromNanoseconds(rec.received_ns)
+            out.append(response)
+            size += response.ByteSize()
+        return out, bool(pending)
+
+    def _data_filter(self, r: Any) -> Callable[[_Held], bool]:
+        """ReadDataPackets' selection: data packets with a parameter the include patterns match
+        (all when none) and the exclude patterns do not; events likewise; markers if asked."""
+
+        def compiled(field_name: str) -> list[re.Pattern[str]]:
+            out = []
+            for i, pattern in enumerate(getattr(r, field_name)):
+                try:
+                    out.append(re.compile(pattern))
+                except re.error as exc:
+                    raise _AbortError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        f"{field_name}[{i}] {pattern!r} is not a regular expression: {exc}",
+                    ) from None
+            return out
+
+        params = (compiled("include_parameters"), compiled("exclude_parameters"))
+        events = (compiled("include_events"), compiled("exclude_events"))
+        markers = bool(r.include_markers)
+
+        def wanted(names: Sequence[str], patterns: tuple[list[re.Pattern[str]], ...]) -> bool:
+            include, exclude = patterns
+            return any(
+                (not include or any(p.search(n) for p in include))
+                and not any(p.search(n) for p in exclude)
+                for n in names
+            )
+
+        def keep(rec: _Held) -> bool:
+            if rec.type == "Marker":
+                return markers
+            if rec.type == "Event":
+                return wanted(self._names_of(rec, "event"), events)
+            if rec.type in DATA_TYPES:  # samples (events are handled above)
+                return wanted(self._names_of(rec, "parameter"), params)
+            return False
+
+        return keep
+
+    def _names_of(self, rec: _Held, kind: str) -> tuple[str, ...]:
+        """The parameters (or event) a data packet's format resolves to (caller holds the lock)."""
+        fmt: Any = getattr(rec.content()[0], "data_format", None)
+        if fmt is None:
+            return ()
+        which = fmt.WhichOneof("format")
+        if which == "parameter_identifiers":
+            return tuple(fmt.parameter_identifiers.parameter_identifiers)
+        if which == "event_identifier":
+            return (fmt.event_identifier,)
+        if which != "data_format_identifier":
+            return ()
+        known = self._state.formats.get((rec.data_source, kind, fmt.data_format_identifier))
+        if known is None:
+            return ()
+        return known.parameters if kind == "parameter" else (known.event,)
 
     # -- UniqueKeyGeneratorService -----------------------------------------------------------------
 
@@ -1216,8 +1595,12 @@ def serve(
     *,
     faults: AtlasFaultPlan | None = None,
     answer_write_stream: bool = False,
+    spill: bool = True,
 ) -> None:
-    """Serve until Ctrl-C, printing the addresses first and every session's report at the end."""
+    """Serve until Ctrl-C, printing the addresses first and every session's report at the end.
+
+    Packets' bytes are spilled to a temporary file (`AtlasEmulator`'s ``spill``) unless told not to.
+    """
     emulator = AtlasEmulator(
         host=host,
         port=port,
@@ -1225,6 +1608,7 @@ def serve(
         faults=faults,
         answer_write_stream=answer_write_stream,
         record_path=record_path,
+        spill=spill,
     )
 
     async def main() -> None:

@@ -553,6 +553,8 @@ def _config_before_data(x: _Ctx) -> list[Finding]:
     configured: dict[str, set[str]] = defaultdict(set)
     events: dict[str, set[str]] = defaultdict(set)
     late: dict[tuple[str, str], list[RecordedPacket]] = {}
+    # (stream, name) -> the other streams that had the definition when the first late packet came
+    elsewhere: dict[tuple[str, str], list[str]] = {}
     data_by_seq = {d.pkt.seq: d for d in x.data}
     for p in x.packets:
         if p.type == "Configuration" and p.content is not None and p.content_error is None:
@@ -563,20 +565,32 @@ def _config_before_data(x: _Ctx) -> list[Finding]:
         d = data_by_seq.get(p.seq)
         if d is None or d.params is None:
             continue
-        known = events[p.stream] if p.type == "Event" else configured[p.stream]
+        defined = events if p.type == "Event" else configured
         for name in d.params:
-            if name not in known:
+            if name not in defined[p.stream]:
+                if (p.stream, name) not in late:
+                    elsewhere[(p.stream, name)] = [
+                        s for s, names in defined.items() if s != p.stream and name in names
+                    ]
                 late.setdefault((p.stream, name), []).append(p)
     out = []
     for (stream, name), pkts in late.items():
         what = "event" if pkts[0].type == "Event" else "parameter"
-        ever = name in (x.configured_events if what == "event" else x.configured_params)
-        when = "only later" if ever else "never"
+        final = events if what == "event" else configured  # every definition, now all are seen
+        others = elsewhere[(stream, name)]
+        if others:
+            when = f"configured on {_streams(others)} but not on {stream!r}"
+            if name in final[stream]:
+                when += ", which got it only later"
+        elif name in (x.configured_events if what == "event" else x.configured_params):
+            when = "defined only later in this session"
+        else:
+            when = "defined never in this session"
         out.append(
             Finding(
                 f"{len(pkts)} data packet(s) of {what} {name!r} on stream {stream!r} before any "
-                f"ConfigurationPacket defining it on that stream (defined {when} in this "
-                f"session); the first is {pkts[0].where()}",
+                f"ConfigurationPacket defining it on that stream ({when}); the first is "
+                f"{pkts[0].where()}",
                 packet_id=pkts[0].id,
                 stream=stream,
                 parameter=name,

@@ -10,7 +10,8 @@ seeded fault plan, and lets tests, the demo and other processes read back what i
 Choices callers rely on:
 
 * Every API request needs an ``X-API-KEY`` header (missing: 401); with ``api_key`` set, another
-  key gets 403. The key is checked before fault injection: faults count only authorised requests.
+  key gets 403. ``GET /gateway/time`` is a public time service and needs no key (the SDK sends
+  none). The key is checked before fault injection: faults count only authorised requests.
 * Body problems answer 422 ``{"detail": ...}``; an unknown ``data_id``, sample or tag answers 404.
 * Chunks are stored per ``(data_id, channel, chunk_index)``: a re-send replaces the earlier copy.
   A JSON ``null`` value is stored as NaN; ``null`` timestamps are rejected.
@@ -62,6 +63,8 @@ _MASK: Final = "***"
 # Headers whose values are secrets: never kept in the request log.
 _SECRET_HEADERS: Final = frozenset({"x-api-key", "authorization", "cookie", "proxy-authorization"})
 _INTERNAL_PREFIX: Final = "/_emulator/"
+# Answered with or without a key, as the real time service is: the SDK's clock request has none.
+_KEYLESS_PATHS: Final = frozenset({"/gateway/time"})
 _SEED_INSTRUMENTS: Final = (
     {"synth_source_id": 1, "source_name": "MBE-1 (emulated)", "synth_source_type": "MBE"},
     {"synth_source_id": 2, "source_name": "PLD-1 (emulated)", "synth_source_type": "PLD"},
@@ -619,7 +622,9 @@ class AtomscaleEmulator:
         )
         self.requests.append(record)
         key = request.headers.get(API_KEY_HEADER)
-        key_ok = bool(key) and (self._api_key is None or _same_secret(key or "", self._api_key))
+        key_ok = request.path in _KEYLESS_PATHS or (
+            bool(key) and (self._api_key is None or _same_secret(key or "", self._api_key))
+        )
         verdict = _Verdict()
         if key_ok:
             # Decided before any await so the n-th arriving request gets the n-th verdict.
@@ -635,7 +640,7 @@ class AtomscaleEmulator:
         _request_body.set(body)
 
         response: web.StreamResponse
-        if not key:
+        if not key_ok and not key:
             response = _json_response({"detail": f"missing {API_KEY_HEADER} header"}, 401)
         elif not key_ok:
             response = _json_response({"detail": "invalid API key"}, 403)
