@@ -111,6 +111,7 @@ def _atomscale_serve(args: argparse.Namespace) -> int:
         fail_every=args.fail_every,
         retry_after_s=args.retry_after,
         latency_s=args.latency,
+        capacity=args.capacity,
         drop_connection_fraction=args.drop_fraction,
         seed=args.seed,
     )
@@ -1150,6 +1151,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--retry-after", type=float, default=None, help="answer failures 429 + Retry-After"
     )
     serve.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    serve.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="handle at most N chunk requests at once; answer the rest 429 + Retry-After",
+    )
     serve.add_argument("--drop-fraction", type=float, default=0.0)
     serve.add_argument("--seed", type=int, default=0)
     serve.set_defaults(func=_atomscale_serve)

@@ -55,6 +55,7 @@ class _StreamDelivery:
 
     info: StreamInfo
     base: DestinationReport  # everything but the four per-chunk counters below
+    window: AdaptiveWindow  # the runner's, shown in the report
     chunks_accepted: int = 0
     points_accepted: int = 0
     chunks_delivered: int = 0
@@ -68,14 +69,15 @@ class _StreamDelivery:
     spill_after: int | None = None
     _changed: anyio.Event | None = None  # created by a waiter; set and dropped by the next change
 
-    def report(self, window: int) -> DestinationReport:
+    @property
+    def report(self) -> DestinationReport:
         return replace(
             self.base,
             chunks_accepted=self.chunks_accepted,
             points_accepted=self.points_accepted,
             chunks_delivered=self.chunks_delivered,
             points_delivered=self.points_delivered,
-            window=window,
+            window=self.window.size,
         )
 
     @property
@@ -161,7 +163,7 @@ class DeliveryRunner:
         ``recovered`` = (chunks, points, last seq) still pending in the journal for a stream left
         by a previous process: they are read back from the journal and delivered.
         """
-        st = _StreamDelivery(info, DestinationReport(self.name))
+        st = _StreamDelivery(info, DestinationReport(self.name), self.window)
         if recovered is not None and recovered[0]:
             st.chunks_accepted, st.points_accepted = recovered[0], recovered[1]
             st.last_seq, st.spill_after = recovered[2], 0
@@ -201,7 +203,7 @@ class DeliveryRunner:
         # A recovered stream this destination had already closed before the crash.
         if st is None:
             return DestinationReport(self.name, closed=True)
-        return st.report(self.window.size)
+        return st.report
 
     def pending_chunks(self, data_id: str) -> int:
         st = self._streams.get(data_id)
@@ -246,10 +248,11 @@ class DeliveryRunner:
                 behind,
                 _RESUME_HINT if self._journal is not None else "",
             )
-            st.update(close_error=f"not closed yet: {behind} at finalize's deadline")
+            why = f"; last error: {st.base.last_error}" if st.base.last_error else ""
+            st.update(close_error=f"not closed yet: {behind} at finalize's deadline{why}")
             assert self._tg is not None
             self._tg.start_soon(self._close_when_delivered, st)
-            return st.report(self.window.size)
+            return st.report
         if st.chunks_pending:
             log.warning(
                 "%s: finalizing data_id=%s %s at finalize's deadline (they stay pending%s)",
@@ -259,7 +262,7 @@ class DeliveryRunner:
                 _RESUME_HINT if self._journal is not None else "",
             )
         await self._close(st, deadline)
-        return st.report(self.window.size)
+        return st.report
 
     async def _close_when_delivered(self, st: _StreamDelivery) -> None:
         """Close a stream that finalize left open once its backlog is in (while this process
@@ -299,7 +302,7 @@ class DeliveryRunner:
         self._send.close()
         reason = "streamer closed before the destination confirmed them (spool=False)"
         for st in self._streams.values():
-            r = st.report(self.window.size)
+            r = st.report
             if r.chunks_pending and self._journal is not None:
                 lost, lost_points = self._journal.memory_pending(self.name, st.info.data_id)
                 if lost:  # the disk could not take them: they go with the process

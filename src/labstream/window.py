@@ -2,25 +2,29 @@
 
 Throughput over a link is the window divided by the round trip, so a fixed window suits nobody: a
 far server needs hundreds of uploads in flight, a server with a capacity refuses what exceeds it.
-The window is TCP's congestion window applied to requests (slow start, then AIMD), with a
-latency guard in the manner of TCP Vegas and Netflix's gradient limiter:
+The window is TCP's congestion window applied to requests, with a latency guard in the manner of
+TCP Vegas and Netflix's gradient limiter:
 
 * **slow start**: from ``initial``, every success adds one (the window doubles each round trip)
-  until the first sign of congestion;
-* **additive increase** after that: one more per window's worth of successes (one per round trip);
-* **multiplicative decrease** (``x0.7``, CUBIC's factor) when the server says it is overloaded
-  (429, 503, 504) or a request times out, at most once per round trip: answers to requests sent
-  before the last decrease do not count again;
+  until the first sign of congestion, or the ceiling;
+* **multiplicative decrease** when the server says it is overloaded (429, 503, 504) or a request
+  times out, at most once per round trip (answers to requests sent before the last decrease do
+  not count again): the window falls to 0.7 of what was in flight when the refused request went
+  out (CUBIC's factor), and that figure becomes the threshold;
+* **back to the threshold fast, then hold**: slow start again up to the threshold, stay there for
+  ten seconds, and only then probe above it, one request per round trip (additive increase).
+  A server with a hard capacity is thus used at that capacity nearly all the time, and a probe
+  costs one refused request (which waits its ``Retry-After``) every ten seconds rather than a
+  steady sawtooth of them;
 * **latency guard**: when the recent round trips exceed twice the lowest seen (plus a few ms of
-  slack for a fast link's jitter) the window stops growing, and shrinks in proportion, since
+  slack for a fast link's jitter) the window shrinks in proportion and holds there, since
   requests are queueing somewhere (in the server or in this process) rather than moving faster.
 
 The window only grows while it is used (at least half full): a live stream pushing a chunk a
 second must not grow it to the ceiling and then release a burst at that size. A refused
 connection is an outage, not congestion: the retry policy waits, and the window is left alone.
-Why AIMD rather than a pure gradient limiter: a server with a hard capacity answers its excess at
-once with 429, so latency alone never sees it; AIMD does, and its sawtooth with a 0.7 factor keeps
-~85% of that capacity in use (docs/performance.md measures it).
+Why this rather than a pure gradient limiter: a server with a hard capacity answers its excess at
+once with 429, so latency alone never sees it (docs/performance.md measures both cases).
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ _DECREASE = 0.7
 _LATENCY_TOLERANCE = 2.0
 _LATENCY_SLACK_S = 0.005
 _MIN_RTT_SAMPLES = 1000  # the lowest round trip is forgotten after this many answers
+_HOLD_S = 10.0  # at the threshold this long before probing above it
 
 
 class AdaptiveWindow:
@@ -63,15 +68,16 @@ class AdaptiveWindow:
         self.limit = float(min(max(1, initial), self.ceiling))
         self.in_flight = 0
         self._clock = clock
-        self._slow_start = True
+        self._threshold = float(self.ceiling)  # slow start below it
+        self._hold_until: float | None = None  # no probing above the threshold before then
         self._epoch = 0  # bumped at each decrease
+        self._decreased_at = float("-inf")
         self._min_rtt: float | None = None
         self._next_min_rtt: float | None = None
         self._rtt_samples = 0
         self._recent: deque[float] = deque(maxlen=32)
         self._room: anyio.Event | None = None
-        self._decreased_at = float("-inf")
-        self.decreases = 0  # how often the window shrank (the report shows it)
+        self.decreases = 0  # how often the window shrank
 
     @property
     def size(self) -> int:
@@ -83,24 +89,25 @@ class AdaptiveWindow:
         exception it leaves with says whether the server was overloaded."""
         return _Slot(self)
 
-    async def _acquire(self) -> tuple[float, int, bool]:
+    async def _acquire(self) -> tuple[float, int, int]:
+        """Wait for room; (when, epoch, requests already in flight) for :meth:`_release`."""
         while self.in_flight >= self.size:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-        used = self.in_flight + 1 >= self.size / 2
+        ahead = self.in_flight
         self.in_flight += 1
-        return self._clock(), self._epoch, used
+        return self._clock(), self._epoch, ahead
 
-    def _release(self, sent_at: float, epoch: int, used: bool, outcome: str) -> None:
+    def _release(self, sent_at: float, epoch: int, ahead: int, outcome: str) -> None:
         self.in_flight -= 1
         if outcome == "ok":
-            rtt = self._clock() - sent_at
-            self._sample(rtt)
-            if used:
-                self._grow(rtt)
+            self._sample(self._clock() - sent_at)
+            if ahead + 1 >= self.size / 2:
+                self._grow()
         elif outcome == "congested" and epoch == self._epoch:
-            self._shrink(_DECREASE)
+            # What the server took before it refused this one is the best guess of its capacity.
+            self._decrease(min(self.limit, max(1.0, float(ahead))), _DECREASE)
         if self._room is not None and self.in_flight < self.size:
             self._room.set()
             self._room = None
@@ -116,23 +123,27 @@ class AdaptiveWindow:
         if self._rtt_samples >= _MIN_RTT_SAMPLES:
             self._min_rtt, self._next_min_rtt, self._rtt_samples = self._next_min_rtt, None, 0
 
-    def _grow(self, rtt: float) -> None:
+    def _grow(self) -> None:
         assert self._min_rtt is not None
+        now = self._clock()
         allowed = _LATENCY_TOLERANCE * self._min_rtt + _LATENCY_SLACK_S
         recent = sorted(self._recent)[len(self._recent) // 2]  # the median resists one outlier
         if recent > allowed:
             # Queueing: shrink towards the window that keeps round trips within the tolerance.
-            if self._clock() - self._decreased_at >= recent:
-                self._shrink(max(0.5, allowed / recent))
+            if now - self._decreased_at >= recent:
+                self._decrease(self.limit * max(0.5, allowed / recent), 1.0)
             return
-        if self._slow_start:
-            self.limit = min(self.ceiling, self.limit + 1)
-        else:
+        if self.limit < self._threshold:
+            self.limit = min(self._threshold, self.limit + 1)
+            if self.limit >= self._threshold and self._threshold < self.ceiling:
+                self._hold_until = now + _HOLD_S
+        elif self._hold_until is None or now >= self._hold_until:
             self.limit = min(self.ceiling, self.limit + 1 / self.limit)
 
-    def _shrink(self, factor: float) -> None:
-        self.limit = max(1.0, self.limit * factor)
-        self._slow_start = False
+    def _decrease(self, capacity: float, factor: float) -> None:
+        self._threshold = capacity
+        self.limit = max(1.0, capacity * factor)
+        self._hold_until = None
         self._epoch += 1
         self.decreases += 1
         self._decreased_at = self._clock()
@@ -150,16 +161,16 @@ def _outcome(exc: BaseException | None) -> str:
 
 
 class _Slot:
-    __slots__ = ("_epoch", "_sent_at", "_used", "_window")
+    __slots__ = ("_ahead", "_epoch", "_sent_at", "_window")
 
     def __init__(self, window: AdaptiveWindow) -> None:
         self._window = window
         self._sent_at = 0.0
         self._epoch = 0
-        self._used = False
+        self._ahead = 0
 
     async def __aenter__(self) -> None:
-        self._sent_at, self._epoch, self._used = await self._window._acquire()
+        self._sent_at, self._epoch, self._ahead = await self._window._acquire()
 
     async def __aexit__(
         self,
@@ -167,4 +178,4 @@ class _Slot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._window._release(self._sent_at, self._epoch, self._used, _outcome(exc))
+        self._window._release(self._sent_at, self._epoch, self._ahead, _outcome(exc))

@@ -57,7 +57,15 @@ API_KEY_HEADER: Final = "X-API-KEY"
 #: The two upload endpoints; the default target of a `FaultPlan`.
 CHUNK_PATHS: Final[tuple[str, ...]] = ("/tool-state/stream/chunk", "/tool-state/stream/chunk/multi")
 #: Every key `AtomscaleEmulator.fault_counts` may report.
-FAULT_KINDS: Final = ("latency", "down", "outage", "drop", "fail_every", "fail_fraction")
+FAULT_KINDS: Final = (
+    "latency",
+    "down",
+    "outage",
+    "drop",
+    "fail_every",
+    "fail_fraction",
+    "capacity",
+)
 
 _MASK: Final = "***"
 # Headers whose values are secrets: never kept in the request log.
@@ -95,6 +103,9 @@ class FaultPlan:
     * `retry_after_s`: when set, every failure (outages too) carries ``Retry-After`` rounded up to
       whole seconds.
     * `latency_s`: delay added to every matching request, failed or not.
+    * `capacity`: when > 0, the most matching requests handled at once, as a server with a
+      capacity: one arriving while that many are being handled (latency included) is answered
+      429 at once, with ``Retry-After`` (`retry_after_s`, else 1 s).
     * `outage_requests`: ``(first, last)`` inclusive numbers of matching requests answered 503.
     * `drop_connection_fraction`: share of matching requests whose connection is closed with no
       answer; with `drop_after_handling` the request is processed (stored) first — the "answer lost"
@@ -106,6 +117,7 @@ class FaultPlan:
     fail_status: int | None = None
     retry_after_s: float | None = None
     latency_s: float = 0.0
+    capacity: int = 0
     down: bool = False
     outage_requests: tuple[int, int] | None = None
     drop_connection_fraction: float = 0.0
@@ -132,6 +144,8 @@ class FaultPlan:
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s!r}")
         if not isinstance(self.down, bool) or not isinstance(self.drop_after_handling, bool):
             raise ValueError("down and drop_after_handling must be booleans")
+        if not _is_int(self.capacity) or self.capacity < 0:
+            raise ValueError(f"capacity must be an int >= 0, got {self.capacity!r}")
         if not _is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
         if self.outage_requests is not None:
@@ -181,6 +195,7 @@ class _Verdict:
     status: int = 200
     retry_after: str | None = None
     drop_after_handling: bool = False
+    admitted: bool = False  # counted against the plan's capacity until answered
 
 
 # --------------------------------------------------------------------------------------------------
@@ -284,6 +299,7 @@ class RecordedRequest:
     received_at: float
     status: int | None = None
     fault: str | None = None
+    answered_at: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -423,6 +439,7 @@ class AtomscaleEmulator:
         self._plan = FaultPlan()
         self._rng = random.Random(0)
         self._matched = 0
+        self._handling = 0  # requests admitted under the plan's capacity, not answered yet
         self._fault_counts: Counter[str] = Counter()
         self.faults = faults if faults is not None else FaultPlan()
         #: Every API request in arrival order (readback endpoints excluded). Appends only.
@@ -520,10 +537,19 @@ class AtomscaleEmulator:
                 kind = "fail_every"
             elif fail_roll < plan.fail_fraction:
                 kind = "fail_fraction"
-            if plan.latency_s > 0:
+            admitted = False
+            if plan.capacity and kind is None:
+                if self._handling >= plan.capacity:
+                    kind = "capacity"
+                else:
+                    admitted = True
+                    self._handling += 1
+            if plan.latency_s > 0 and kind != "capacity":
                 self._fault_counts["latency"] += 1
             if kind is not None:
                 self._fault_counts[kind] += 1
+        if kind == "capacity":
+            return _Verdict(0.0, kind, 429, str(math.ceil(plan.retry_after_s or 1)))
         if kind in ("down", "outage"):
             status = 503
         elif plan.fail_status is not None:
@@ -534,7 +560,12 @@ class AtomscaleEmulator:
         if plan.retry_after_s is not None:
             retry_after = str(math.ceil(plan.retry_after_s))
         return _Verdict(
-            plan.latency_s, kind, status if kind else 200, retry_after, plan.drop_after_handling
+            plan.latency_s,
+            kind,
+            status if kind else 200,
+            retry_after,
+            plan.drop_after_handling,
+            admitted,
         )
 
     # -- readback ----------------------------------------------------------------------------------
@@ -645,20 +676,32 @@ class AtomscaleEmulator:
         elif not key_ok:
             response = _json_response({"detail": "invalid API key"}, 403)
         else:
-            if verdict.latency_s:
-                await asyncio.sleep(verdict.latency_s)
+            try:
+                response = await self._answer(request, handler, verdict)
+            finally:
+                if verdict.admitted:
+                    with self._lock:
+                        self._handling -= 1
             if verdict.kind == "drop":
-                if verdict.drop_after_handling:
-                    await _answer_errors(request, handler)
-                return _drop(request)
-            if verdict.kind is not None:
-                headers = {"Retry-After": verdict.retry_after} if verdict.retry_after else None
-                detail = f"injected fault: {verdict.kind}"
-                response = _json_response({"detail": detail}, verdict.status, headers)
-            else:
-                response = await _answer_errors(request, handler)
-        record.status = response.status
+                return response  # no answer reached the client: no status to record
+        record.status, record.answered_at = response.status, time.time()
         return response
+
+    async def _answer(
+        self, request: web.Request, handler: Any, verdict: _Verdict
+    ) -> web.StreamResponse:
+        """The answer to a request with a key, as the verdict says."""
+        if verdict.latency_s:
+            await asyncio.sleep(verdict.latency_s)
+        if verdict.kind == "drop":
+            if verdict.drop_after_handling:
+                await _answer_errors(request, handler)
+            return _drop(request)
+        if verdict.kind is not None:
+            headers = {"Retry-After": verdict.retry_after} if verdict.retry_after else None
+            detail = f"injected fault: {verdict.kind}"
+            return _json_response({"detail": detail}, verdict.status, headers)
+        return await _answer_errors(request, handler)
 
     # -- stream endpoints --------------------------------------------------------------------------
 
