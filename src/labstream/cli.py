@@ -519,6 +519,7 @@ def _read_options(args: argparse.Namespace, cfg: Resolved) -> Any:
     return ReadOptions(
         time_column=args.time_column,
         time_format=args.time_format,
+        time_unit=args.time_unit,
         timezone=tz,
         start=start,
         channels=tuple(args.channel or ()),
@@ -999,7 +1000,31 @@ def _add_push_parser(sub: Any) -> None:
         "of an interrupted push resumes instead of sending rows twice.",
     )
     push.add_argument("files", nargs="+", metavar="FILE", help="CSV or Parquet log files")
-    time_group = push.add_argument_group("time")
+    _add_read_args(push)
+    _add_stream_args(push)
+    run = push.add_argument_group("run")
+    _add_run_args(run)
+    run.add_argument(
+        "--stall-timeout",
+        type=float,
+        metavar="S",
+        help="stop when a destination confirms nothing for this long (default 120)",
+    )
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget an earlier run of this command and push everything as a new stream",
+    )
+    run.add_argument("--dry-run", action="store_true", help="check the files; send nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    run.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
+    _add_destination_args(push)
+    push.set_defaults(func=_push)
+
+
+def _add_read_args(parser: argparse.ArgumentParser) -> None:
+    """How to read a log: shared by push and follow."""
+    time_group = parser.add_argument_group("time")
     time_group.add_argument("--time-column", metavar="NAME", help="default: found by name")
     time_group.add_argument(
         "--time-format",
@@ -1017,7 +1042,13 @@ def _add_push_parser(sub: Any) -> None:
         metavar="WHEN",
         help="instant of elapsed time 0 (ISO-8601 or epoch seconds), for elapsed-seconds logs",
     )
-    data = push.add_argument_group("data")
+    time_group.add_argument(
+        "--time-unit",
+        choices=("s", "ms", "us", "ns"),
+        default="s",
+        help="unit of epoch times (default s): ms, us or ns for logs that count those since 1970",
+    )
+    data = parser.add_argument_group("data")
     data.add_argument(
         "--channel",
         action="append",
@@ -1025,27 +1056,233 @@ def _add_push_parser(sub: Any) -> None:
         help="stream this column as this channel (repeatable; default: every numeric column)",
     )
     data.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: detected)")
-    data.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding")
-    stream = push.add_argument_group("stream")
+    data.add_argument(
+        "--encoding", default="utf-8-sig", help="CSV text encoding (default utf-8, BOM or not)"
+    )
+
+
+def _add_stream_args(parser: argparse.ArgumentParser) -> None:
+    stream = parser.add_argument_group("stream")
     stream.add_argument("--stream-name", metavar="NAME", help="default: the file name")
     stream.add_argument("--physical-sample", metavar="SAMPLE", help="name or id")
     stream.add_argument("--project", metavar="ID", help="Atomscale project id")
     stream.add_argument("--tag", action="append", metavar="TAG", help="repeatable")
-    stream.add_argument("--points-per-chunk", type=int, metavar="N", help="rows per chunk")
-    run = push.add_argument_group("run")
-    run.add_argument("--finalize-timeout", type=float, metavar="S")
-    run.add_argument("--max-pending-chunks", type=int, metavar="N")
-    run.add_argument("--stall-timeout", type=float, metavar="S")
-    run.add_argument(
-        "--restart",
-        action="store_true",
-        help="forget an earlier run of this command and push everything as a new stream",
+    stream.add_argument(
+        "--points-per-chunk", type=int, metavar="N", help="rows per chunk (default 100)"
     )
-    run.add_argument("--dry-run", action="store_true", help="check the files; send nothing")
-    run.add_argument("--no-progress", action="store_true", help="no progress display")
-    run.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
-    _add_destination_args(push)
-    push.set_defaults(func=_push)
+
+
+def _add_run_args(run: argparse._ArgumentGroup) -> None:
+    run.add_argument(
+        "--finalize-timeout",
+        type=float,
+        metavar="S",
+        help="how long the end (or Ctrl-C) waits for unconfirmed chunks (default 60)",
+    )
+    run.add_argument(
+        "--max-pending-chunks",
+        type=int,
+        metavar="N",
+        help="reading pauses while a destination holds this many unconfirmed chunks (default 256)",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# labstream follow
+
+
+def _follow_parser(sub: Any) -> None:
+    follow = sub.add_parser(
+        "follow",
+        help="stream a growing CSV/text log (or each new log in a directory) live",
+        description="Stream a log that an instrument is still writing: new rows are sent as "
+        "they are written, across rotation and truncation. With a directory, each new log "
+        "becomes a new stream. A restart continues where the last run stopped.",
+    )
+    follow.add_argument("target", metavar="FILE|DIR", help="the log, or a directory of logs")
+    _add_read_args(follow)
+    _add_stream_args(follow)
+    group = follow.add_argument_group("follow")
+    group.add_argument(
+        "--glob",
+        default="*",
+        metavar="PATTERN",
+        help="with a directory: the logs to follow, e.g. '*.csv' (default: every file)",
+    )
+    group.add_argument(
+        "--idle",
+        type=float,
+        metavar="S",
+        help="a log that has not grown for S seconds is finished: its stream is finalized "
+        "(default: only when a newer log appears, or on rotation)",
+    )
+    group.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once the log is finished by --idle (for one run's log)",
+    )
+    group.add_argument(
+        "--flush",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="send rows at the latest S seconds after they were written, in a chunk smaller "
+        "than --points-per-chunk if need be (default 1)",
+    )
+    group.add_argument(
+        "--poll", type=float, default=0.2, metavar="S", help="look for new rows every S s (0.2)"
+    )
+    group.add_argument(
+        "--status-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="print a status line every S seconds (default 30)",
+    )
+    group.add_argument(
+        "--on-bad-row",
+        choices=("skip", "stop"),
+        default="skip",
+        help="a row that cannot be read is reported (file, line, column) and skipped, or stops "
+        "the stream (default skip)",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="events and status as JSON lines on stdout"
+    )
+    _add_run_args(follow.add_argument_group("run"))
+    _add_destination_args(follow)
+    follow.set_defaults(func=_follow)
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    """One follow event as a sentence."""
+    kind = event["event"]
+    if kind == "log":
+        return (
+            f"{event['file']}: time column {event['time_column']!r} ({event['time_format']}), "
+            f"channels: {', '.join(event['channels'])}"
+        )
+    if kind == "stream":
+        return f"{event['file']}: streaming to {event['name']!r} ({event['data_id']})"
+    if kind == "bad_row":
+        where = [event["file"], f"line {event['line']:,}"]
+        if event["column"]:
+            where.append(f"column {event['column']!r}")
+        action = "skipped" if event["action"] == "skip" else "stopping"
+        return f"bad row: {', '.join(where)}: {event['message']} ({action})"
+    if kind == "status":
+        dests = "; ".join(
+            f"{n}: {d['pending_chunks']:,} chunk(s) pending"
+            + (f" (last error: {d['last_error']})" if d["last_error"] else "")
+            for n, d in event["destinations"].items()
+        )
+        return (
+            f"{event['file'] or 'waiting for a log'}: line {event['line']:,}, "
+            f"{event['rows_sent']:,} rows sent, {event['rows_confirmed']:,} confirmed, "
+            f"{event['bad_rows']:,} bad" + (f"; {dests}" if dests else "")
+        )
+    if kind == "finished":
+        return f"{event['file']}: finished ({event['reason']})"
+    if kind == "finalized":
+        parts = [
+            f"{n}: {d['delivered_points']:,} points delivered"
+            + (f", {d['rejected_points']:,} rejected" if d["rejected_points"] else "")
+            + (f", {d['pending_points']:,} still pending" if d["pending_points"] else "")
+            + (f", {d['dropped_points']:,} dropped" if d["dropped_points"] else "")
+            for n, d in event["destinations"].items()
+        ]
+        return f"stream {event['data_id']} finalized: {event['rows']:,} rows; " + "; ".join(parts)
+    if kind == "truncated":
+        return f"{event['file']}: truncated; reading it again from its start as a new stream"
+    if kind == "resumed":
+        return (
+            f"{event['file']}: continuing after line {event['line']:,} "
+            f"({event['rows']:,} rows sent before)"
+        )
+    return str(event.get("message", event))
+
+
+def _follow(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import LabstreamError
+    from .follow import Checkpoint, Follower, FollowError, FollowSettings
+    from .journal import default_spool_dir
+
+    cfg = _resolve(args)
+    options = _read_options(args, cfg)
+    target = Path(args.target)
+    if not target.exists():
+        raise _UsageError(f"{target}: no such file or directory")
+    for flag, value in (("--flush", args.flush), ("--poll", args.poll), ("--idle", args.idle)):
+        if value is not None and not value > 0:
+            raise _UsageError(f"{flag} must be a positive number of seconds")
+    if args.exit_when_idle and args.idle is None:
+        raise _UsageError("--exit-when-idle needs --idle S")
+    dests = _select(args, cfg)
+    identities = _identities(cfg, dests)
+    streamer = _make_streamer(cfg, dests)
+    identity = {
+        "target": str(target.resolve()),
+        "destinations": sorted(f"{k}={v}" for k, v in identities.items()),
+        "read": [
+            options.time_column,
+            options.time_format,
+            options.time_unit,
+            str(options.timezone),
+            options.start,
+            list(options.channels),
+            options.delimiter,
+            options.encoding,
+        ],
+        "points_per_chunk": streamer.points_per_chunk,
+        "glob": args.glob,
+    }
+    settings = FollowSettings(
+        target=target,
+        options=options,
+        stream_name=args.stream_name,
+        physical_sample=cfg["push.physical_sample"],
+        project=cfg["push.project"],
+        tags=tuple(cfg["push.tags"] or ()),
+        pattern=args.glob,
+        idle_s=args.idle,
+        exit_when_idle=args.exit_when_idle,
+        flush_s=args.flush,
+        poll_s=args.poll,
+        status_s=args.status_interval,
+        on_bad_row=args.on_bad_row,
+        max_pending_chunks=int(cfg["push.max_pending_chunks"]),
+        finalize_timeout=float(cfg["push.finalize_timeout"]),
+    )
+
+    def emit(event: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            _say(_event_text(event))
+
+    code = EXIT_OK
+    try:
+        location = Checkpoint.location(default_spool_dir() / "follow", identity)
+        follower = Follower(streamer, settings, Checkpoint.load(location, identity["target"]), emit)
+        try:
+            follower.run()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+        if code == EXIT_OK and not follower.all_ok:
+            code = EXIT_INCOMPLETE
+    except FollowError as exc:
+        _say(f"error: {exc}")
+        code = EXIT_USAGE
+    except LabstreamError as exc:
+        _say(f"error: {exc}")
+        code = EXIT_INCOMPLETE
+    finally:
+        streamer.close(timeout=cfg["push.finalize_timeout"])
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        _say("stopped; run the same command again to continue where it stopped")
+    return code
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1098,6 +1335,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     _add_push_parser(sub)
+    _follow_parser(sub)
 
     check = sub.add_parser(
         "check", help="test connectivity and credentials of the configured destinations"
