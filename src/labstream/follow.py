@@ -458,7 +458,8 @@ class Follower:
     def _start_stream(self) -> str:
         log, cp = self.log, self.cp
         assert log is not None
-        name = self.s.stream_name or log.path.stem
+        # A rotated file keeps the name of the log it was (mbe.csv.1 is still "mbe").
+        name = self.s.stream_name or (log.path if self.directory else self.s.target).stem
         if self.directory and self.s.stream_name:
             name = f"{self.s.stream_name} - {log.path.stem}"
         if cp.confirmed.rows:
