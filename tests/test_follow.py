@@ -246,6 +246,31 @@ def test_truncated_log_is_read_again_as_a_new_stream(
     assert any(e["event"] == "truncated" for e in rig.events)
 
 
+def test_an_idle_log_ends_its_stream_and_growth_starts_another(
+    rig: Rig, stored: Stored, tmp_path: Path
+) -> None:
+    log = tmp_path / "furnace.csv"
+    log.write_text(HEADER + "".join(row(i) for i in range(5)))
+    follower = rig.follower(log, idle_s=0.05)
+    rig.settle(follower)
+
+    def idle() -> bool:
+        follower.step()
+        return any(e["event"] == "finished" for e in rig.events)
+
+    wait_for(idle, "the log to be idle")
+    with log.open("a") as f:
+        f.write("".join(row(i) for i in range(5, 9)))
+    rig.settle(follower)
+    follower.stop()
+    first, second = stored.streams()
+    assert rig.atomscale.streams[first].finalized
+    assert rig.atomscale.points(first, "temp")[1] == list(range(5))
+    assert rig.atomscale.streams[second].stream_name == "furnace (from line 7)"
+    assert rig.atomscale.points(second, "temp")[1] == list(range(5, 9))
+    assert sorted(stored.atlas_rows()) == list(range(9))
+
+
 def test_directory_each_new_log_is_a_stream(rig: Rig, stored: Stored, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     logs.mkdir()
@@ -301,8 +326,10 @@ def test_bad_row_stops_when_asked(
     log = tmp_path / "pyrometer.csv"
     log.write_text(HEADER + row(0) + row(1) + "yesterday,1,2\n" + row(3))
     code = cli.main(
-        ["follow", str(log), "--atomscale", "--endpoint", atomscale.url, "--on-bad-row", "stop"]
-        + ["--poll", "0.01", "--idle", "5", "--exit-when-idle"]
+        [
+            *("follow", str(log), "--atomscale", "--endpoint", atomscale.url),
+            *("--on-bad-row", "stop", "--poll", "0.01", "--idle", "5", "--exit-when-idle"),
+        ]
     )
     err = capsys.readouterr().err
     assert code == 2

@@ -109,8 +109,8 @@ class Tail:
         return out
 
     def rest(self) -> tuple[int, bytes, int] | None:
-        """The last line when it has no newline, taken as complete (the log is finished)."""
-        self.read_lines()
+        """The last line when it has no newline, taken as complete (the log is finished; read
+        the complete lines first)."""
         if not self.buffer.strip():
             return None
         self.line += 1
@@ -334,10 +334,15 @@ class Follower:
             self._finish(take_rest=True, reason="a newer log appeared")
             return
         idle = self.s.idle_s
-        if idle is not None and self.clock() - tail.grown_at >= idle and tail.at_end():
+        if idle is None or self.clock() - tail.grown_at < idle or not tail.at_end():
+            return
+        if self.directory:
             self._finish(take_rest=True, reason=f"idle for {idle:g} s")
-            if self.s.exit_when_idle and (not self.directory or self._newer() is None):
-                self.done = True
+            self.done = self.s.exit_when_idle and self._newer() is None
+        elif self.cp.data_id is not None or self.s.exit_when_idle:
+            # One log: its stream ends; should it grow again, a new stream continues it.
+            self._end_stream(take_rest=self.s.exit_when_idle, reason=f"idle for {idle:g} s")
+            self.done = self.s.exit_when_idle
 
     # -- choosing and opening logs -------------------------------------------------------------
 
@@ -604,6 +609,9 @@ class Follower:
         tail, cp = self.tail, self.cp
         assert tail is not None
         if take_rest and self.log is not None:
+            while lines := tail.read_lines():
+                for line in lines:
+                    self._take(*line)
             last = tail.rest()
             if last is not None:
                 self._take(*last)
@@ -616,6 +624,21 @@ class Follower:
         cp.save()
         tail.close()
         self.tail, self.log, self.rows = None, None, None
+
+    def _end_stream(self, *, take_rest: bool, reason: str) -> None:
+        """Finalize the stream and keep reading the same file (a new stream if it grows)."""
+        tail = self.tail
+        assert tail is not None
+        if take_rest and self.log is not None:
+            last = tail.rest()
+            if last is not None:
+                self._take(*last)
+        if self.rows is not None and len(self.rows):
+            self._push()
+        self.emit({"event": "finished", "file": str(tail.path), "reason": reason})
+        self._finalize(self.s.finalize_timeout)
+        self.cp.data_id = None
+        self.cp.save()
 
     def _forget_finished_entry(self) -> None:
         if self.cp.finished:
