@@ -281,6 +281,22 @@ def test_bad_files_are_named_with_line_and_column(
     assert new.ids() == []  # the good file is not sent either
 
 
+def test_millisecond_epochs_with_time_unit(
+    push: Run, new: NewStreams, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(
+        tmp_path / "pyrometer.csv",
+        "time_ms,T\n" + "".join(f"{int(T0 * 1000) + 250 * i},{700 + i}\n" for i in range(5)),
+    )
+    assert push(str(log)) == 2
+    err = capsys.readouterr().err
+    assert "looks like milliseconds since 1970" in err and "give --time-unit ms" in err
+    assert push(str(log), "--time-unit", "ms", "--no-progress") == 0
+    (data_id,) = new.ids()
+    times, values = new.atomscale.points(data_id, "T")
+    assert times == [T0 + 0.25 * i for i in range(5)] and values == [700 + i for i in range(5)]
+
+
 def test_missing_file(push: Run, capsys: pytest.CaptureFixture[str]) -> None:
     assert push("nowhere.csv") == 2
     assert "nowhere.csv: no such file" in capsys.readouterr().err

@@ -899,6 +899,17 @@ def _open_csv(path: Path, opts: ReadOptions, size: int, mtime_ns: int) -> LogFil
         c: _column_is_numeric([row[k] for _, row in sample if k < len(row)])
         for k, c in enumerate(header)
     }
+    if not opts.channels:
+        for k, column in enumerate(header):
+            first = next((row[k] for _, row in sample if k < len(row) and row[k].strip()), "")
+            if not numeric[column] and _comma_hint(first):
+                line = next(n for n, row in sample if k < len(row) and row[k].strip())
+                raise LogFileError(
+                    name,
+                    f"cannot read {first.strip()!r} as a number{_comma_hint(first)}",
+                    line=line,
+                    column=column,
+                )
     channels, skipped = _channels(name, header, time_column, numeric, opts, header_line)
     return LogFile(
         path=path,
