@@ -210,8 +210,8 @@ def test_a_wrong_time_unit_is_named(tmp_path: Path) -> None:
 
 def test_decimal_commas_get_a_hint(tmp_path: Path) -> None:
     path = write(tmp_path, f"time;T;p\n{T0};600,5;1.5\n")
-    with pytest.raises(LogFileError, match="line 2, column 'T'.*looks like a decimal comma"):
+    with pytest.raises(LogFileError, match=r"line 2, column 'T'.*looks like a decimal comma"):
         open_log(path).scan()
     # Chosen as a channel, the column fails the same way when its rows are read.
-    with pytest.raises(LogFileError, match="line 2, column 'T'.*looks like a decimal comma"):
+    with pytest.raises(LogFileError, match=r"line 2, column 'T'.*looks like a decimal comma"):
         open_log(path, ReadOptions(channels=("T",))).scan()
