@@ -297,6 +297,17 @@ def test_millisecond_epochs_with_time_unit(
     assert times == [T0 + 0.25 * i for i in range(5)] and values == [700 + i for i in range(5)]
 
 
+def test_the_sample_log_in_examples_reads_cleanly(
+    push: Run, new: NewStreams, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = Path(__file__).resolve().parent.parent / "examples" / "mbe_growth_log.csv"
+    assert push(str(sample), "--dry-run") == 0
+    err = capsys.readouterr().err
+    assert "120 rows, time column 'time' (iso)" in err
+    assert "channels: substrate_temperature [C], ga_cell [C], as_cell [C], pressure [mbar]" in err
+    assert "not numbers, skipped: 'shutter'" in err and new.ids() == []
+
+
 def test_missing_file(push: Run, capsys: pytest.CaptureFixture[str]) -> None:
     assert push("nowhere.csv") == 2
     assert "nowhere.csv: no such file" in capsys.readouterr().err

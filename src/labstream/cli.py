@@ -1328,9 +1328,14 @@ def _spool_purge(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="labstream",
         description="Stream lab instrument time series to Atomscale (and ATLAS) without loss.",
+    )
+    parser.add_argument(
+        "--version", action="version", version=f"labstream {__version__}", help="show the version"
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -1357,29 +1362,71 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="stream a simulated MBE growth to the local emulator, with faults"
     )
-    demo.add_argument("--seconds", type=float, default=300.0, help="simulated growth length")
-    demo.add_argument("--rate", type=float, default=10.0, help="samples per second per channel")
-    demo.add_argument("--points-per-chunk", type=int, default=100)
-    demo.add_argument("--fail-fraction", type=float, default=0.25, help="chunk uploads to fail")
-    demo.add_argument("--drop-fraction", type=float, default=0.05, help="connections to drop")
-    demo.add_argument("--pace", type=float, default=0.01, help="seconds between chunks")
+    demo.add_argument(
+        "--seconds", type=float, default=300.0, help="simulated growth length (default 300)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=10.0, help="samples per second per channel (default 10)"
+    )
+    demo.add_argument(
+        "--points-per-chunk", type=int, default=100, help="points per chunk (default 100)"
+    )
+    demo.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.25,
+        help="share of chunk uploads the emulators fail (default 0.25)",
+    )
+    demo.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.05,
+        help="share of connections the Atomscale emulator drops (default 0.05)",
+    )
+    demo.add_argument(
+        "--pace", type=float, default=0.01, help="seconds between chunks (default 0.01)"
+    )
     demo.add_argument("--plot", metavar="FILE", help="draw what each destination received")
     demo.set_defaults(func=_demo)
 
     atomscale = sub.add_parser("atomscale", help="the local Atomscale emulator")
     atomscale_sub = atomscale.add_subparsers(dest="action", required=True)
     serve = atomscale_sub.add_parser("serve", help="run the emulator until Ctrl-C")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8790)
-    serve.add_argument("--api-key", default=None, help="accept only this key (default: any)")
-    serve.add_argument("--fail-fraction", type=float, default=0.0)
-    serve.add_argument("--fail-every", type=int, default=0)
     serve.add_argument(
-        "--retry-after", type=float, default=None, help="answer failures 429 + Retry-After"
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
-    serve.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
-    serve.add_argument("--drop-fraction", type=float, default=0.0)
-    serve.add_argument("--seed", type=int, default=0)
+    serve.add_argument("--port", type=int, default=8790, help="port (default 8790)")
+    serve.add_argument("--api-key", default=None, help="accept only this key (default: any)")
+    serve.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of chunk uploads answered 503 (or 429 with --retry-after), 0 to 1",
+    )
+    serve.add_argument(
+        "--fail-every", type=int, default=0, metavar="N", help="fail every N-th chunk upload"
+    )
+    serve.add_argument(
+        "--retry-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="answer failures 429 with Retry-After: S",
+    )
+    serve.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds added per request"
+    )
+    serve.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of chunk uploads whose connection is closed without an answer, 0 to 1",
+    )
+    serve.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed fails the same requests"
+    )
     serve.set_defaults(func=_atomscale_serve)
 
     atlas = sub.add_parser("atlas", help="the local ATLAS Stream API and its protocol checker")
@@ -1387,16 +1434,32 @@ def build_parser() -> argparse.ArgumentParser:
     aserve = atlas_sub.add_parser(
         "serve", help="run a Stream API + key generator; print protocol reports on Ctrl-C"
     )
-    aserve.add_argument("--host", default="127.0.0.1")
-    aserve.add_argument("--port", type=int, default=13579)
-    aserve.add_argument("--key-generator-port", type=int, default=15379)
-    aserve.add_argument("--record", default=None, help="append every packet to this JSONL file")
-    aserve.add_argument("--unavailable-fraction", type=float, default=0.0)
-    aserve.add_argument("--latency", type=float, default=0.0)
-    aserve.add_argument("--seed", type=int, default=0)
+    aserve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    aserve.add_argument("--port", type=int, default=13579, help="Stream API port (default 13579)")
+    aserve.add_argument(
+        "--key-generator-port", type=int, default=15379, help="key generator port (default 15379)"
+    )
+    aserve.add_argument(
+        "--record", default=None, metavar="FILE", help="append every packet to this JSONL file"
+    )
+    aserve.add_argument(
+        "--unavailable-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of RPCs answered UNAVAILABLE, 0 to 1",
+    )
+    aserve.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds added per RPC"
+    )
+    aserve.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed fails the same RPCs"
+    )
     aserve.set_defaults(func=_atlas_serve)
     areport = atlas_sub.add_parser("report", help="check the sessions of a --record file")
-    areport.add_argument("file")
+    areport.add_argument("file", help="a file written by `labstream atlas serve --record`")
     areport.add_argument("--json", action="store_true", help="machine-readable report")
     areport.add_argument("--verbose", action="store_true", help="also list passed checks")
     areport.add_argument("--plot", metavar="FILE", help="draw the data each session received")
@@ -1416,7 +1479,7 @@ def build_parser() -> argparse.ArgumentParser:
             cmd.add_argument("--api-key", default=None, help="default: AS_API_KEY (never stored)")
             cmd.add_argument("--timeout", type=float, default=300.0, help="seconds per stream")
         if name == "purge":
-            cmd.add_argument("data_id")
+            cmd.add_argument("data_id", help="the stream to forget (see spool status)")
             cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
 
