@@ -88,9 +88,32 @@ def _library_logging(verbose: bool) -> Iterator[None]:
 # Existing subcommands: demo, emulators, ATLAS report
 
 
+def _require_plot(path: str | None) -> None:
+    """``--plot``: say at once what is missing, before any work is done.
+
+    Raises:
+        _UsageError: matplotlib is not installed, or the file's format is unknown.
+    """
+    if not path:
+        return
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        raise _UsageError(
+            "--plot needs matplotlib, which is not installed: pip install 'labstream[plot]'"
+        ) from None
+    from .plot import FORMATS
+
+    if Path(path).suffix.lower() not in FORMATS:
+        raise _UsageError(
+            f"--plot {path}: cannot tell the image format; use one of {', '.join(sorted(FORMATS))}"
+        )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _require_plot(args.plot)
     ok = run_demo(
         seconds=args.seconds,
         rate_hz=args.rate,
@@ -134,6 +157,7 @@ def _atlas_report(args: argparse.Namespace) -> int:
     from .emulators.atlas import load_record
     from .emulators.atlas_checker import check_sessions, format_report
 
+    _require_plot(args.plot)
     reports = check_sessions(load_record(args.file))
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=2))
@@ -317,23 +341,46 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import io
+    import json
+
     cfg = _resolve(args)
     dests = _select(args, cfg)
-    ok = True
+    checks: list[tuple[str, Callable[[], bool]]] = []
     if dests.atomscale:
-        ok &= _check_atomscale(
-            str(cfg["atomscale.endpoint"]),
-            str(cfg["atomscale.api_key"]),
-            cfg.source("atomscale.api_key"),
-            args.timeout,
-        )
+        endpoint, key = str(cfg["atomscale.endpoint"]), str(cfg["atomscale.api_key"])
+        source = cfg.source("atomscale.api_key")
+        checks.append(("atomscale", lambda: _check_atomscale(endpoint, key, source, args.timeout)))
     if dests.atlas:
-        ok &= _check_atlas(_atlas_settings(cfg), args.timeout)
-    print("all destinations ok" if ok else "some destinations have problems (see above)")
+        settings = _atlas_settings(cfg)
+        checks.append(("atlas", lambda: _check_atlas(settings, args.timeout)))
+    ok = True
+    results: dict[str, Any] = {}
+    for name, run in checks:
+        _CHECK_RESULTS.clear()
+        if args.json:  # the sentences are collected, not printed
+            with contextlib.redirect_stdout(io.StringIO()):
+                passed = run()
+        else:
+            passed = run()
+        ok &= passed
+        results[name] = {
+            "ok": passed,
+            "checks": [{"ok": good, "message": text} for good, text in _CHECK_RESULTS],
+        }
+    if args.json:
+        print(json.dumps({"ok": ok, "destinations": results}, indent=1))
+    else:
+        print("all destinations ok" if ok else "some destinations have problems (see above)")
     return EXIT_OK if ok else EXIT_INCOMPLETE
 
 
+#: What the checks found, in order, for ``check --json``.
+_CHECK_RESULTS: list[tuple[bool, str]] = []
+
+
 def _result(ok: bool, text: str) -> bool:
+    _CHECK_RESULTS.append((ok, text))
     print(f"  {'ok  ' if ok else 'FAIL'} {text}", flush=True)
     return ok
 
@@ -577,6 +624,24 @@ def _push(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.dry_run:
         _say("dry run: nothing was sent.")
+        if args.json:
+            for plan in plans:
+                _print_json(
+                    {
+                        "file": str(plan.log.path),
+                        "rows": plan.scan.rows,
+                        "time_column": plan.log.time_column,
+                        "time_format": plan.log.time_format,
+                        "first_time": plan.scan.first_time,
+                        "last_time": plan.scan.last_time,
+                        "channels": [
+                            {"name": c.name, "column": c.column, "units": c.units}
+                            for c in plan.log.channels
+                        ],
+                        "skipped_columns": list(plan.log.skipped_columns),
+                        "dry_run": True,
+                    }
+                )
         return EXIT_OK
     dests = _select(args, cfg)
     identities = _identities(cfg, dests)
@@ -682,9 +747,13 @@ def _push_file(
             f"({_when(state.updated_at)}, stream {ids}); nothing to do. "
             "Use --restart to push it again as a new stream."
         )
+        if args.json:
+            _print_json({"file": str(log.path), "already_complete": True, "exit_code": EXIT_OK})
         return EXIT_OK
     if scan.rows == 0:
         _say(f"{log.path}: no data rows; nothing to push.")
+        if args.json:
+            _print_json({"file": str(log.path), "rows": 0, "exit_code": EXIT_OK})
         return EXIT_OK
     notes = _settle_adopted(streamer, state, min(10.0, float(cfg["push.finalize_timeout"])))
     first = state.resume_from
@@ -694,7 +763,10 @@ def _push_file(
         state.complete = True
         state.save()
         _say(f"{log.path}: every row was already confirmed by every destination.")
-        return EXIT_OK if not any(state.rejected.values()) else EXIT_INCOMPLETE
+        code = EXIT_OK if not any(state.rejected.values()) else EXIT_INCOMPLETE
+        if args.json:
+            _print_json({"file": str(log.path), "already_complete": True, "exit_code": code})
+        return code
     name = plan.stream_name
     if state.parts:
         name = f"{name} (from row {first * ppc + 1})"
@@ -717,7 +789,7 @@ def _push_file(
     view = ProgressView(
         f"{log.path.name} ({data_id})",
         totals,
-        enabled=not (args.quiet or args.no_progress),
+        enabled=not (args.quiet or args.no_progress or args.json),
     )
     tracker = _Tracker(streamer, data_id, state, part, view, cfg)
     code = EXIT_OK
@@ -764,16 +836,18 @@ def _push_file(
     finally:
         report = tracker.finish(code)
         view.close()
-    print(_summary(state, report, log, totals))
+    if not args.json:
+        print(_summary(state, report, log, totals))
     if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         _say("Run the same command again to resume where this run stopped.")
-        return code
-    if code == EXIT_OK and not state.complete:
+    elif code == EXIT_OK and not state.complete:
         code = EXIT_INCOMPLETE
         _say(
             f"{log.path}: not every destination confirmed every row; run the same command again "
             "to send the rest."
         )
+    if args.json:
+        _print_json(_summary_json(state, report, log, code))
     return code
 
 
@@ -783,8 +857,48 @@ def _summary(state: PushState, report: StreamReport, log: LogFile, totals: dict[
     part = state.parts[-1]
     earlier_rows = part.first_chunk * state.points_per_chunk
     earlier = {d: min(earlier_rows, state.total_rows) * len(log.channels) for d in totals}
-    table = summary_table(report, earlier=earlier if part.first_chunk else None, totals=totals)
-    return table
+    return summary_table(
+        report, earlier=earlier if part.first_chunk else None, totals=totals, title=str(log.path)
+    )
+
+
+def _summary_json(
+    state: PushState, report: StreamReport, log: LogFile, code: int
+) -> dict[str, Any]:
+    """``push --json``: one object per file."""
+    part = state.parts[-1]
+    return {
+        "file": str(log.path),
+        "data_id": report.data_id,
+        "stream_name": part.stream_name,
+        "rows": state.total_rows,
+        "first_row": part.first_chunk * state.points_per_chunk + 1,
+        "complete": state.complete,
+        "exit_code": code,
+        "destinations": {
+            name: {
+                "accepted_points": d.points_accepted,
+                "delivered_points": d.points_delivered,
+                "rejected_points": d.points_rejected,
+                "pending_points": d.points_pending,
+                "dropped_points": d.points_dropped,
+                "retries": d.retries,
+                "closed": d.closed,
+                "rejections": [
+                    {"chunk_index": r.chunk_index, "status": r.status, "reason": r.reason}
+                    for r in d.rejections
+                ],
+                "last_error": d.last_error,
+            }
+            for name, d in report.destinations.items()
+        },
+    }
+
+
+def _print_json(obj: object) -> None:
+    import json
+
+    print(json.dumps(obj), flush=True)
 
 
 def _settle_adopted(streamer: TimeseriesStreamer, state: PushState, wait_s: float) -> list[str]:
@@ -1018,6 +1132,11 @@ def _add_push_parser(sub: Any) -> None:
     run.add_argument("--dry-run", action="store_true", help="check the files; send nothing")
     run.add_argument("--no-progress", action="store_true", help="no progress display")
     run.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per file on stdout instead of the summary table (no progress)",
+    )
     _add_destination_args(push)
     push.set_defaults(func=_push)
 
@@ -1293,7 +1412,15 @@ def _spool_status(args: argparse.Namespace) -> int:
     from . import spool
 
     directory = spool.spool_dir(args.spool_dir)
-    print(spool.format_status(spool.status(directory), directory))
+    rows = spool.status(directory)
+    if args.json:
+        import dataclasses
+        import json
+
+        streams = [dataclasses.asdict(r) for r in rows]
+        print(json.dumps({"spool_dir": str(directory), "streams": streams}, indent=1))
+    else:
+        print(spool.format_status(rows, directory))
     return 0
 
 
@@ -1348,6 +1475,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--timeout", type=float, default=5.0, metavar="S", help="per request (default 5)"
     )
+    check.add_argument("--json", action="store_true", help="machine-readable result")
     _add_destination_args(check)
     check.set_defaults(func=_check)
 
@@ -1475,6 +1603,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = spool_sub.add_parser(name, help=text)
         cmd.add_argument("--spool-dir", default=None, help="default: LABSTREAM_SPOOL_DIR or cache")
         cmd.set_defaults(func=func)
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "resume":
             cmd.add_argument("--api-key", default=None, help="default: AS_API_KEY (never stored)")
             cmd.add_argument("--timeout", type=float, default=300.0, help="seconds per stream")
