@@ -324,6 +324,29 @@ def test_no_destination_is_a_usage_error(
 # -- interruption and resume ---------------------------------------------------------------------
 
 
+def test_a_row_appended_during_the_push_stops_it_and_is_not_sent(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = epoch_csv(tmp_path / "growing.csv", 5000)
+
+    def append_once(pushed: int) -> None:
+        if pushed == 3:
+            with log.open("a") as f:
+                f.write(f"{T0 + 5000 * 0.5},9999,1e-9,ann\n")
+
+    monkeypatch.setattr(cli, "AFTER_CHUNK", append_once)
+    assert push(str(log), "--points-per-chunk", "100", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert f"{log}: the file changed while labstream was reading it" in err
+    assert "use labstream follow" in err
+    temps = new.points("substrate_temperature")[1]
+    assert 9999.0 not in temps and len(temps) < 5000
+
+
 def test_interrupt_then_rerun_resumes_without_duplicates(
     push: Run,
     new: NewStreams,

@@ -545,7 +545,11 @@ class LogFile:
     def _check_unchanged(self) -> None:
         st = self.path.stat()
         if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
-            raise LogFileError(self.path, "the file changed while labstream was reading it")
+            raise LogFileError(
+                self.path,
+                "the file changed while labstream was reading it (to stream a log that is still "
+                "being written, use labstream follow)",
+            )
 
     def _blocks(self, parser: _TimeParser) -> Iterator[RowBatch]:
         self._check_unchanged()
@@ -574,12 +578,15 @@ class LogFile:
                 for row in reader:
                     rows.add(row, reader.line_num)
                     if len(rows) >= _CSV_BLOCK_ROWS:
+                        # Rows read after a change (a row appended meanwhile) are never sent.
+                        self._check_unchanged()
                         yield rows.take()
             except csv.Error as exc:
                 raise LogFileError(path, f"malformed CSV: {exc}", line=reader.line_num) from None
             except UnicodeDecodeError as exc:
                 raise _decode_error(path, self.options.encoding, exc, reader.line_num) from None
             if len(rows):
+                self._check_unchanged()
                 yield rows.take()
 
     # -- Parquet -------------------------------------------------------------------------------
