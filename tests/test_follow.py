@@ -297,6 +297,22 @@ def test_directory_each_new_log_is_a_stream(rig: Rig, stored: Stored, tmp_path: 
     assert sorted(stored.atlas_rows()) == [*range(1, 10), 20, 21, 22]
 
 
+def test_an_unreadable_log_in_a_directory_is_reported_and_passed_over(
+    rig: Rig, stored: Stored, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "notes.csv").write_text("when,what\nmorning,bake-out\n")
+    follower = rig.follower(logs)
+    follower.step()
+    (bad,) = [e for e in rig.events if e["event"] == "bad_log"]
+    assert bad["message"].startswith(f"{logs / 'notes.csv'}, line 1: no time column found")
+    (logs / "run_7.csv").write_text(HEADER + row(0) + row(1))
+    rig.settle(follower)
+    follower.stop()
+    assert stored.atomscale_rows() == [0, 1]
+
+
 def test_bad_rows_are_reported_and_skipped(rig: Rig, stored: Stored, tmp_path: Path) -> None:
     log = tmp_path / "pyrometer.csv"
     log.write_text(HEADER + row(0) + f"{T0 + 0.1},hot,2\n" + row(2) + "1714550400.3,3\n" + row(4))

@@ -1318,7 +1318,9 @@ def _event_text(event: dict[str, Any]) -> str:
             f"{event['file']}: continuing after line {event['line']:,} "
             f"({event['rows']:,} rows sent before)"
         )
-    return str(event.get("message", event))
+    message = str(event.get("message", event))
+    file = event.get("file")
+    return message if not file or message.startswith(str(file)) else f"{file}: {message}"
 
 
 def _follow(args: argparse.Namespace) -> int:

@@ -63,9 +63,15 @@ class Tail:
     """
 
     def __init__(
-        self, path: Path, offset: int = 0, line: int = 0, watch: Path | None = None
+        self,
+        path: Path,
+        offset: int = 0,
+        line: int = 0,
+        watch: Path | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.path = path
+        self.clock = clock
         self.watch = watch or path  # the name a rotation gives to a new file
         self.handle = path.open("rb")
         st = os.fstat(self.handle.fileno())
@@ -74,7 +80,7 @@ class Tail:
         self.consumed = offset  # end of the last complete line returned
         self.line = line  # its number (1-based)
         self.buffer = b""  # what follows it: a line without its newline yet
-        self.grown_at = time.monotonic()
+        self.grown_at = clock()
 
     def close(self) -> None:
         self.handle.close()
@@ -88,7 +94,7 @@ class Tail:
         data = self.handle.read(READ_BYTES)
         if not data:
             return []
-        self.grown_at = time.monotonic()
+        self.grown_at = self.clock()
         data = self.buffer + data
         out: list[tuple[int, bytes, int]] = []
         start = 0
@@ -301,6 +307,8 @@ class Follower:
             return False
         assert self.tail is not None
         if self.log is None and not self._open_log():
+            if self.directory and self.tail is not None and self._newer() is not None:
+                self._finish(take_rest=False, reason="a newer log appeared (this one has no rows)")
             return False
         lines = self.tail.read_lines()
         for number, text, end in lines:
@@ -386,7 +394,7 @@ class Follower:
             cp.file, cp.dev, cp.ino = str(path), st.st_dev, st.st_ino
             cp.pushed, cp.confirmed, cp.data_id, cp.finalized = Mark(), Mark(), None, True
             cp.save()
-        self.tail = Tail(path, cp.confirmed.offset, cp.confirmed.line)
+        self.tail = Tail(path, cp.confirmed.offset, cp.confirmed.line, clock=self.clock)
         if (self.tail.dev, self.tail.ino) != (cp.dev, cp.ino):  # replaced in between
             self.tail.close()
             self.tail = None
@@ -400,10 +408,15 @@ class Follower:
             return False
         try:
             log = open_log(tail.path, self.s.options)
+            if log.kind != "csv":
+                raise LogFileError(tail.path, "follow reads text logs (CSV); push Parquet files")
         except LogFileError as exc:
-            raise FollowError(str(exc)) from None
-        if log.kind != "csv":
-            raise FollowError(f"{tail.path}: follow reads text logs (CSV); push Parquet files")
+            if not self.directory:
+                raise FollowError(str(exc)) from None
+            # One unreadable log must not stop a directory's service: say why, go on.
+            self.emit({"event": "bad_log", "file": str(tail.path), "message": str(exc)})
+            self._finish(take_rest=False, reason="cannot be read")
+            return False
         self.log, self.rows = log, log.csv_rows()
         if self.cp.confirmed.offset == 0:
             self.emit(
@@ -700,7 +713,9 @@ class Follower:
             }
         )
         watch = None if self.directory else self.s.target
-        self.tail = Tail(path, cp.confirmed.offset, cp.confirmed.line, watch=watch)
+        self.tail = Tail(
+            path, cp.confirmed.offset, cp.confirmed.line, watch=watch, clock=self.clock
+        )
 
     def _skip_older_logs(self) -> None:
         """First start on a directory: the logs already there are finished runs, except the
