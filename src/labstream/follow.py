@@ -8,13 +8,14 @@ inode and size. Following a directory picks up each new log as a new stream.
 
 What a restart may rely on: a checkpoint per followed target (a small JSON file, written
 atomically, in the spool directory next to the journal it depends on) records the current file
-(device and inode), the stream, and two marks: what was *pushed* and what every destination
-*confirmed*, each as (byte offset, line, rows, chunks). A restart reads from the confirmed mark,
-or from the pushed mark when labstream's journal still holds every chunk in between (it delivers
-those to the earlier stream itself). Chunks pushed but neither confirmed nor journaled (a
-``kill -9`` within milliseconds of a send) are sent again, and the restart says so: a row may then
-reach a destination twice, but none is skipped. The rows still to send are in the log itself, so
-memory stays flat: at most one chunk of rows and one read (1 MiB) are held.
+(device and inode), the stream, what was *pushed* (saved before each push) and what each
+destination *confirmed*, each as (byte offset, line, rows, chunks). A push waits for the
+destinations that were caught up to confirm it, so on a healthy link the marks agree within a
+round trip. A restart reads from the earliest mark of a destination whose unconfirmed chunks
+labstream's journal does not all hold (the journal delivers those to the earlier stream itself).
+Only a chunk on its way at a ``kill -9`` is sent again, and the restart says so. The rows still
+to send are in the log itself, so memory stays flat: at most one chunk of rows and one read
+(1 MiB) are held.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ __all__ = ["Checkpoint", "FollowError", "FollowSettings", "Follower", "Mark", "T
 CHECKPOINT_VERSION = 1
 READ_BYTES = 1 << 20  # one read of a log; also the longest line accepted
 MAX_FINISHED = 1000  # finished logs a directory checkpoint remembers
+# How long a push waits for the destinations that were caught up to confirm it: on a healthy
+# link a few milliseconds, after which a restart has nothing to guess about.
+CONFIRM_WAIT_S = 2.0
 
 OnBadRow = Literal["skip", "stop"]
 Emit = Callable[[dict[str, Any]], None]
@@ -178,7 +182,8 @@ class Checkpoint:
     stream_first_line: int = 0
     finalized: bool = True
     pushed: Mark = field(default_factory=Mark)
-    confirmed: Mark = field(default_factory=Mark)
+    confirmed: Mark = field(default_factory=Mark)  # by every destination
+    by_destination: dict[str, Mark] = field(default_factory=dict)  # each one's confirmed mark
     finished: list[list[int]] = field(default_factory=list)  # [dev, ino] of finished logs
     bad_rows: int = 0
     started: bool = False  # a directory was looked at once (its older logs skipped)
@@ -205,7 +210,8 @@ class Checkpoint:
             if data.pop("version") != CHECKPOINT_VERSION:
                 raise ValueError("another version")
             pushed, confirmed = Mark(**data.pop("pushed")), Mark(**data.pop("confirmed"))
-            return cls(path, pushed=pushed, confirmed=confirmed, **data)
+            by = {k: Mark(**v) for k, v in data.pop("by_destination").items()}
+            return cls(path, pushed=pushed, confirmed=confirmed, by_destination=by, **data)
         except (ValueError, TypeError, KeyError) as exc:
             raise FollowError(
                 f"the checkpoint {path} cannot be read ({exc}); move it away to start over "
@@ -233,6 +239,7 @@ class Checkpoint:
         self.file = None
         self.pushed = Mark()
         self.confirmed = Mark()
+        self.by_destination = {}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -393,6 +400,7 @@ class Follower:
         if cp.file is None or (st.st_dev, st.st_ino) != (cp.dev, cp.ino):
             cp.file, cp.dev, cp.ino = str(path), st.st_dev, st.st_ino
             cp.pushed, cp.confirmed, cp.data_id, cp.finalized = Mark(), Mark(), None, True
+            cp.by_destination = {}
             cp.save()
         self.tail = Tail(path, cp.confirmed.offset, cp.confirmed.line, clock=self.clock)
         if (self.tail.dev, self.tail.ino) != (cp.dev, cp.ino):  # replaced in between
@@ -491,6 +499,7 @@ class Follower:
         cp.data_id, cp.stream_name, cp.finalized = data_id, name, False
         cp.stream_first_line = cp.confirmed.line + 1
         cp.pushed.chunks = cp.confirmed.chunks = 0
+        cp.by_destination = {d: _copy(cp.pushed) for d in self.streamer.destinations}
         cp.save()
         self.emit({"event": "stream", "file": str(log.path), "data_id": data_id, "name": name})
         return data_id
@@ -499,26 +508,42 @@ class Follower:
         log, rows, cp = self.log, self.rows, self.cp
         assert log is not None
         assert rows is not None
-        self._wait_for_room()
+        report = self._wait_for_room()
         data_id = cp.data_id or self._start_stream()
+        # The destinations that had confirmed everything: the push waits for them to confirm
+        # this chunk too, so a restart finds them settled. A lagging destination is not waited
+        # for (its chunks are in the journal, which a restart takes into account).
+        healthy = (
+            set(self.streamer.destinations)
+            if report is None
+            else {n for n, d in report.destinations.items() if d.chunks_pending == 0}
+        )
         batch = rows.take()
         payload = {
             c.name: {"timestamps": batch.timestamps, "values": batch.values[c.name]}
             | ({"units": c.units} if c.units else {})
             for c in log.channels
         }
+        index = cp.pushed.chunks
+        # Saved before the push: a restart then knows of every chunk that may have been sent.
+        cp.pushed = Mark(
+            self.batch_end[0], self.batch_end[1], cp.pushed.rows + len(batch), index + 1
+        )
+        cp.save()
         try:
-            self.streamer.push_multi(data_id, cp.pushed.chunks, payload)
+            self.streamer.push_multi(data_id, index, payload)
         except (ValueError, TypeError) as exc:
             raise FollowError(
                 f"{log.path}, lines {batch.first_line}-{batch.last_line}: cannot be sent: {exc}"
             ) from None
-        # Saved after the push: a kill between the two loses no row (the restart reads from
-        # the confirmed mark unless the journal holds every chunk after it).
-        cp.pushed = Mark(
-            self.batch_end[0], self.batch_end[1], cp.pushed.rows + len(batch), cp.pushed.chunks + 1
-        )
-        cp.save()
+        deadline = time.monotonic() + CONFIRM_WAIT_S
+        while True:
+            report = self._poll()
+            if report is None or time.monotonic() > deadline:
+                return
+            if all(report.destinations[n].chunks_pending == 0 for n in healthy):
+                return
+            time.sleep(0.002)
 
     # -- confirmations, back-pressure, status --------------------------------------------------
 
@@ -532,17 +557,26 @@ class Follower:
         cp = self.cp
         if report is None:
             if cp.data_id is None and cp.pushed != cp.confirmed:
-                cp.confirmed = Mark(**asdict(cp.pushed))
+                cp.confirmed = _copy(cp.pushed)
             return None
-        if cp.confirmed != cp.pushed and all(
-            d.chunks_accepted == cp.pushed.chunks and d.chunks_pending == 0
-            for d in report.destinations.values()
-        ):
-            cp.confirmed = Mark(**asdict(cp.pushed))
+        if self._settle(report):
             cp.save()
         return report
 
-    def _wait_for_room(self) -> None:
+    def _settle(self, report: StreamReport) -> bool:
+        """Move each destination's confirmed mark to what it confirmed; True if one moved."""
+        cp = self.cp
+        moved = False
+        for name, d in report.destinations.items():
+            done = d.chunks_accepted == cp.pushed.chunks and not d.chunks_pending
+            if done and not d.chunks_dropped and cp.by_destination.get(name) != cp.pushed:
+                cp.by_destination[name] = _copy(cp.pushed)
+                moved = True
+        if moved:
+            cp.confirmed = _copy(min(cp.by_destination.values(), key=lambda m: m.offset))
+        return moved
+
+    def _wait_for_room(self) -> StreamReport | None:
         """Read no further while a destination holds ``max_pending_chunks`` unconfirmed: the
         rows wait in the log itself, not in memory."""
         report = self._poll()
@@ -550,6 +584,7 @@ class Follower:
             time.sleep(min(self.s.poll_s, 0.05))
             self._status()
             report = self._poll()
+        return report
 
     @staticmethod
     def _pending(report: StreamReport) -> int:
@@ -593,8 +628,7 @@ class Follower:
         report = self.streamer.finalize(cp.data_id, timeout)
         cp.finalized = all(d.closed for d in report.destinations.values())
         self.all_ok = self.all_ok and report.ok
-        if all(d.chunks_pending == 0 for d in report.destinations.values()):
-            cp.confirmed = Mark(**asdict(cp.pushed))
+        self._settle(report)
         cp.save()
         self.emit(
             {
@@ -702,7 +736,7 @@ class Follower:
             self._settle_earlier(cp.data_id)
         # A stream another process created cannot be continued: what follows goes to a new one.
         cp.data_id, cp.finalized = None, True
-        cp.pushed = Mark(**asdict(cp.confirmed))
+        cp.pushed = _copy(cp.confirmed)
         cp.save()
         self.emit(
             {
@@ -735,38 +769,59 @@ class Follower:
         self.cp.save()
 
     def _settle_earlier(self, data_id: str) -> None:
-        """The earlier run pushed chunks no report confirmed: does the journal hold them all?"""
+        """The earlier run pushed chunks some destination did not confirm. Per destination:
+        does labstream's journal hold every one of them (it delivers them to the earlier stream
+        itself)? If not, they are read again, from the earliest such destination's mark."""
         cp = self.cp
-        unconfirmed = cp.pushed.chunks - cp.confirmed.chunks
         try:
-            report = self.streamer.report(data_id)
+            report: StreamReport | None = self.streamer.report(data_id)
         except StreamStateError:
-            report = None
-        held = report is not None and all(
-            d.chunks_accepted == unconfirmed and not d.chunks_dropped
-            for d in report.destinations.values()
-        )
+            report = None  # the journal holds nothing of it
+        names = set(cp.by_destination) | set(self.streamer.destinations)
+        behind: list[str] = []
+        held = 0
+        for name in sorted(names):
+            mark = cp.by_destination.get(name, cp.confirmed)
+            unconfirmed = cp.pushed.chunks - mark.chunks
+            d = None if report is None else report.destinations.get(name)
+            if not unconfirmed:
+                continue
+            if d is not None and d.chunks_accepted == unconfirmed and not d.chunks_dropped:
+                held = max(held, unconfirmed)
+                continue
+            behind.append(name)
         if held:
-            cp.confirmed = Mark(**asdict(cp.pushed))
             self.emit(
                 {
                     "event": "journal",
                     "data_id": data_id,
-                    "message": f"labstream's journal holds the last {unconfirmed} chunk(s) of "
-                    f"stream {data_id} and delivers them there; they are not sent again",
+                    "message": f"labstream's journal holds the last {held} chunk(s) of stream "
+                    f"{data_id} and delivers them there; they are not sent again",
                 }
             )
+        if not behind:
+            cp.confirmed = _copy(cp.pushed)
             return
+        start = min(
+            (cp.by_destination.get(n, cp.confirmed) for n in behind), key=lambda m: m.offset
+        )
+        cp.confirmed = _copy(start)
         self.emit(
             {
                 "event": "resend",
+                "file": cp.file,
                 "data_id": data_id,
-                "lines": [cp.confirmed.line + 1, cp.pushed.line],
-                "message": f"lines {cp.confirmed.line + 1}-{cp.pushed.line} were sent to stream "
-                f"{data_id} just before the earlier run stopped, without a confirmation; they "
-                "are sent again, so a destination may hold them twice",
+                "destinations": behind,
+                "lines": [start.line + 1, cp.pushed.line],
+                "message": f"lines {start.line + 1}-{cp.pushed.line} were sent to stream "
+                f"{data_id} just before the earlier run stopped, and {', '.join(behind)} had not "
+                "confirmed them; they are sent again, so a destination may hold some twice",
             }
         )
+
+
+def _copy(mark: Mark) -> Mark:
+    return Mark(mark.offset, mark.line, mark.rows, mark.chunks)
 
 
 def _same_file(path: Path, cp: Checkpoint) -> bool:
