@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from labstream import Atlas, TimeseriesStreamer, cli
+from labstream import Atlas, TimeseriesStreamer, cli, spool
 from labstream.config import ENV_VARS
 from labstream.emulators.atlas import AtlasEmulator
 from labstream.emulators.atlas import run_in_thread as atlas_thread
 from labstream.emulators.atlas_checker import check_session
-from labstream.emulators.atomscale import AtomscaleEmulator
+from labstream.emulators.atomscale import AtomscaleEmulator, FaultPlan
 from labstream.emulators.atomscale import run_in_thread as atomscale_thread
 from labstream.follow import Checkpoint, Follower, FollowError, FollowSettings, Tail
 from labstream.logfiles import ReadOptions
@@ -518,3 +518,38 @@ def test_killed_while_sending_skips_no_row(
     assert sorted(set(rows)) == list(range(written))
     assert {r for r in rows if rows.count(r) > 1} <= named
     assert sorted(set(stored.atlas_rows())) == list(range(written))
+
+
+def test_killed_while_a_destination_is_down_the_journal_delivers_the_rest(
+    follow_cmd: Callable[[Path], Child],
+    stored: Stored,
+    tmp_path: Path,
+    atomscale: AtomscaleEmulator,
+) -> None:
+    """Atomscale refuses chunks when the process is killed: the chunks it misses are in the
+    journal, so the restart sends nothing again; the journal delivers them to the first stream."""
+    log = tmp_path / "mbe.csv"
+    log.write_text(HEADER + "".join(row(i) for i in range(40)))
+    child = follow_cmd(log)
+    child.wait_confirmed(40)
+    atomscale.faults = FaultPlan(down=True)  # chunk uploads only: streams can still be made
+    try:
+        with log.open("a") as f:
+            f.write("".join(row(i) for i in range(40, 100)))
+        wait_for(lambda: set(stored.atlas_rows()) >= set(range(100)), "ATLAS to have every row")
+        wait_for(
+            lambda: sum(r.pending_chunks for r in spool.status(tmp_path / "spool")) >= 3,
+            "the journal to hold what Atomscale refused",
+        )
+        assert child.stop(signal.SIGKILL) == -signal.SIGKILL
+    finally:
+        atomscale.faults = FaultPlan()
+    child = follow_cmd(log)
+    with log.open("a") as f:
+        f.write("".join(row(i) for i in range(100, 120)))
+    all_rows_stored(stored, 120)
+    assert child.stop(signal.SIGTERM) == 143
+    events = [e["event"] for e in child.seen]
+    assert "journal" in events and "resend" not in events
+    assert stored.atomscale_rows() == list(range(120))
+    assert sorted(stored.atlas_rows()) == list(range(120))
