@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -131,3 +133,36 @@ def test_plot_without_matplotlib_says_so_before_any_work(
     assert err.strip() == (
         "error: --plot needs matplotlib, which is not installed: pip install 'labstream[plot]'"
     )
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
+def test_bash_completion_knows_commands_options_and_choices(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["completion", "bash"]) == 0
+    (tmp_path / "completion.sh").write_text(capsys.readouterr().out)
+    (tmp_path / "growth_42.csv").write_text("time,T\n")
+    driver = """
+source completion.sh
+t() { COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]} - 1)); COMPREPLY=(); _labstream
+      echo "${COMPREPLY[*]}"; }
+t labstream fo
+t labstream follow --on
+t labstream follow --on-bad-row ""
+t labstream spool ""
+t labstream push --time-unit m
+t labstream push grow
+t labstream atlas serve --key
+"""
+    result = subprocess.run(
+        ["bash", "-c", driver], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert result.stdout.splitlines() == [
+        "follow",
+        "--on-bad-row",
+        "skip stop",
+        "status resume purge",
+        "ms",
+        "growth_42.csv",
+        "--key-generator-port",
+    ]

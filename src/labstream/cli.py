@@ -1456,6 +1456,13 @@ def _spool_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _completion(args: argparse.Namespace) -> int:
+    from .completion import bash_script
+
+    print(bash_script(build_parser()), end="")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -1594,6 +1601,15 @@ def build_parser() -> argparse.ArgumentParser:
     areport.add_argument("--verbose", action="store_true", help="also list passed checks")
     areport.add_argument("--plot", metavar="FILE", help="draw the data each session received")
     areport.set_defaults(func=_atlas_report)
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description='Print a completion script. bash: add `eval "$(labstream completion '
+        'bash)"` to ~/.bashrc. zsh: `autoload -U +X bashcompinit && bashcompinit` first.',
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    completion.set_defaults(func=_completion)
 
     spool_parser = sub.add_parser("spool", help="the durable journal of undelivered data")
     spool_sub = spool_parser.add_subparsers(dest="action", required=True)
