@@ -30,7 +30,7 @@ from labstream.emulators.atlas import run_in_thread as atlas_thread
 from labstream.emulators.atlas_checker import check_session
 from labstream.emulators.atomscale import AtomscaleEmulator, FaultPlan
 from labstream.emulators.atomscale import run_in_thread as atomscale_thread
-from labstream.follow import Checkpoint, Follower, FollowError, FollowSettings, Tail
+from labstream.follow import Checkpoint, Follower, FollowError, FollowSettings, Tail, _head
 from labstream.logfiles import ReadOptions
 
 T0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z
@@ -148,6 +148,23 @@ def test_rotation_and_truncation_are_noticed(tmp_path: Path) -> None:
     other.read_lines()
     log.write_text("")
     assert other.truncated()
+
+
+def test_a_new_log_on_a_reused_inode_is_not_taken_for_a_finished_one(tmp_path: Path) -> None:
+    old = tmp_path / "run_1.csv"
+    old.write_text(HEADER + row(0))
+    cp = Checkpoint(tmp_path / "cp.json", str(tmp_path))
+    st = old.stat()
+    cp.dev, cp.ino, cp.head = st.st_dev, st.st_ino, _head(old)
+    cp.finish_file()
+    assert cp.is_finished(old, old.stat())
+    # The file system gives the deleted log's inode to the next one: same (dev, ino) as far as
+    # the checkpoint can tell, other first bytes.
+    old.unlink()
+    new = tmp_path / "run_2.csv"
+    new.write_text(HEADER + row(1))
+    cp.finished[-1][:2] = [new.stat().st_dev, new.stat().st_ino]
+    assert not cp.is_finished(new, new.stat())
 
 
 # -- in-process: the follower one step at a time ------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import functools
 import hashlib
 import json
 import os
@@ -42,6 +43,9 @@ __all__ = ["Checkpoint", "FollowError", "FollowSettings", "Follower", "Mark", "T
 CHECKPOINT_VERSION = 1
 READ_BYTES = 1 << 20  # one read of a log; also the longest line accepted
 MAX_FINISHED = 1000  # finished logs a directory checkpoint remembers
+# A file is known by its device, inode and first bytes: a new log may get the inode of a deleted
+# one, but not its first line (the header, then the first row and its time).
+HEAD_BYTES = 4096
 # How long a push waits for the destinations that were caught up to confirm it: on a healthy
 # link a few milliseconds, after which a restart has nothing to guess about.
 CONFIRM_WAIT_S = 2.0
@@ -184,7 +188,8 @@ class Checkpoint:
     pushed: Mark = field(default_factory=Mark)
     confirmed: Mark = field(default_factory=Mark)  # by every destination
     by_destination: dict[str, Mark] = field(default_factory=dict)  # each one's confirmed mark
-    finished: list[list[int]] = field(default_factory=list)  # [dev, ino] of finished logs
+    head: list[Any] = field(default_factory=list)  # [length, sha1] of the file's first bytes
+    finished: list[list[Any]] = field(default_factory=list)  # [dev, ino, length, sha1] each
     bad_rows: int = 0
     started: bool = False  # a directory was looked at once (its older logs skipped)
 
@@ -230,11 +235,18 @@ class Checkpoint:
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
 
-    def is_finished(self, st: os.stat_result) -> bool:
-        return [st.st_dev, st.st_ino] in self.finished
+    def is_finished(self, path: Path, st: os.stat_result) -> bool:
+        return any(_same_id(path, st, entry) for entry in self.finished)
+
+    def is_current(self, path: Path) -> bool:
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return _same_id(path, st, [self.dev, self.ino, *self.head])
 
     def finish_file(self) -> None:
-        self.finished.append([self.dev, self.ino])
+        self.finished.append([self.dev, self.ino, *self.head])
         del self.finished[:-MAX_FINISHED]
         self.file = None
         self.pushed = Mark()
@@ -370,7 +382,7 @@ class Follower:
                 st = path.stat()
             except OSError:
                 continue
-            if os.path.isfile(path) and not self.cp.is_finished(st):
+            if os.path.isfile(path) and not self.cp.is_finished(path, st):
                 out.append((st.st_mtime, path.name, path, st))
         return sorted(out, key=lambda c: (c[0], c[1]))
 
@@ -395,10 +407,11 @@ class Follower:
                 st = path.stat()
             except OSError:
                 return False
-            if cp.is_finished(st):
+            if cp.is_finished(path, st):
                 return False
-        if cp.file is None or (st.st_dev, st.st_ino) != (cp.dev, cp.ino):
+        if cp.file is None or not cp.is_current(path):
             cp.file, cp.dev, cp.ino = str(path), st.st_dev, st.st_ino
+            cp.head = _head(path)
             cp.pushed, cp.confirmed, cp.data_id, cp.finalized = Mark(), Mark(), None, True
             cp.by_destination = {}
             cp.save()
@@ -529,6 +542,8 @@ class Follower:
         cp.pushed = Mark(
             self.batch_end[0], self.batch_end[1], cp.pushed.rows + len(batch), index + 1
         )
+        if cp.head and cp.head[0] < HEAD_BYTES and self.tail is not None:
+            cp.head = _head(self.tail.path)  # more of the start is known now
         cp.save()
         try:
             self.streamer.push_multi(data_id, index, payload)
@@ -713,8 +728,8 @@ class Follower:
                 self._skip_older_logs()
             return
         path = Path(cp.file)
-        if not _same_file(path, cp):
-            moved = _find_inode(path.parent, cp.dev, cp.ino)
+        if not cp.is_current(path):
+            moved = _find_current(path.parent, cp)
             if moved is None:
                 self.emit(
                     {
@@ -756,7 +771,7 @@ class Follower:
         newest, which may be the one being written."""
         found = self._candidates()
         for _, _, path, st in found[:-1]:
-            self.cp.finished.append([st.st_dev, st.st_ino])
+            self.cp.finished.append([st.st_dev, st.st_ino, *_head(path)])
             self.emit(
                 {
                     "event": "skipped",
@@ -824,20 +839,39 @@ def _copy(mark: Mark) -> Mark:
     return Mark(mark.offset, mark.line, mark.rows, mark.chunks)
 
 
-def _same_file(path: Path, cp: Checkpoint) -> bool:
+def _head(path: Path) -> list[Any]:
+    """[length, sha1] of a file's first bytes (up to HEAD_BYTES)."""
     try:
-        st = path.stat()
+        with path.open("rb") as handle:
+            data = handle.read(HEAD_BYTES)
+    except OSError:
+        data = b""
+    return [len(data), hashlib.sha1(data).hexdigest()]
+
+
+@functools.lru_cache(maxsize=4096)
+def _head_matches(path: str, mtime_ns: int, length: int, digest: str) -> bool:
+    """Whether a file starts with the bytes of that length and hash (cached while unchanged)."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(length)
     except OSError:
         return False
-    return (st.st_dev, st.st_ino) == (cp.dev, cp.ino)
+    return len(data) == length and hashlib.sha1(data).hexdigest() == digest
 
 
-def _find_inode(directory: Path, dev: int, ino: int) -> Path | None:
-    """The file of this identity in a directory (a rotated log keeps its inode)."""
+def _same_id(path: Path, st: os.stat_result, entry: list[Any]) -> bool:
+    if len(entry) != 4 or (st.st_dev, st.st_ino) != (entry[0], entry[1]):
+        return False
+    return _head_matches(str(path), st.st_mtime_ns, int(entry[2]), str(entry[3]))
+
+
+def _find_current(directory: Path, cp: Checkpoint) -> Path | None:
+    """The checkpoint's file under another name in a directory (a rotated log keeps its inode
+    and its first bytes)."""
     with contextlib.suppress(OSError):
         for entry in os.scandir(directory):
             with contextlib.suppress(OSError):
-                st = entry.stat(follow_symlinks=False)
-                if (st.st_dev, st.st_ino) == (dev, ino):
+                if entry.is_file() and cp.is_current(Path(entry.path)):
                     return Path(entry.path)
     return None
