@@ -167,6 +167,17 @@ def test_a_new_log_on_a_reused_inode_is_not_taken_for_a_finished_one(tmp_path: P
     assert not cp.is_finished(new, new.stat())
 
 
+def test_one_follower_per_target(tmp_path: Path) -> None:
+    first = Checkpoint(tmp_path / "cp.json", str(tmp_path / "log.csv"))
+    with first.locked():
+        second = Checkpoint(tmp_path / "cp.json", str(tmp_path / "log.csv"))
+        busy = f"already followed \\(by process {os.getpid()}\\)"
+        with pytest.raises(FollowError, match=busy), second.locked():
+            pass
+    with second.locked():  # free again once the first let go
+        pass
+
+
 # -- in-process: the follower one step at a time ------------------------------------------------
 
 

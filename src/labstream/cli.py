@@ -1386,11 +1386,15 @@ def _follow(args: argparse.Namespace) -> int:
     code = EXIT_OK
     try:
         location = Checkpoint.location(default_spool_dir() / "follow", identity)
-        follower = Follower(streamer, settings, Checkpoint.load(location, identity["target"]), emit)
-        try:
-            follower.run()
-        except (KeyboardInterrupt, SystemExit) as exc:
-            code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+        checkpoint = Checkpoint(location, identity["target"])
+        with checkpoint.locked():
+            follower = Follower(
+                streamer, settings, Checkpoint.load(location, checkpoint.target), emit
+            )
+            try:
+                follower.run()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
         if code == EXIT_OK and not follower.all_ok:
             code = EXIT_INCOMPLETE
     except FollowError as exc:

@@ -26,8 +26,9 @@ import functools
 import hashlib
 import json
 import os
+import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -234,6 +235,36 @@ class Checkpoint:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.path)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the checkpoint for this process: two followers of one target would send every
+        row twice.
+
+        Raises:
+            FollowError: another process holds it.
+        """
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self.path.with_suffix(".lock").open("a+")
+        try:
+            try:
+                _lock(handle)
+            except OSError:
+                holder = "another process"
+                with contextlib.suppress(OSError):
+                    handle.seek(0)
+                    holder = handle.read().strip() or holder
+                raise FollowError(
+                    f"{self.target} is already followed (by process {holder}) with these "
+                    "destinations and options; stop that one first"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(str(os.getpid()))
+            handle.flush()
+            yield
+        finally:
+            handle.close()  # releases the lock
 
     def is_finished(self, path: Path, st: os.stat_result) -> bool:
         return any(_same_id(path, st, entry) for entry in self.finished)
@@ -837,6 +868,23 @@ class Follower:
 
 def _copy(mark: Mark) -> Mark:
     return Mark(mark.offset, mark.line, mark.rows, mark.chunks)
+
+
+def _lock(handle: Any) -> None:
+    """An exclusive, non-blocking lock on an open file, released when it is closed.
+
+    Raises:
+        OSError: another process holds it.
+    """
+    if sys.platform == "win32":
+        import msvcrt
+
+        handle.seek(0)
+        msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def _head(path: Path) -> list[Any]:
