@@ -281,6 +281,33 @@ def test_bad_files_are_named_with_line_and_column(
     assert new.ids() == []  # the good file is not sent either
 
 
+def test_millisecond_epochs_with_time_unit(
+    push: Run, new: NewStreams, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    log = write(
+        tmp_path / "pyrometer.csv",
+        "time_ms,T\n" + "".join(f"{int(T0 * 1000) + 250 * i},{700 + i}\n" for i in range(5)),
+    )
+    assert push(str(log)) == 2
+    err = capsys.readouterr().err
+    assert "looks like milliseconds since 1970" in err and "give --time-unit ms" in err
+    assert push(str(log), "--time-unit", "ms", "--no-progress") == 0
+    (data_id,) = new.ids()
+    times, values = new.atomscale.points(data_id, "T")
+    assert times == [T0 + 0.25 * i for i in range(5)] and values == [700 + i for i in range(5)]
+
+
+def test_the_sample_log_in_examples_reads_cleanly(
+    push: Run, new: NewStreams, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sample = Path(__file__).resolve().parent.parent / "examples" / "mbe_growth_log.csv"
+    assert push(str(sample), "--dry-run") == 0
+    err = capsys.readouterr().err
+    assert "120 rows, time column 'time' (iso)" in err
+    assert "channels: substrate_temperature [C], ga_cell [C], as_cell [C], pressure [mbar]" in err
+    assert "not numbers, skipped: 'shutter'" in err and new.ids() == []
+
+
 def test_missing_file(push: Run, capsys: pytest.CaptureFixture[str]) -> None:
     assert push("nowhere.csv") == 2
     assert "nowhere.csv: no such file" in capsys.readouterr().err
@@ -295,6 +322,29 @@ def test_no_destination_is_a_usage_error(
 
 
 # -- interruption and resume ---------------------------------------------------------------------
+
+
+def test_a_row_appended_during_the_push_stops_it_and_is_not_sent(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    log = epoch_csv(tmp_path / "growing.csv", 5000)
+
+    def append_once(pushed: int) -> None:
+        if pushed == 3:
+            with log.open("a") as f:
+                f.write(f"{T0 + 5000 * 0.5},9999,1e-9,ann\n")
+
+    monkeypatch.setattr(cli, "AFTER_CHUNK", append_once)
+    assert push(str(log), "--points-per-chunk", "100", "--no-progress") == 2
+    err = capsys.readouterr().err
+    assert f"{log}: the file changed while labstream was reading it" in err
+    assert "use labstream follow" in err
+    temps = new.points("substrate_temperature")[1]
+    assert 9999.0 not in temps and len(temps) < 5000
 
 
 def test_interrupt_then_rerun_resumes_without_duplicates(

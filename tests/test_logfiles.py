@@ -188,3 +188,30 @@ def test_batches_are_read_lazily(tmp_path: Path) -> None:
     assert first.values["v"][-1] == 99.0
     with pytest.raises(LogFileError, match=r"line 20002, column 'v'"):
         list(batches)
+
+
+@pytest.mark.parametrize(("unit", "scale"), [("ms", 10**3), ("us", 10**6), ("ns", 10**9)])
+def test_epoch_times_in_other_units(tmp_path: Path, unit: str, scale: int) -> None:
+    rows = "".join(f"{(int(T0) + i) * scale + scale // 4},{i}\n" for i in range(3))
+    path = write(tmp_path, "time,T\n" + rows)
+    with pytest.raises(LogFileError, match=f"give --time-unit {unit}"):
+        open_log(path)
+    log = open_log(path, ReadOptions(time_unit=unit))  # type: ignore[arg-type]
+    (batch,) = log.batches(10)
+    expected = [T0 + 0.25, T0 + 1.25, T0 + 2.25]
+    assert batch.timestamps.tolist() == pytest.approx(expected, abs=1e-6, rel=0)
+
+
+def test_a_wrong_time_unit_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, f"time,T\n{T0},1\n")
+    with pytest.raises(LogFileError, match="is --time-unit right"):
+        open_log(path, ReadOptions(time_unit="ms"))
+
+
+def test_decimal_commas_get_a_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, f"time;T;p\n{T0};600,5;1.5\n")
+    with pytest.raises(LogFileError, match=r"line 2, column 'T'.*looks like a decimal comma"):
+        open_log(path).scan()
+    # Chosen as a channel, the column fails the same way when its rows are read.
+    with pytest.raises(LogFileError, match=r"line 2, column 'T'.*looks like a decimal comma"):
+        open_log(path, ReadOptions(channels=("T",))).scan()

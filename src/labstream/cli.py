@@ -88,9 +88,32 @@ def _library_logging(verbose: bool) -> Iterator[None]:
 # Existing subcommands: demo, emulators, ATLAS report
 
 
+def _require_plot(path: str | None) -> None:
+    """``--plot``: say at once what is missing, before any work is done.
+
+    Raises:
+        _UsageError: matplotlib is not installed, or the file's format is unknown.
+    """
+    if not path:
+        return
+    try:
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        raise _UsageError(
+            "--plot needs matplotlib, which is not installed: pip install 'labstream[plot]'"
+        ) from None
+    from .plot import FORMATS
+
+    if Path(path).suffix.lower() not in FORMATS:
+        raise _UsageError(
+            f"--plot {path}: cannot tell the image format; use one of {', '.join(sorted(FORMATS))}"
+        )
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    _require_plot(args.plot)
     ok = run_demo(
         seconds=args.seconds,
         rate_hz=args.rate,
@@ -135,6 +158,7 @@ def _atlas_report(args: argparse.Namespace) -> int:
     from .emulators.atlas import load_record
     from .emulators.atlas_checker import check_sessions, format_report
 
+    _require_plot(args.plot)
     reports = check_sessions(load_record(args.file))
     if args.json:
         print(json.dumps([r.to_json() for r in reports], indent=2))
@@ -319,24 +343,48 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
+    import io
+    import json
+
     cfg = _resolve(args)
     dests = _select(args, cfg)
-    ok = True
+    checks: list[tuple[str, Callable[[], bool]]] = []
     if dests.atomscale:
-        ok &= _check_atomscale(
-            str(cfg["atomscale.endpoint"]),
-            str(cfg["atomscale.api_key"]),
-            cfg.source("atomscale.api_key"),
-            args.timeout,
-            cfg["atomscale.proxy"],
+        endpoint, key = str(cfg["atomscale.endpoint"]), str(cfg["atomscale.api_key"])
+        source, proxy = cfg.source("atomscale.api_key"), cfg["atomscale.proxy"]
+        checks.append(
+            ("atomscale", lambda: _check_atomscale(endpoint, key, source, args.timeout, proxy))
         )
     if dests.atlas:
-        ok &= _check_atlas(_atlas_settings(cfg), args.timeout)
-    print("all destinations ok" if ok else "some destinations have problems (see above)")
+        settings = _atlas_settings(cfg)
+        checks.append(("atlas", lambda: _check_atlas(settings, args.timeout)))
+    ok = True
+    results: dict[str, Any] = {}
+    for name, run in checks:
+        _CHECK_RESULTS.clear()
+        if args.json:  # the sentences are collected, not printed
+            with contextlib.redirect_stdout(io.StringIO()):
+                passed = run()
+        else:
+            passed = run()
+        ok &= passed
+        results[name] = {
+            "ok": passed,
+            "checks": [{"ok": good, "message": text} for good, text in _CHECK_RESULTS],
+        }
+    if args.json:
+        print(json.dumps({"ok": ok, "destinations": results}, indent=1))
+    else:
+        print("all destinations ok" if ok else "some destinations have problems (see above)")
     return EXIT_OK if ok else EXIT_INCOMPLETE
 
 
+#: What the checks found, in order, for ``check --json``.
+_CHECK_RESULTS: list[tuple[bool, str]] = []
+
+
 def _result(ok: bool, text: str) -> bool:
+    _CHECK_RESULTS.append((ok, text))
     print(f"  {'ok  ' if ok else 'FAIL'} {text}", flush=True)
     return ok
 
@@ -530,6 +578,7 @@ def _read_options(args: argparse.Namespace, cfg: Resolved) -> Any:
     return ReadOptions(
         time_column=args.time_column,
         time_format=args.time_format,
+        time_unit=args.time_unit,
         timezone=tz,
         start=start,
         channels=tuple(args.channel or ()),
@@ -587,6 +636,24 @@ def _push(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if args.dry_run:
         _say("dry run: nothing was sent.")
+        if args.json:
+            for plan in plans:
+                _print_json(
+                    {
+                        "file": str(plan.log.path),
+                        "rows": plan.scan.rows,
+                        "time_column": plan.log.time_column,
+                        "time_format": plan.log.time_format,
+                        "first_time": plan.scan.first_time,
+                        "last_time": plan.scan.last_time,
+                        "channels": [
+                            {"name": c.name, "column": c.column, "units": c.units}
+                            for c in plan.log.channels
+                        ],
+                        "skipped_columns": list(plan.log.skipped_columns),
+                        "dry_run": True,
+                    }
+                )
         return EXIT_OK
     dests = _select(args, cfg)
     identities = _identities(cfg, dests)
@@ -692,9 +759,13 @@ def _push_file(
             f"({_when(state.updated_at)}, stream {ids}); nothing to do. "
             "Use --restart to push it again as a new stream."
         )
+        if args.json:
+            _print_json({"file": str(log.path), "already_complete": True, "exit_code": EXIT_OK})
         return EXIT_OK
     if scan.rows == 0:
         _say(f"{log.path}: no data rows; nothing to push.")
+        if args.json:
+            _print_json({"file": str(log.path), "rows": 0, "exit_code": EXIT_OK})
         return EXIT_OK
     notes = _settle_adopted(streamer, state, min(10.0, float(cfg["push.finalize_timeout"])))
     first = state.resume_from
@@ -704,7 +775,10 @@ def _push_file(
         state.complete = True
         state.save()
         _say(f"{log.path}: every row was already confirmed by every destination.")
-        return EXIT_OK if not any(state.rejected.values()) else EXIT_INCOMPLETE
+        code = EXIT_OK if not any(state.rejected.values()) else EXIT_INCOMPLETE
+        if args.json:
+            _print_json({"file": str(log.path), "already_complete": True, "exit_code": code})
+        return code
     name = plan.stream_name
     if state.parts:
         name = f"{name} (from row {first * ppc + 1})"
@@ -727,7 +801,7 @@ def _push_file(
     view = ProgressView(
         f"{log.path.name} ({data_id})",
         totals,
-        enabled=not (args.quiet or args.no_progress),
+        enabled=not (args.quiet or args.no_progress or args.json),
     )
     tracker = _Tracker(streamer, data_id, state, part, view, cfg)
     code = EXIT_OK
@@ -774,16 +848,18 @@ def _push_file(
     finally:
         report = tracker.finish(code)
         view.close()
-    print(_summary(state, report, log, totals))
+    if not args.json:
+        print(_summary(state, report, log, totals))
     if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
         _say("Run the same command again to resume where this run stopped.")
-        return code
-    if code == EXIT_OK and not state.complete:
+    elif code == EXIT_OK and not state.complete:
         code = EXIT_INCOMPLETE
         _say(
             f"{log.path}: not every destination confirmed every row; run the same command again "
             "to send the rest."
         )
+    if args.json:
+        _print_json(_summary_json(state, report, log, code))
     return code
 
 
@@ -793,8 +869,48 @@ def _summary(state: PushState, report: StreamReport, log: LogFile, totals: dict[
     part = state.parts[-1]
     earlier_rows = part.first_chunk * state.points_per_chunk
     earlier = {d: min(earlier_rows, state.total_rows) * len(log.channels) for d in totals}
-    table = summary_table(report, earlier=earlier if part.first_chunk else None, totals=totals)
-    return table
+    return summary_table(
+        report, earlier=earlier if part.first_chunk else None, totals=totals, title=str(log.path)
+    )
+
+
+def _summary_json(
+    state: PushState, report: StreamReport, log: LogFile, code: int
+) -> dict[str, Any]:
+    """``push --json``: one object per file."""
+    part = state.parts[-1]
+    return {
+        "file": str(log.path),
+        "data_id": report.data_id,
+        "stream_name": part.stream_name,
+        "rows": state.total_rows,
+        "first_row": part.first_chunk * state.points_per_chunk + 1,
+        "complete": state.complete,
+        "exit_code": code,
+        "destinations": {
+            name: {
+                "accepted_points": d.points_accepted,
+                "delivered_points": d.points_delivered,
+                "rejected_points": d.points_rejected,
+                "pending_points": d.points_pending,
+                "dropped_points": d.points_dropped,
+                "retries": d.retries,
+                "closed": d.closed,
+                "rejections": [
+                    {"chunk_index": r.chunk_index, "status": r.status, "reason": r.reason}
+                    for r in d.rejections
+                ],
+                "last_error": d.last_error,
+            }
+            for name, d in report.destinations.items()
+        },
+    }
+
+
+def _print_json(obj: object) -> None:
+    import json
+
+    print(json.dumps(obj), flush=True)
 
 
 def _settle_adopted(streamer: TimeseriesStreamer, state: PushState, wait_s: float) -> list[str]:
@@ -1010,7 +1126,36 @@ def _add_push_parser(sub: Any) -> None:
         "of an interrupted push resumes instead of sending rows twice.",
     )
     push.add_argument("files", nargs="+", metavar="FILE", help="CSV or Parquet log files")
-    time_group = push.add_argument_group("time")
+    _add_read_args(push)
+    _add_stream_args(push)
+    run = push.add_argument_group("run")
+    _add_run_args(run)
+    run.add_argument(
+        "--stall-timeout",
+        type=float,
+        metavar="S",
+        help="stop when a destination confirms nothing for this long (default 120)",
+    )
+    run.add_argument(
+        "--restart",
+        action="store_true",
+        help="forget an earlier run of this command and push everything as a new stream",
+    )
+    run.add_argument("--dry-run", action="store_true", help="check the files; send nothing")
+    run.add_argument("--no-progress", action="store_true", help="no progress display")
+    run.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
+    run.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per file on stdout instead of the summary table (no progress)",
+    )
+    _add_destination_args(push)
+    push.set_defaults(func=_push)
+
+
+def _add_read_args(parser: argparse.ArgumentParser) -> None:
+    """How to read a log: shared by push and follow."""
+    time_group = parser.add_argument_group("time")
     time_group.add_argument("--time-column", metavar="NAME", help="default: found by name")
     time_group.add_argument(
         "--time-format",
@@ -1028,7 +1173,13 @@ def _add_push_parser(sub: Any) -> None:
         metavar="WHEN",
         help="instant of elapsed time 0 (ISO-8601 or epoch seconds), for elapsed-seconds logs",
     )
-    data = push.add_argument_group("data")
+    time_group.add_argument(
+        "--time-unit",
+        choices=("s", "ms", "us", "ns"),
+        default="s",
+        help="unit of epoch times (default s): ms, us or ns for logs that count those since 1970",
+    )
+    data = parser.add_argument_group("data")
     data.add_argument(
         "--channel",
         action="append",
@@ -1036,27 +1187,239 @@ def _add_push_parser(sub: Any) -> None:
         help="stream this column as this channel (repeatable; default: every numeric column)",
     )
     data.add_argument("--delimiter", metavar="CHAR", help="CSV delimiter (default: detected)")
-    data.add_argument("--encoding", default="utf-8-sig", help="CSV text encoding")
-    stream = push.add_argument_group("stream")
+    data.add_argument(
+        "--encoding", default="utf-8-sig", help="CSV text encoding (default utf-8, BOM or not)"
+    )
+
+
+def _add_stream_args(parser: argparse.ArgumentParser) -> None:
+    stream = parser.add_argument_group("stream")
     stream.add_argument("--stream-name", metavar="NAME", help="default: the file name")
     stream.add_argument("--physical-sample", metavar="SAMPLE", help="name or id")
     stream.add_argument("--project", metavar="ID", help="Atomscale project id")
     stream.add_argument("--tag", action="append", metavar="TAG", help="repeatable")
-    stream.add_argument("--points-per-chunk", type=int, metavar="N", help="rows per chunk")
-    run = push.add_argument_group("run")
-    run.add_argument("--finalize-timeout", type=float, metavar="S")
-    run.add_argument("--max-pending-chunks", type=int, metavar="N")
-    run.add_argument("--stall-timeout", type=float, metavar="S")
-    run.add_argument(
-        "--restart",
-        action="store_true",
-        help="forget an earlier run of this command and push everything as a new stream",
+    stream.add_argument(
+        "--points-per-chunk", type=int, metavar="N", help="rows per chunk (default 100)"
     )
-    run.add_argument("--dry-run", action="store_true", help="check the files; send nothing")
-    run.add_argument("--no-progress", action="store_true", help="no progress display")
-    run.add_argument("--quiet", "-q", action="store_true", help="only errors and the summary")
-    _add_destination_args(push)
-    push.set_defaults(func=_push)
+
+
+def _add_run_args(run: argparse._ArgumentGroup) -> None:
+    run.add_argument(
+        "--finalize-timeout",
+        type=float,
+        metavar="S",
+        help="how long the end (or Ctrl-C) waits for unconfirmed chunks (default 60)",
+    )
+    run.add_argument(
+        "--max-pending-chunks",
+        type=int,
+        metavar="N",
+        help="reading pauses while a destination holds this many unconfirmed chunks (default 256)",
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# labstream follow
+
+
+def _follow_parser(sub: Any) -> None:
+    follow = sub.add_parser(
+        "follow",
+        help="stream a growing CSV/text log (or each new log in a directory) live",
+        description="Stream a log that an instrument is still writing: new rows are sent as "
+        "they are written, across rotation and truncation. With a directory, each new log "
+        "becomes a new stream. A restart continues where the last run stopped.",
+    )
+    follow.add_argument("target", metavar="FILE|DIR", help="the log, or a directory of logs")
+    _add_read_args(follow)
+    _add_stream_args(follow)
+    group = follow.add_argument_group("follow")
+    group.add_argument(
+        "--glob",
+        default="*",
+        metavar="PATTERN",
+        help="with a directory: the logs to follow, e.g. '*.csv' (default: every file)",
+    )
+    group.add_argument(
+        "--idle",
+        type=float,
+        metavar="S",
+        help="a log that has not grown for S seconds is finished: its stream is finalized "
+        "(default: only when a newer log appears, or on rotation)",
+    )
+    group.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once the log is finished by --idle (for one run's log)",
+    )
+    group.add_argument(
+        "--flush",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="send rows at the latest S seconds after they were written, in a chunk smaller "
+        "than --points-per-chunk if need be (default 1)",
+    )
+    group.add_argument(
+        "--poll", type=float, default=0.2, metavar="S", help="look for new rows every S s (0.2)"
+    )
+    group.add_argument(
+        "--status-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="print a status line every S seconds (default 30)",
+    )
+    group.add_argument(
+        "--on-bad-row",
+        choices=("skip", "stop"),
+        default="skip",
+        help="a row that cannot be read is reported (file, line, column) and skipped, or stops "
+        "the stream (default skip)",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="events and status as JSON lines on stdout"
+    )
+    _add_run_args(follow.add_argument_group("run"))
+    _add_destination_args(follow)
+    follow.set_defaults(func=_follow)
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    """One follow event as a sentence."""
+    kind = event["event"]
+    if kind == "log":
+        return (
+            f"{event['file']}: time column {event['time_column']!r} ({event['time_format']}), "
+            f"channels: {', '.join(event['channels'])}"
+        )
+    if kind == "stream":
+        return f"{event['file']}: streaming to {event['name']!r} ({event['data_id']})"
+    if kind == "bad_row":
+        where = [event["file"], f"line {event['line']:,}"]
+        if event["column"]:
+            where.append(f"column {event['column']!r}")
+        action = "skipped" if event["action"] == "skip" else "stopping"
+        return f"bad row: {', '.join(where)}: {event['message']} ({action})"
+    if kind == "status":
+        dests = "; ".join(
+            f"{n}: {d['pending_chunks']:,} chunk(s) pending"
+            + (f" (last error: {d['last_error']})" if d["last_error"] else "")
+            for n, d in event["destinations"].items()
+        )
+        return (
+            f"{event['file'] or 'waiting for a log'}: line {event['line']:,}, "
+            f"{event['rows_sent']:,} rows sent, {event['rows_confirmed']:,} confirmed, "
+            f"{event['bad_rows']:,} bad" + (f"; {dests}" if dests else "")
+        )
+    if kind == "finished":
+        return f"{event['file']}: finished ({event['reason']})"
+    if kind == "finalized":
+        parts = [
+            f"{n}: {d['delivered_points']:,} points delivered"
+            + (f", {d['rejected_points']:,} rejected" if d["rejected_points"] else "")
+            + (f", {d['pending_points']:,} still pending" if d["pending_points"] else "")
+            + (f", {d['dropped_points']:,} dropped" if d["dropped_points"] else "")
+            for n, d in event["destinations"].items()
+        ]
+        return f"stream {event['data_id']} finalized: {event['rows']:,} rows; " + "; ".join(parts)
+    if kind == "truncated":
+        return f"{event['file']}: truncated; reading it again from its start as a new stream"
+    if kind == "resumed":
+        return (
+            f"{event['file']}: continuing after line {event['line']:,} "
+            f"({event['rows']:,} rows sent before)"
+        )
+    message = str(event.get("message", event))
+    file = event.get("file")
+    return message if not file or message.startswith(str(file)) else f"{file}: {message}"
+
+
+def _follow(args: argparse.Namespace) -> int:
+    import json
+
+    from .errors import LabstreamError
+    from .follow import Checkpoint, Follower, FollowError, FollowSettings
+    from .journal import default_spool_dir
+
+    cfg = _resolve(args)
+    options = _read_options(args, cfg)
+    target = Path(args.target)
+    if not target.exists():
+        raise _UsageError(f"{target}: no such file or directory")
+    for flag, value in (("--flush", args.flush), ("--poll", args.poll), ("--idle", args.idle)):
+        if value is not None and not value > 0:
+            raise _UsageError(f"{flag} must be a positive number of seconds")
+    if args.exit_when_idle and args.idle is None:
+        raise _UsageError("--exit-when-idle needs --idle S")
+    dests = _select(args, cfg)
+    identities = _identities(cfg, dests)
+    streamer = _make_streamer(cfg, dests)
+    identity = {
+        "target": str(target.resolve()),
+        "destinations": sorted(f"{k}={v}" for k, v in identities.items()),
+        "read": [
+            options.time_column,
+            options.time_format,
+            options.time_unit,
+            str(options.timezone),
+            options.start,
+            list(options.channels),
+            options.delimiter,
+            options.encoding,
+        ],
+        "points_per_chunk": streamer.points_per_chunk,
+        "glob": args.glob,
+    }
+    settings = FollowSettings(
+        target=target,
+        options=options,
+        stream_name=args.stream_name,
+        physical_sample=cfg["push.physical_sample"],
+        project=cfg["push.project"],
+        tags=tuple(cfg["push.tags"] or ()),
+        pattern=args.glob,
+        idle_s=args.idle,
+        exit_when_idle=args.exit_when_idle,
+        flush_s=args.flush,
+        poll_s=args.poll,
+        status_s=args.status_interval,
+        on_bad_row=args.on_bad_row,
+        max_pending_chunks=int(cfg["push.max_pending_chunks"]),
+        finalize_timeout=float(cfg["push.finalize_timeout"]),
+    )
+
+    def emit(event: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            _say(_event_text(event))
+
+    code = EXIT_OK
+    try:
+        location = Checkpoint.location(default_spool_dir() / "follow", identity)
+        checkpoint = Checkpoint(location, identity["target"])
+        with checkpoint.locked():
+            follower = Follower(
+                streamer, settings, Checkpoint.load(location, checkpoint.target), emit
+            )
+            try:
+                follower.run()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+        if code == EXIT_OK and not follower.all_ok:
+            code = EXIT_INCOMPLETE
+    except FollowError as exc:
+        _say(f"error: {exc}")
+        code = EXIT_USAGE
+    except LabstreamError as exc:
+        _say(f"error: {exc}")
+        code = EXIT_INCOMPLETE
+    finally:
+        streamer.close(timeout=cfg["push.finalize_timeout"])
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        _say("stopped; run the same command again to continue where it stopped")
+    return code
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1067,7 +1430,15 @@ def _spool_status(args: argparse.Namespace) -> int:
     from . import spool
 
     directory = spool.spool_dir(args.spool_dir)
-    print(spool.format_status(spool.status(directory), directory))
+    rows = spool.status(directory)
+    if args.json:
+        import dataclasses
+        import json
+
+        streams = [dataclasses.asdict(r) for r in rows]
+        print(json.dumps({"spool_dir": str(directory), "streams": streams}, indent=1))
+    else:
+        print(spool.format_status(rows, directory))
     return 0
 
 
@@ -1101,14 +1472,27 @@ def _spool_purge(args: argparse.Namespace) -> int:
     return 0
 
 
+def _completion(args: argparse.Namespace) -> int:
+    from .completion import bash_script
+
+    print(bash_script(build_parser()), end="")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(
         prog="labstream",
         description="Stream lab instrument time series to Atomscale (and ATLAS) without loss.",
     )
+    parser.add_argument(
+        "--version", action="version", version=f"labstream {__version__}", help="show the version"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     _add_push_parser(sub)
+    _follow_parser(sub)
 
     check = sub.add_parser(
         "check", help="test connectivity and credentials of the configured destinations"
@@ -1116,6 +1500,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--timeout", type=float, default=5.0, metavar="S", help="per request (default 5)"
     )
+    check.add_argument("--json", action="store_true", help="machine-readable result")
     _add_destination_args(check)
     check.set_defaults(func=_check)
 
@@ -1130,27 +1515,71 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="stream a simulated MBE growth to the local emulator, with faults"
     )
-    demo.add_argument("--seconds", type=float, default=300.0, help="simulated growth length")
-    demo.add_argument("--rate", type=float, default=10.0, help="samples per second per channel")
-    demo.add_argument("--points-per-chunk", type=int, default=100)
-    demo.add_argument("--fail-fraction", type=float, default=0.25, help="chunk uploads to fail")
-    demo.add_argument("--drop-fraction", type=float, default=0.05, help="connections to drop")
-    demo.add_argument("--pace", type=float, default=0.01, help="seconds between chunks")
+    demo.add_argument(
+        "--seconds", type=float, default=300.0, help="simulated growth length (default 300)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=10.0, help="samples per second per channel (default 10)"
+    )
+    demo.add_argument(
+        "--points-per-chunk", type=int, default=100, help="points per chunk (default 100)"
+    )
+    demo.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.25,
+        help="share of chunk uploads the emulators fail (default 0.25)",
+    )
+    demo.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.05,
+        help="share of connections the Atomscale emulator drops (default 0.05)",
+    )
+    demo.add_argument(
+        "--pace", type=float, default=0.01, help="seconds between chunks (default 0.01)"
+    )
     demo.add_argument("--plot", metavar="FILE", help="draw what each destination received")
     demo.set_defaults(func=_demo)
 
     atomscale = sub.add_parser("atomscale", help="the local Atomscale emulator")
     atomscale_sub = atomscale.add_subparsers(dest="action", required=True)
     serve = atomscale_sub.add_parser("serve", help="run the emulator until Ctrl-C")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8790)
-    serve.add_argument("--api-key", default=None, help="accept only this key (default: any)")
-    serve.add_argument("--fail-fraction", type=float, default=0.0)
-    serve.add_argument("--fail-every", type=int, default=0)
     serve.add_argument(
-        "--retry-after", type=float, default=None, help="answer failures 429 + Retry-After"
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
-    serve.add_argument("--latency", type=float, default=0.0, help="seconds added per request")
+    serve.add_argument("--port", type=int, default=8790, help="port (default 8790)")
+    serve.add_argument("--api-key", default=None, help="accept only this key (default: any)")
+    serve.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of chunk uploads answered 503 (or 429 with --retry-after), 0 to 1",
+    )
+    serve.add_argument(
+        "--fail-every", type=int, default=0, metavar="N", help="fail every N-th chunk upload"
+    )
+    serve.add_argument(
+        "--retry-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="answer failures 429 with Retry-After: S",
+    )
+    serve.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds added per request"
+    )
+    serve.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of chunk uploads whose connection is closed without an answer, 0 to 1",
+    )
+    serve.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed fails the same requests"
+    )
     serve.add_argument(
         "--capacity",
         type=int,
@@ -1158,8 +1587,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="handle at most N chunk requests at once; answer the rest 429 + Retry-After",
     )
-    serve.add_argument("--drop-fraction", type=float, default=0.0)
-    serve.add_argument("--seed", type=int, default=0)
     serve.set_defaults(func=_atomscale_serve)
 
     atlas = sub.add_parser("atlas", help="the local ATLAS Stream API and its protocol checker")
@@ -1167,16 +1594,32 @@ def build_parser() -> argparse.ArgumentParser:
     aserve = atlas_sub.add_parser(
         "serve", help="run a Stream API + key generator; print protocol reports on Ctrl-C"
     )
-    aserve.add_argument("--host", default="127.0.0.1")
-    aserve.add_argument("--port", type=int, default=13579)
-    aserve.add_argument("--key-generator-port", type=int, default=15379)
-    aserve.add_argument("--record", default=None, help="append every packet to this JSONL file")
-    aserve.add_argument("--unavailable-fraction", type=float, default=0.0)
-    aserve.add_argument("--latency", type=float, default=0.0)
-    aserve.add_argument("--seed", type=int, default=0)
+    aserve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    aserve.add_argument("--port", type=int, default=13579, help="Stream API port (default 13579)")
+    aserve.add_argument(
+        "--key-generator-port", type=int, default=15379, help="key generator port (default 15379)"
+    )
+    aserve.add_argument(
+        "--record", default=None, metavar="FILE", help="append every packet to this JSONL file"
+    )
+    aserve.add_argument(
+        "--unavailable-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of RPCs answered UNAVAILABLE, 0 to 1",
+    )
+    aserve.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds added per RPC"
+    )
+    aserve.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed fails the same RPCs"
+    )
     aserve.set_defaults(func=_atlas_serve)
     areport = atlas_sub.add_parser("report", help="check the sessions of a --record file")
-    areport.add_argument("file")
+    areport.add_argument("file", help="a file written by `labstream atlas serve --record`")
     areport.add_argument("--json", action="store_true", help="machine-readable report")
     areport.add_argument("--verbose", action="store_true", help="also list passed checks")
     areport.add_argument("--plot", metavar="FILE", help="draw the data each session received")
@@ -1184,6 +1627,15 @@ def build_parser() -> argparse.ArgumentParser:
     from .atlas_commands import add_commands
 
     add_commands(atlas_sub)  # verify, sessions
+
+    completion = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        description='Print a completion script. bash: add `eval "$(labstream completion '
+        'bash)"` to ~/.bashrc. zsh: `autoload -U +X bashcompinit && bashcompinit` first.',
+    )
+    completion.add_argument("shell", choices=("bash", "zsh"), help="the shell")
+    completion.set_defaults(func=_completion)
 
     spool_parser = sub.add_parser("spool", help="the durable journal of undelivered data")
     spool_sub = spool_parser.add_subparsers(dest="action", required=True)
@@ -1195,11 +1647,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = spool_sub.add_parser(name, help=text)
         cmd.add_argument("--spool-dir", default=None, help="default: LABSTREAM_SPOOL_DIR or cache")
         cmd.set_defaults(func=func)
+        if name == "status":
+            cmd.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "resume":
             cmd.add_argument("--api-key", default=None, help="default: AS_API_KEY (never stored)")
             cmd.add_argument("--timeout", type=float, default=300.0, help="seconds per stream")
         if name == "purge":
-            cmd.add_argument("data_id")
+            cmd.add_argument("data_id", help="the stream to forget (see spool status)")
             cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
     return parser
 

@@ -34,7 +34,9 @@ import numpy.typing as npt
 
 __all__ = [
     "TIME_FORMATS",
+    "TIME_UNITS",
     "ChannelMap",
+    "CsvRows",
     "LogFile",
     "LogFileError",
     "ReadOptions",
@@ -48,11 +50,18 @@ __all__ = [
 FloatArray = npt.NDArray[np.float64]
 TimeFormat = Literal["auto", "epoch", "iso", "elapsed"]
 TIME_FORMATS: tuple[TimeFormat, ...] = ("auto", "epoch", "iso", "elapsed")
+TimeUnit = Literal["s", "ms", "us", "ns"]
+#: ``--time-unit``: what one unit of an epoch time column is, in seconds.
+TIME_UNITS: dict[TimeUnit, float] = {"s": 1.0, "ms": 1e3, "us": 1e6, "ns": 1e9}
 
 # The epoch-seconds range labstream accepts (the core rejects anything else): 1990 to 2100.
 EARLIEST_S = 631_152_000.0
 LATEST_S = 4_102_444_800.0
-_UNIT_HINTS = ((1e17, "nanoseconds"), (1e14, "microseconds"), (1e11, "milliseconds"))
+_UNIT_HINTS = (
+    (1e17, "nanoseconds", "ns"),
+    (1e14, "microseconds", "us"),
+    (1e11, "milliseconds", "ms"),
+)
 
 _TIME_NAMES = (
     "time",
@@ -120,6 +129,7 @@ class ReadOptions:
 
     time_column: str | None = None
     time_format: TimeFormat = "auto"
+    time_unit: TimeUnit = "s"  # of epoch numbers (not of elapsed seconds)
     timezone: tzinfo | None = None
     start: float | None = None
     channels: tuple[str, ...] = ()  # --channel specs, NAME=COLUMN[:UNITS] or COLUMN
@@ -262,11 +272,11 @@ def _epoch_problem(seconds: float) -> str | None:
         return f"time {seconds!r} is not a finite number"
     if EARLIEST_S <= seconds <= LATEST_S:
         return None
-    for threshold, unit in _UNIT_HINTS:
+    for threshold, unit, flag in _UNIT_HINTS:
         if abs(seconds) >= threshold:
             return (
                 f"time {seconds!r} looks like {unit} since 1970; labstream reads epoch times "
-                "in seconds (convert the column, or see docs/cli.md)"
+                f"in seconds unless told otherwise: give --time-unit {flag}"
             )
     return f"time {seconds!r} is not Unix epoch seconds between 1990 and 2100"
 
@@ -285,6 +295,7 @@ class _TimeParser:
     tz: tzinfo | None
     start: float | None
     row_word: str = "line"
+    unit: TimeUnit = "s"
     naive_seen: bool = False
     previous: float = -math.inf
     previous_line: int = 0
@@ -338,6 +349,14 @@ class _TimeParser:
                 raise self.error(line, f"elapsed time {number!r} is not a finite number")
             assert self.start is not None
             seconds = self.start + number
+        elif self.unit != "s":
+            seconds = number / TIME_UNITS[self.unit]
+            if math.isfinite(seconds) and not EARLIEST_S <= seconds <= LATEST_S:
+                raise self.error(
+                    line,
+                    f"time {number!r} {self.unit} is {seconds!r} s since 1970, not between "
+                    "1990 and 2100: is --time-unit right?",
+                )
         else:
             seconds = number
         problem = _epoch_problem(seconds)
@@ -393,6 +412,17 @@ def _decide_time_format(
         return "epoch"  # no data rows: nothing to convert
     text = first.strip()
     number = _as_float(text)
+    if number is not None and options.time_unit != "s":
+        number /= TIME_UNITS[options.time_unit]
+        if not EARLIEST_S <= number <= LATEST_S:
+            raise err(
+                path,
+                f"time {text} {options.time_unit} is not a date between 1990 and 2100: "
+                "is --time-unit right?",
+                line=line,
+                column=column,
+                row_word=row_word,
+            )
     if number is None:
         try:
             _iso_seconds(text, options.timezone)
@@ -466,6 +496,7 @@ class LogFile:
             self.options.timezone,
             self.options.start,
             row_word=self.row_word,
+            unit=self.options.time_unit,
         )
 
     def scan(self) -> ScanResult:
@@ -514,7 +545,11 @@ class LogFile:
     def _check_unchanged(self) -> None:
         st = self.path.stat()
         if (st.st_size, st.st_mtime_ns) != (self.size, self.mtime_ns):
-            raise LogFileError(self.path, "the file changed while labstream was reading it")
+            raise LogFileError(
+                self.path,
+                "the file changed while labstream was reading it (to stream a log that is still "
+                "being written, use labstream follow)",
+            )
 
     def _blocks(self, parser: _TimeParser) -> Iterator[RowBatch]:
         self._check_unchanged()
@@ -525,11 +560,13 @@ class LogFile:
 
     # -- CSV -----------------------------------------------------------------------------------
 
+    def csv_rows(self) -> CsvRows:
+        """A converter of this CSV log's rows, checking time order from its first row on."""
+        return CsvRows(self, self._time_parser())
+
     def _csv_blocks(self, parser: _TimeParser) -> Iterator[RowBatch]:
         path = str(self.path)
-        time_index = self.columns.index(self.time_column)
-        wanted = [(c.name, self.columns.index(c.column), c.column) for c in self.channels]
-        width = len(self.columns)
+        rows = CsvRows(self, parser)
         with _open_text(self.path, self.options.encoding) as handle:
             reader = csv.reader(handle, delimiter=self.delimiter)
             # Skip up to and including the header.
@@ -537,48 +574,20 @@ class LogFile:
                 if reader.line_num >= self.header_line:
                     break
                 _ = row
-            times: list[float] = []
-            lines: list[int] = []
-            cells: dict[str, list[float]] = {name: [] for name, _, _ in wanted}
             try:
                 for row in reader:
-                    line = reader.line_num
-                    if not row or (len(row) == 1 and not row[0].strip()):
-                        continue  # blank line
-                    if len(row) != width:
-                        if len(row) > width and not any(cell.strip() for cell in row[width:]):
-                            row = row[:width]  # trailing delimiters
-                        else:
-                            raise LogFileError(
-                                path,
-                                f"{len(row)} fields, but the header has {width}",
-                                line=line,
-                            )
-                    seconds = parser(row[time_index], line)
-                    parser.in_order(seconds, line)
-                    times.append(seconds)
-                    lines.append(line)
-                    for name, index, column in wanted:
-                        try:
-                            cells[name].append(_number(row[index]))
-                        except ValueError:
-                            raise LogFileError(
-                                path,
-                                f"cannot read {row[index].strip()!r} as a number (to leave this "
-                                "column out, choose channels with --channel)",
-                                line=line,
-                                column=column,
-                            ) from None
-                    if len(times) >= _CSV_BLOCK_ROWS:
-                        yield _block(lines, times, cells)
-                        times, lines = [], []
-                        cells = {name: [] for name, _, _ in wanted}
+                    rows.add(row, reader.line_num)
+                    if len(rows) >= _CSV_BLOCK_ROWS:
+                        # Rows read after a change (a row appended meanwhile) are never sent.
+                        self._check_unchanged()
+                        yield rows.take()
             except csv.Error as exc:
                 raise LogFileError(path, f"malformed CSV: {exc}", line=reader.line_num) from None
             except UnicodeDecodeError as exc:
                 raise _decode_error(path, self.options.encoding, exc, reader.line_num) from None
-            if times:
-                yield _block(lines, times, cells)
+            if len(rows):
+                self._check_unchanged()
+                yield rows.take()
 
     # -- Parquet -------------------------------------------------------------------------------
 
@@ -622,6 +631,83 @@ class LogFile:
             parser.previous, parser.previous_line = float(ts[-1]), row + n - 1
             yield RowBatch(lines, ts, values)
             row += n
+
+
+class CsvRows:
+    """Turns CSV rows of a log into a :class:`RowBatch`, one row at a time, each checked.
+
+    Shared by :meth:`LogFile.batches` (a whole file) and ``labstream follow`` (a growing one): a
+    row that :meth:`add` refuses leaves nothing behind, so a caller may report it and go on.
+    """
+
+    def __init__(self, log: LogFile, parser: _TimeParser) -> None:
+        self.path = str(log.path)
+        self.parser = parser
+        self.time_index = log.columns.index(log.time_column)
+        self.wanted = [(c.name, log.columns.index(c.column), c.column) for c in log.channels]
+        self.width = len(log.columns)
+        self.times: list[float] = []
+        self.lines: list[int] = []
+        self.cells: dict[str, list[float]] = {name: [] for name, _, _ in self.wanted}
+
+    def __len__(self) -> int:
+        return len(self.times)
+
+    def add(self, row: list[str], line: int) -> bool:
+        """Take one row (False for a blank one, which is skipped).
+
+        Raises:
+            LogFileError: the row cannot be read (its line and column named); nothing was taken.
+        """
+        if not row or (len(row) == 1 and not row[0].strip()):
+            return False
+        width = self.width
+        if len(row) != width:
+            if len(row) > width and not any(cell.strip() for cell in row[width:]):
+                row = row[:width]  # trailing delimiters
+            else:
+                raise LogFileError(
+                    self.path, f"{len(row)} fields, but the header has {width}", line=line
+                )
+        seconds = self.parser(row[self.time_index], line)
+        values = []
+        for _name, index, column in self.wanted:
+            try:
+                values.append(_number(row[index]))
+            except ValueError:
+                raise LogFileError(
+                    self.path,
+                    f"cannot read {row[index].strip()!r} as a number{_comma_hint(row[index])} "
+                    "(to leave this column out, choose channels with --channel)",
+                    line=line,
+                    column=column,
+                ) from None
+        self.parser.in_order(seconds, line)
+        self.times.append(seconds)
+        self.lines.append(line)
+        for (name, _, _), value in zip(self.wanted, values, strict=True):
+            self.cells[name].append(value)
+        return True
+
+    def take(self) -> RowBatch:
+        """The rows taken so far, as a batch; the converter starts empty again."""
+        batch = _block(self.lines, self.times, self.cells)
+        self.times, self.lines = [], []
+        self.cells = {name: [] for name, _, _ in self.wanted}
+        return batch
+
+
+_DECIMAL_COMMA = re.compile(r"^\s*[-+]?\d+,\d+\s*$")
+
+
+def _comma_hint(cell: str) -> str:
+    """A hint for ``12,5``: a decimal comma, which the file's delimiter cannot also be."""
+    if _DECIMAL_COMMA.match(cell):
+        return (
+            "; it looks like a decimal comma: labstream reads a decimal point, so write the "
+            "file with '.' decimals (and ';' or tab between columns)"
+        )
+    return ""
 
 
 def _block(lines: list[int], times: list[float], cells: dict[str, list[float]]) -> RowBatch:
@@ -820,6 +906,17 @@ def _open_csv(path: Path, opts: ReadOptions, size: int, mtime_ns: int) -> LogFil
         c: _column_is_numeric([row[k] for _, row in sample if k < len(row)])
         for k, c in enumerate(header)
     }
+    if not opts.channels:
+        for k, column in enumerate(header):
+            first = next((row[k] for _, row in sample if k < len(row) and row[k].strip()), "")
+            if not numeric[column] and _comma_hint(first):
+                line = next(n for n, row in sample if k < len(row) and row[k].strip())
+                raise LogFileError(
+                    name,
+                    f"cannot read {first.strip()!r} as a number{_comma_hint(first)}",
+                    line=line,
+                    column=column,
+                )
     channels, skipped = _channels(name, header, time_column, numeric, opts, header_line)
     return LogFile(
         path=path,

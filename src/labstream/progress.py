@@ -325,19 +325,21 @@ def summary_table(
     *,
     earlier: Mapping[str, int] | None = None,
     totals: Mapping[str, int] | None = None,
+    title: str | None = None,
 ) -> str:
-    """One line per destination: what this run's stream got, plus points settled earlier."""
+    """One line per destination: what this run's stream got, plus points settled earlier.
+    ``title`` (the file, with several) heads it."""
     earlier = earlier or {}
     head = (
-        f"{'destination':<12}{'accepted':>10}{'delivered':>11}{'retries':>9}{'rejected':>10}"
-        f"{'pending':>9}{'dropped':>9}{'earlier':>10}  {'closed':<7}status"
+        f"{'destination':<12}{'accepted':>12}{'delivered':>12}{'retries':>9}{'rejected':>10}"
+        f"{'pending':>10}{'dropped':>10}{'earlier':>12}  {'closed':<7}status"
     )
-    lines = [f"stream {report.data_id}", *report.notes(), head]
+    lines = [f"{title + ': ' if title else ''}stream {report.data_id}", *report.notes(), head]
     for name, d in report.destinations.items():
         lines.append(
-            f"{name:<12}{d.points_accepted:>10}{d.points_delivered:>11}{d.retries:>9}"
-            f"{d.points_rejected:>10}{d.points_pending:>9}{d.points_dropped:>9}"
-            f"{earlier.get(name, 0):>10}  {'yes' if d.closed else 'NO':<7}"
+            f"{name:<12}{d.points_accepted:>12,}{d.points_delivered:>12,}{d.retries:>9,}"
+            f"{d.points_rejected:>10,}{d.points_pending:>10,}{d.points_dropped:>10,}"
+            f"{earlier.get(name, 0):>12,}  {'yes' if d.closed else 'NO':<7}"
             + _status(d, totals, name, earlier)
         )
         lines.extend(_details(d))
