@@ -283,13 +283,12 @@ def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> 
     lines += [
         "## run()",
         "",
-        "`run()` sends its Atomscale uploads from the caller's thread (`src/labstream/bulk.py`) "
-        "while Atomscale keeps up. An upload that fails there goes to the same runner, retries "
-        "and report as a pushed chunk's, and `run()` pushes through the general path until that "
-        "runner holds nothing of the stream again. `tests/test_bulk_run.py` runs `run()` through "
-        "the faults above: 25 % of uploads failing (with ATLAS too), an outage, rejections, a "
-        "slow iterator, an exception from the iterator, no journal, two `run()` calls into one "
-        "stream, uploads still unanswered at `run()`'s deadline, and an upload libcurl refuses. "
+        "`tests/test_run_faults.py` runs `run()` (generator mode) through the faults above: "
+        "25 % of uploads failing (with ATLAS too), an outage, rejections, a slow iterator, an "
+        "exception from the iterator, no journal, two `run()` calls into one stream, uploads "
+        "still unanswered at `run()`'s deadline, and an upload libcurl refuses. `run()` takes "
+        "the same path as `push()`: every chunk goes through the destination's runner and its "
+        "adaptive window. "
         'Scenario 4\'s test also runs with `mode="run"`: the killed child streams '
         "through `run()`. These figures come from the `push()` scenarios.",
         "",

@@ -44,6 +44,16 @@ async def server() -> AsyncIterator[Server]:
             return web.Response(status=503, text="try later", headers={"retry-after": "7"})
         if request.path == "/slow":
             await asyncio.sleep(1)
+        if request.path == "/elsewhere":
+            location = request.headers.get("X-Redirect-To", "")
+            raise web.HTTPTemporaryRedirect(location)
+        if request.path == "/endless":  # no Content-Length: only counting can stop it
+            response = web.StreamResponse()
+            await response.prepare(request)
+            block = b"x" * (1 << 20)
+            for _ in range(64):
+                await response.write(block)
+            return response
         return web.json_response({"method": request.method}, headers={"X-Thing": "a"})
 
     app = web.Application()
@@ -123,10 +133,57 @@ def test_refused_and_timed_out_are_transport_errors() -> None:
     run(main)
 
 
+def test_a_request_without_a_body_carries_no_content_type() -> None:
+    """As the official SDK sends finalize: libcurl would otherwise add a form content type."""
+
+    async def main() -> None:
+        async with server() as srv:
+            http = client(srv.url)
+            try:
+                await http.request("POST", "/tool-state/stream/d/finalize", None, {})
+            finally:
+                await http.aclose()
+            assert "Content-Type" not in srv.seen[0].headers
+            assert srv.bodies == [b""]
+
+    run(main)
+
+
+def test_a_redirect_is_not_followed_and_the_key_stays_home() -> None:
+    """An upload is never re-posted elsewhere, and the API key never goes to another host."""
+
+    async def main() -> None:
+        async with server() as home, server() as other:
+            http = client(home.url)
+            try:
+                answer = await http.request(
+                    "POST", "/elsewhere", b"{}", {"X-Redirect-To": f"{other.url}/chunk"}
+                )
+            finally:
+                await http.aclose()
+            assert answer.status == 307
+            assert other.seen == []
+
+    run(main)
+
+
+def test_an_endless_answer_is_cut_off() -> None:
+    async def main() -> None:
+        async with server() as srv:
+            http = client(srv.url)
+            try:
+                with pytest.raises(TransportError, match="curl error 63"):
+                    await http.request("GET", "/endless", None, {})
+            finally:
+                await http.aclose()
+
+    run(main)
+
+
 def test_closing_fails_what_is_in_flight() -> None:
     async def main() -> None:
         async with server() as srv:
-            http = client(CurlClient, srv.url)
+            http = client(srv.url)
             pending = asyncio.ensure_future(http.request("GET", "/slow", None, {}))
             await srv.arrived.wait()
             await http.aclose()
@@ -169,14 +226,15 @@ def test_curl_trusts_what_the_system_trusts(
 
     async def main() -> None:
         async with https_server(ca) as url:
-            untrusted = client(CurlClient, url)
+            untrusted = client(url)
             with pytest.raises(TransportError) as err:
                 await untrusted.request("GET", "/", None, {})
             await untrusted.aclose()
             assert not err.value.timed_out
+            assert "certificate" in str(err.value)  # says what is wrong
             monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
             trust_store.cache_clear()
-            trusted = client(CurlClient, url)
+            trusted = client(url)
             try:
                 answer = await trusted.request("POST", "/chunk", b"{}", {})
             finally:
@@ -207,7 +265,7 @@ def test_a_failing_engine_thread_fails_its_requests_and_is_replaced(
 
     async def main() -> None:
         async with server() as srv:
-            http = client(CurlClient, srv.url)
+            http = client(srv.url)
             try:
                 with pytest.raises(TransportError, match="HTTP engine failed: RuntimeError: boom"):
                     await http.request("GET", "/time", None, {})

@@ -288,9 +288,10 @@ def test_chunks_held_for_delivery_give_the_garbage_collector_little_to_scan(
     stops every thread, push() included, for tens of ms. A held chunk must stay a few objects:
     the chunk, its channel, the channel tuple (a view of the caller's list would add three)."""
     hang = hang_chunk_uploads(fake)
-    streamer = streamer_factory(clock_sync=False)
+    # A small window: the hanging uploads each hold a thread of the fake's, which are not counted.
+    streamer = streamer_factory(clock_sync=False, max_concurrency=8)
     data_id = streamer.initialize()
-    warm_up = 50  # enough to keep every upload worker hanging: they are not counted
+    warm_up = 50  # enough to keep every upload in the window hanging: they are not counted
     for c in range(warm_up):
         streamer.push(data_id, c, "T", *series(100, c * 100))
     settle(streamer, data_id)

@@ -32,7 +32,7 @@ from .journal import Journal
 from .report import DestinationReport, Rejection
 from .retry import RetryPolicy, Sleep
 from .sinks.base import BatchingSink, Marker, Sink, StreamInfo
-from .window import AdaptiveWindow
+from .window import AdaptiveWindow, Slot
 
 log = logging.getLogger("labstream.delivery")
 
@@ -145,11 +145,10 @@ class DeliveryRunner:
         return self.sink.name
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Run the workers until cancelled (the streamer's host task group owns this task)."""
+        """Deliver until cancelled (the streamer's host task group owns this task)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            for _ in range(max(1, self.sink.max_concurrency)):
-                tg.start_soon(self._worker)
+            tg.start_soon(self._dispatch)
             if self._journal is not None:
                 tg.start_soon(self._load_spilled, self._journal)
             task_status.started()
@@ -342,19 +341,25 @@ class DeliveryRunner:
     def _retried(self, st: _StreamDelivery) -> _OnRetry:
         return _OnRetry(self.name, st)
 
-    async def _worker(self) -> None:
+    async def _dispatch(self) -> None:
+        """Take the queue's items in order, and start each chunk's delivery once the window has
+        room for it: what is beyond the window waits in the queue, holding one item at most here.
+        A retry takes its room in the window like a new chunk, never waiting behind an idle one.
+        """
+        assert self._tg is not None
         while True:
             item = await self._next()
             if item is None:
                 return
             if isinstance(item, StreamInfo):
-                await self._open(item)
+                self._tg.start_soon(self._open, item)
             elif isinstance(item, Marker):
-                await self._mark(item)
-            elif isinstance(item, Chunk):
-                await self._deliver(self._gather(item))
+                self._tg.start_soon(self._mark, item)
             else:
-                await self._deliver(item)  # a batch set aside after a failure, as it was
+                slot = await self.window.acquire()
+                # Gathered once there is room: a batching sink takes what queued meanwhile too.
+                batch = self._gather(item) if isinstance(item, Chunk) else item
+                self._tg.start_soon(self._deliver, batch, slot)
 
     async def _next(self) -> _Item | None:
         """The next item (what a gather left in front first); None once the queue is closed and
@@ -430,18 +435,20 @@ class DeliveryRunner:
             st.opened.set()
             return
 
-    async def _deliver(self, batch: tuple[Chunk, ...]) -> None:
-        """Deliver a batch: confirmed, rejected, or set aside to be tried again."""
+    async def _deliver(self, batch: tuple[Chunk, ...], slot: Slot) -> None:
+        """Deliver a batch (its first attempt in ``slot``): confirmed, rejected, or set aside to
+        be tried again."""
         st = self._streams[batch[0].data_id]
         await st.opened.wait()
         if st.open_failed is not None:
+            slot.release_unused()
             for chunk in batch:
                 self._reject(st, chunk, None, f"stream could not be opened: {st.open_failed}")
             self._held -= len(batch)
             return
         refused: Mapping[int, DestinationError] = {}
         try:
-            refused = await self._send_with_retries(st, batch)
+            refused = await self._send_with_retries(st, batch, slot)
         except TransientDestinationError as exc:
             # Out of attempts: set the batch aside and put it back in the queue later, whole, so
             # a batching sink resumes the very writes it started.
@@ -516,21 +523,33 @@ class DeliveryRunner:
                 st.update(marker_rejections=(*st.base.marker_rejections, reason))
             return
 
-    async def _send_once(self, batch: tuple[Chunk, ...]) -> Mapping[int, DestinationError]:
-        """One attempt, within the window (released while a retry waits)."""
-        async with self.window.slot():
+    async def _send_once(
+        self, batch: tuple[Chunk, ...], slot: Slot | None = None
+    ) -> Mapping[int, DestinationError]:
+        """One attempt, in ``slot`` or in one taken now; the slot is given back with the outcome
+        (a retry waits outside the window)."""
+        if slot is None:
+            slot = await self.window.acquire()
+        slot.start()
+        try:
             if self._batch_points:
-                return await cast(BatchingSink, self.sink).send_chunks(batch)
-            await self.sink.send_chunk(batch[0])
-            return {}
+                refused = await cast(BatchingSink, self.sink).send_chunks(batch)
+            else:
+                await self.sink.send_chunk(batch[0])
+                refused = {}
+        except BaseException as exc:
+            slot.release(exc)
+            raise
+        slot.release()
+        return refused
 
     async def _send_with_retries(
-        self, st: _StreamDelivery, batch: tuple[Chunk, ...]
+        self, st: _StreamDelivery, batch: tuple[Chunk, ...], slot: Slot
     ) -> Mapping[int, DestinationError]:
         """Send; retry transient failures with the policy. tenacity only runs after a failure:
         on a healthy link the first attempt is a plain await (it is most of the traffic)."""
         try:
-            return await self._send_once(batch)
+            return await self._send_once(batch, slot)
         except TransientDestinationError as exc:
             if self._policy.attempts <= 1:
                 raise

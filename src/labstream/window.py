@@ -84,20 +84,20 @@ class AdaptiveWindow:
         """The current window, in requests."""
         return max(1, int(self.limit))
 
-    def slot(self) -> _Slot:
-        """``async with window.slot():`` around one request. Leaving normally is a success; the
-        exception it leaves with says whether the server was overloaded."""
-        return _Slot(self)
-
-    async def _acquire(self) -> tuple[float, int, int]:
-        """Wait for room; (when, epoch, requests already in flight) for :meth:`_release`."""
+    async def acquire(self) -> Slot:
+        """Wait for room in the window and take it; the slot must be released."""
         while self.in_flight >= self.size:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-        ahead = self.in_flight
+        slot = Slot(self, self._clock(), self._epoch, self.in_flight)
         self.in_flight += 1
-        return self._clock(), self._epoch, ahead
+        return slot
+
+    def slot(self) -> _Acquired:
+        """``async with window.slot():`` around one request. Leaving normally is a success; the
+        exception it leaves with says whether the server was overloaded."""
+        return _Acquired(self)
 
     def _release(self, sent_at: float, epoch: int, ahead: int, outcome: str) -> None:
         self.in_flight -= 1
@@ -160,17 +160,46 @@ def _outcome(exc: BaseException | None) -> str:
     return "failed"
 
 
-class _Slot:
-    __slots__ = ("_ahead", "_epoch", "_sent_at", "_window")
+class Slot:
+    """Room for one request in a window: taken by :meth:`AdaptiveWindow.acquire`, given back
+    once by :meth:`release` with the request's outcome (or :meth:`release_unused`)."""
+
+    __slots__ = ("_ahead", "_epoch", "_released", "_sent_at", "_window")
+
+    def __init__(self, window: AdaptiveWindow, sent_at: float, epoch: int, ahead: int) -> None:
+        self._window = window
+        self._sent_at = sent_at
+        self._epoch = epoch
+        self._ahead = ahead  # requests already in flight when this one was let in
+        self._released = False
+
+    def start(self) -> None:
+        """The request goes out now (a slot may be taken before there is anything to send)."""
+        self._sent_at = self._window._clock()
+
+    def release(self, exc: BaseException | None = None) -> None:
+        """The request is answered: a success, or the exception it failed with."""
+        self._give_back(_outcome(exc))
+
+    def release_unused(self) -> None:
+        """No request was made with this slot."""
+        self._give_back("unused")
+
+    def _give_back(self, outcome: str) -> None:
+        if not self._released:
+            self._released = True
+            self._window._release(self._sent_at, self._epoch, self._ahead, outcome)
+
+
+class _Acquired:
+    __slots__ = ("_slot", "_window")
 
     def __init__(self, window: AdaptiveWindow) -> None:
         self._window = window
-        self._sent_at = 0.0
-        self._epoch = 0
-        self._ahead = 0
+        self._slot: Slot | None = None
 
     async def __aenter__(self) -> None:
-        self._sent_at, self._epoch, self._ahead = await self._window._acquire()
+        self._slot = await self._window.acquire()
 
     async def __aexit__(
         self,
@@ -178,4 +207,5 @@ class _Slot:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._window._release(self._sent_at, self._epoch, self._ahead, _outcome(exc))
+        assert self._slot is not None
+        self._slot.release(exc)
