@@ -156,13 +156,20 @@ class DeliveryRunner:
 
     # -- called by the streamer (event-loop thread) --------------------------------------------
 
-    def open(self, info: StreamInfo, recovered: tuple[int, int, int] | None = None) -> None:
+    def open(
+        self,
+        info: StreamInfo,
+        recovered: tuple[int, int, int] | None = None,
+        *,
+        closed: bool = False,
+    ) -> None:
         """Start delivering a stream: its opening request goes ahead of its chunks.
 
         ``recovered`` = (chunks, points, last seq) still pending in the journal for a stream left
-        by a previous process: they are read back from the journal and delivered.
+        by a previous process: they are read back from the journal and delivered. ``closed``:
+        that process closed it here already; finalize does not close it again.
         """
-        st = _StreamDelivery(info, DestinationReport(self.name), self.window)
+        st = _StreamDelivery(info, DestinationReport(self.name, closed=closed), self.window)
         if recovered is not None and recovered[0]:
             st.chunks_accepted, st.points_accepted = recovered[0], recovered[1]
             st.last_seq, st.spill_after = recovered[2], 0
@@ -236,6 +243,8 @@ class DeliveryRunner:
         with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
             await st.opened.wait()  # a stream with no chunk may not be opened yet (busy worker)
             await self.wait_pending_at_most(data_id, 0)
+        if st.base.closed:  # by the process that left it: a stream is closed once
+            return st.report
         if st.chunks_pending and not self.sink.takes_data_after_close:
             # Closing now would cut the backlog off (ATLAS takes nothing after its end): the
             # stream stays open, its chunks stay pending, and it is closed once they are in.

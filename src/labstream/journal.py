@@ -477,6 +477,15 @@ class Journal:
     def save_atlas_state(self, data_id: str, state: dict[str, Any], last_seq: int) -> None:
         self._put(("atlas", data_id, orjson.dumps(state), last_seq))
 
+    def sync(self, timeout: float = 5.0) -> bool:
+        """Wait until everything queued so far (stream records, outcomes, ATLAS states) is
+        committed; chunks still held within ``write_delay_s`` are not forced out. False when the
+        writer did not get there within ``timeout`` (a failed write also releases the wait: the
+        report says the journal is not durable)."""
+        done = threading.Event()
+        self._put(("barrier", done))
+        return done.wait(timeout)
+
     def _put(self, item: tuple[Any, ...]) -> None:
         self._queue.append(item)
         # set() takes a lock; when the writer is already woken (it clears the flag before it
@@ -511,6 +520,9 @@ class Journal:
         except Exception:
             # A bug, not the disk (_commit handles failed writes): keep the thread alive.
             log.exception("journal: %d operations not processed", len(batch))
+            for item in batch:
+                if item[0] == "barrier":
+                    item[1].set()
 
     def _commit(self, batch: list[tuple[Any, ...]]) -> None:
         now = time.monotonic()
@@ -546,6 +558,7 @@ class Journal:
         unknown: list[int] = []  # written by an earlier process: ask the database
         others: list[tuple[Any, ...]] = []
         atlas_states: dict[str, tuple[Any, ...]] = {}
+        barriers: list[threading.Event] = []  # sync() callers, released after this commit
         owed = self._owed
         memory = self._memory
         to_disk = self._free_ok
@@ -621,6 +634,8 @@ class Journal:
                     freed_on_disk += chunk_size(entry >> 8)
             elif kind == "atlas":
                 atlas_states[item[1]] = item  # only the latest state of a session is kept
+            elif kind == "barrier":
+                barriers.append(item[1])
             else:
                 if kind == "rejected":  # kept on disk with its reason: the database decides
                     if memory and self._settle_in_memory(item[1], item[2]):
@@ -651,6 +666,8 @@ class Journal:
             with self._committed:
                 self.committed_seq = max(self.committed_seq, top)
                 self._committed.notify_all()
+        for barrier in barriers:
+            barrier.set()
 
     def _write_failed(
         self,
@@ -666,7 +683,8 @@ class Journal:
         retry = [
             item
             for item in batch
-            if item[0] != "chunk" and not (item[0] == "delivered" and item[1] in arrived)
+            if item[0] not in ("chunk", "barrier")
+            and not (item[0] == "delivered" and item[1] in arrived)
         ]
         if len(self._queue) + len(retry) > MAX_OWED:
             # Bounded: past it, confirmations are let go. Their chunks stay pending on disk

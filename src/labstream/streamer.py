@@ -382,8 +382,14 @@ class AsyncTimeseriesStreamer:
                 for r in self._runners
             }
             # A destination that confirmed the close may still miss chunks (Atomscale accepts
-            # them after finalize): deliver those too.
-            todo = [r for r in self._runners if r.name not in stored.closed or pending[r.name][0]]
+            # them after finalize): deliver those too, without closing it again. One that takes
+            # nothing after its close (ATLAS) is never written to again.
+            todo = [
+                r
+                for r in self._runners
+                if r.name not in stored.closed
+                or (pending[r.name][0] and r.sink.takes_data_after_close)
+            ]
             if not todo:
                 continue
             journal.adopt(stored.data_id, self._owner)
@@ -394,7 +400,7 @@ class AsyncTimeseriesStreamer:
             with self._lock:
                 self._streams[info.data_id] = stream
             for runner in todo:
-                runner.open(info, recovered=pending[runner.name])
+                runner.open(info, recovered=pending[runner.name], closed=runner.name in stored.closed)
             log.warning(
                 "journal: resuming stream %s left unfinished by another process (%s)",
                 info.data_id,
@@ -519,6 +525,9 @@ class AsyncTimeseriesStreamer:
             self._journal.add_stream(
                 data_id, dataclasses.asdict(info), self._destination_addresses(), self._owner
             )
+            # On disk before it is returned: a crash from here on leaves a stream that recovery
+            # finds and finalizes.
+            await anyio.to_thread.run_sync(self._journal.sync)
         for runner in self._runners:
             runner.open(info)
         log.info("initialized stream %s (%s)", data_id, stream_name)
@@ -912,6 +921,10 @@ class AsyncTimeseriesStreamer:
         async with anyio.create_task_group() as tg:
             for runner in self._runners:
                 tg.start_soon(runner.finalize, data_id, deadline)
+        if self._journal is not None:
+            # The closes on disk before finalize returns: no later process resumes, writes to or
+            # closes again a stream this one closed.
+            await anyio.to_thread.run_sync(self._journal.sync)
         report = self._snapshot(stream)
         stream.report = report
         assert stream.closing is not None

@@ -98,6 +98,7 @@ class _Run:
     opened: bool = False
     ending: bool = False  # Finalize was fed: nothing more can go into this session
     resumed_last_seq: int = 0  # chunks up to this seq were in ATLAS before a crash
+    saved_seq: int = 0  # the last chunk the journaled state includes
     # finalize() closes from its own task while the runner's worker may be mid-chunk: one at a time
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -168,6 +169,11 @@ class AtlasSink:
             return
         await self._drive(run, stream.data_id, "open", lambda: self._opened(stream))
         run.opened = True
+        if self._journal is not None and run.session.state.session_key is not None:
+            # The session key on disk before any data goes into the session: a process that
+            # dies from here on is continued in this session by the next, never in a second one.
+            self._save_state(run, stream.data_id, 0)
+            await anyio.to_thread.run_sync(self._journal.sync)
 
     def _resume(self, data_id: str, journal: Journal) -> _Run | None:
         """Continue a session a previous process journaled: same key, ids and timelines."""
@@ -176,8 +182,16 @@ class AtlasSink:
             return None
         state, last_seq = saved
         session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
+        run = self._runs[data_id] = _Run(
+            session, opened=True, resumed_last_seq=last_seq, saved_seq=last_seq
+        )
+        if session.state.phase == "closed":
+            # Ended by the process that left it: nothing may be written to it any more.
+            run.ending = True
+            run.closed = Closed(ended=True)
+            log.warning("ATLAS: session %s of %s was ended", session.state.session_key, data_id)
+            return run
         session.state.next_packet_id += RESUME_PACKET_ID_GAP
-        run = self._runs[data_id] = _Run(session, opened=True, resumed_last_seq=last_seq)
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
         return run
 
@@ -243,10 +257,16 @@ class AtlasSink:
         run.fed.discard(key)
 
     async def close_stream(self, stream: StreamInfo) -> None:
-        run = self._run(stream.data_id)
+        run = self._runs.get(stream.data_id)
+        if run is None and self._journal is not None:
+            run = self._resume(stream.data_id, self._journal)
+        run = run or self._run(stream.data_id)
+        if run.closed is not None and run.closed.ended:
+            return  # already ended (by this process, or one before it): never ended twice
         run.ending = True
         termination = seconds_to_ns_scalar(self._now())
         await self._drive(run, stream.data_id, "close", lambda: Finalize(termination))
+        self._save_state(run, stream.data_id, run.saved_seq)  # ended: no later process writes
         if run.closed is not None and not run.closed.ended:
             raise RejectedError(
                 f"the ATLAS session was not ended: {run.closed.reason}",
@@ -260,6 +280,7 @@ class AtlasSink:
             return
         # to_dict() is already a deep copy in plain values: no snapshot() copy first
         self._journal.save_atlas_state(data_id, run.session.state.to_dict(), last_seq)
+        run.saved_seq = last_seq
 
     def marker_rejections(self, data_id: str) -> list[str]:
         run = self._runs.get(data_id)
