@@ -14,9 +14,25 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
+from labstream import TimeseriesStreamer, cli, spool
+from labstream.emulators.atlas import AtlasFaultPlan
 from labstream.emulators.atlas_checker import check_session, format_report
 
-from .test_reliability import HZ, KEY, PARAM, REPO, T0, Rig, destinations, expected_values
+from .test_reliability import (
+    HZ,
+    KEY,
+    PARAM,
+    QUICK,
+    REPO,
+    T0,
+    Rig,
+    destinations,
+    expected_values,
+    series,
+    wait_until,
+)
 
 CHILD = """
 import os, signal, sys
@@ -140,3 +156,93 @@ def test_an_sdk_script_that_never_closes_its_streamer_leaves_no_stream_open(
             assert rig.web.streams[data_id].finalize_calls == 1
             (session,) = sessions_of(rig, data_id)
             assert len(session.end_session_seqs) == 1
+
+
+# -- labstream spool resume ------------------------------------------------------------------------
+
+
+def leave_atlas_behind(rig: Rig, spool: Path, s: TimeseriesStreamer, chunks: int = 6) -> str:
+    """A stream whose ATLAS writes all fail: finalize leaves it open there, pending in the
+    journal; the streamer is closed (its process ended)."""
+    assert rig.grpc is not None
+    rig.grpc.faults = AtlasFaultPlan(down=True, methods=("PacketWriterService/*",))
+    data_id = s.initialize(stream_name="atlas behind")
+    for c in range(chunks):
+        s.push(data_id, c, "T", *series(c))
+    report = s.finalize(data_id, timeout=0.5)
+    assert report["atlas"].chunks_pending == chunks, str(report)
+    s.close(timeout=0.1)
+    rig.grpc.faults = AtlasFaultPlan()  # back
+    return data_id
+
+
+def check_atlas_got_it_once(rig: Rig, data_id: str, chunks: int = 6) -> None:
+    (session,) = sessions_of(rig, data_id)
+    assert len(session.end_session_seqs) == 1
+    report = check_session(session)
+    assert report.clean, format_report(report, verbose=True)
+    assert report.parameters[PARAM.format("T")].values == expected_values(range(chunks))
+
+
+@pytest.fixture
+def no_env_destinations(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY", "LABSTREAM_ATLAS"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.mark.usefixtures("no_env_destinations")
+def test_spool_resume_without_the_key_finishes_what_only_atlas_needs(tmp_path: Path) -> None:
+    """Atomscale has the whole stream and closed it: the Atomscale key is not needed to finish
+    ATLAS. Before, resume refused ('set AS_API_KEY') and delivered nothing."""
+    with destinations() as rig:
+        spool_dir = tmp_path / "spool"
+        data_id = leave_atlas_behind(rig, spool_dir, rig.streamer(spool_dir))
+        done = spool.resume(spool_dir, timeout_s=10, out=lambda _: None)
+        assert [r.data_id for r in done.reports] == [data_id] and done.ok
+        check_atlas_got_it_once(rig, data_id)
+        assert rig.web.streams[data_id].finalize_calls == 1
+
+
+@pytest.mark.usefixtures("no_env_destinations")
+def test_spool_resume_with_the_key_set_still_finishes_an_atlas_only_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, AS_API_KEY in the environment made resume's streamer an Atomscale one too, which
+    did not match the stream's destinations: 'nothing to resume'."""
+    with destinations() as rig:
+        spool_dir = tmp_path / "spool"
+        atlas_only = TimeseriesStreamer(
+            atlas=rig.atlas, spool_dir=spool_dir, retry=QUICK, handle_sigterm=False
+        )
+        data_id = leave_atlas_behind(rig, spool_dir, atlas_only)
+        monkeypatch.setenv("AS_API_KEY", KEY)
+        done = spool.resume(spool_dir, timeout_s=10, out=lambda _: None)
+        assert [r.data_id for r in done.reports] == [data_id] and done.ok
+        check_atlas_got_it_once(rig, data_id)
+        assert data_id not in rig.web.streams
+
+
+@pytest.mark.usefixtures("no_env_destinations")
+def test_spool_resume_names_a_stream_a_live_process_owns_and_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: 'nothing to resume', exit 0, while `spool status` listed chunks pending."""
+    with destinations() as rig:
+        assert rig.grpc is not None
+        spool_dir = tmp_path / "spool"
+        rig.grpc.faults = AtlasFaultPlan(down=True, methods=("PacketWriterService/*",))
+        live = rig.streamer(spool_dir)
+        data_id = live.initialize(stream_name="still running")
+        for c in range(3):
+            live.push(data_id, c, "T", *series(c))
+
+        def listed() -> bool:
+            return any(r.pending_chunks for r in spool.status(spool_dir))
+
+        wait_until(listed, 10, "the pending chunks in the journal")
+        code = cli.main(["spool", "resume", "--spool-dir", str(spool_dir), "--timeout", "1"])
+        out = capsys.readouterr().out
+        assert code == 1
+        assert f"{data_id}: 3 chunk(s) pending, owned by a running process (pid {os.getpid()})" in out
+        assert "nothing to resume" not in out
+        rig.grpc.faults = AtlasFaultPlan()

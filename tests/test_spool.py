@@ -51,7 +51,7 @@ def test_status_resume_and_purge(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
         emu.faults = FaultPlan()  # Atomscale is back
         monkeypatch.setenv("AS_API_KEY", API_KEY)
-        (report,) = spool.resume(tmp_path, timeout_s=10, out=outputs.append)
+        (report,) = spool.resume(tmp_path, timeout_s=10, out=outputs.append).reports
         assert report.ok, str(report)
         assert emu.points(data_id, "T")[1] == [float(c) for c in range(5) for _ in range(10)]
         assert emu.streams[data_id].finalized
@@ -64,7 +64,7 @@ def test_purge_forgets_a_stream(tmp_path: Path) -> None:
         data_id = leave_pending(emu.url, tmp_path, 3)
     assert spool.purge(tmp_path, data_id) == 3
     assert spool.status(tmp_path) == []
-    assert spool.resume(tmp_path, api_key=API_KEY, out=lambda _: None) == []
+    assert spool.resume(tmp_path, api_key=API_KEY, out=lambda _: None).reports == []
 
 
 def test_a_streamer_for_other_destinations_leaves_the_stream_alone(

@@ -274,28 +274,14 @@ def _identities(cfg: Resolved, dests: _Destinations) -> dict[str, str]:
     return out
 
 
-@contextlib.contextmanager
-def _hidden(names: Sequence[str]) -> Iterator[None]:
-    """Hide environment variables while the streamer reads its defaults.
-
-    The CLI resolves destinations itself (flags, env, files); the library would otherwise add
-    Atomscale from AS_API_KEY, or ATLAS from LABSTREAM_ATLAS, when the user chose the other one.
-    """
-    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
-
-
 def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
     from . import TimeseriesStreamer
-    from .config import ENV_VARS
+    from .config import ENV_VARS, hidden_env
     from .errors import JournalError
 
     atlas = _atlas_settings(cfg) if dests.atlas else None
     try:
-        with _hidden(ENV_VARS):
+        with hidden_env(ENV_VARS):
             return TimeseriesStreamer(
                 api_key=cfg["atomscale.api_key"] if dests.atomscale else None,
                 endpoint=cfg["atomscale.endpoint"],
@@ -1446,13 +1432,13 @@ def _spool_resume(args: argparse.Namespace) -> int:
     from . import spool
 
     try:
-        reports = spool.resume(
+        done = spool.resume(
             spool.spool_dir(args.spool_dir), api_key=args.api_key, timeout_s=args.timeout, out=print
         )
     except ValueError as exc:
         _say(f"labstream spool resume: {exc}", sys.stderr)
         return 2
-    return 0 if all(r.ok for r in reports) else 1
+    return 0 if done.ok else 1
 
 
 def _spool_purge(args: argparse.Namespace) -> int:

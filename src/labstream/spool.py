@@ -10,12 +10,15 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from .atlas.config import ENV_ADDRESS
+from .config import hidden_env
 from .journal import Journal, SpoolStatus, default_spool_dir
 from .progress import ProgressView
 from .report import StreamReport
-from .streamer import resolve_api_key
+from .streamer import API_KEY_ENV, resolve_api_key
 from .sync import TimeseriesStreamer
 
 Out = Callable[[str], None]
@@ -58,52 +61,93 @@ def _age(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+@dataclass
+class Resumed:
+    """What ``resume`` did: a report per stream it finished, and why it left the others."""
+
+    reports: list[StreamReport] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # owned by a live process: not touched
+
+    @property
+    def ok(self) -> bool:
+        return not self.busy and all(r.ok for r in self.reports)
+
+
 def resume(
     directory: Path,
     *,
     api_key: str | None = None,
     timeout_s: float = 300.0,
     out: Out = print,
-) -> list[StreamReport]:
+) -> Resumed:
     """Deliver and finalize every stream left unfinished in the journal.
 
-    Streams are grouped by their destinations; Atomscale needs the API key (argument or
-    environment) since it is never written to disk.
+    Each stream goes to the destinations that still need it (pending chunks, or not closed),
+    whatever the environment says: Atomscale only when it needs the stream, and then with the API
+    key (argument or environment), since it is never written to disk. A stream whose process is
+    still running is left to it, and said so.
 
     Raises:
-        ValueError: Atomscale streams are waiting but no API key is available.
+        ValueError: a stream needs Atomscale and no API key is available (the other streams
+            were resumed first).
     """
     journal = Journal(directory)
     try:
-        groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
-        for stored in journal.streams():
-            if not stored.owner_alive:
-                groups.setdefault(tuple(sorted(stored.destinations.items())), []).append(
-                    stored.data_id
-                )
+        streams = journal.streams()
+        pending = {(r.data_id, r.destination): r.pending_chunks for r in journal.status()}
     finally:
         journal.close()
     key = resolve_api_key(api_key)
-    reports: list[StreamReport] = []
-    for dests, _ids in groups.items():
+    done = Resumed()
+    groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    need_key = []
+    for stored in streams:
+        needed = {
+            name: address
+            for name, address in stored.destinations.items()
+            if name not in stored.closed or pending.get((stored.data_id, name), 0)
+        }
+        if not needed:
+            continue  # closed everywhere, nothing pending: housekeeping forgets it
+        if stored.owner_alive:
+            held = sum(pending.get((stored.data_id, name), 0) for name in needed)
+            if held:
+                pid = stored.owner.partition(":")[0]
+                done.busy.append(stored.data_id)
+                out(
+                    f"{stored.data_id}: {held} chunk(s) pending, owned by a running process "
+                    f"(pid {pid}) that delivers them; not resumed here"
+                )
+            continue
+        if "atomscale" in needed and key is None:
+            need_key.append(stored.data_id)
+            continue
+        groups.setdefault(tuple(sorted(needed.items())), []).append(stored.data_id)
+    for dests in groups:
         where = dict(dests)
-        if "atomscale" in where and key is None:
-            raise ValueError(
-                "streams for Atomscale are waiting in the spool: set AS_API_KEY (or pass "
-                "--api-key) to deliver them"
+        # Only the destinations the streams need: none taken from the environment.
+        hide = [*API_KEY_ENV] if "atomscale" not in where else []
+        if "atlas" not in where:
+            hide.append(ENV_ADDRESS)
+        with hidden_env(hide):
+            streamer = TimeseriesStreamer(
+                api_key=key if "atomscale" in where else None,
+                endpoint=where.get("atomscale"),
+                atlas=where.get("atlas"),
+                spool_dir=directory,
+                handle_sigterm=False,
             )
-        with TimeseriesStreamer(
-            api_key=key if "atomscale" in where else None,
-            endpoint=where.get("atomscale"),
-            atlas=where.get("atlas"),
-            spool_dir=directory,
-            handle_sigterm=False,
-        ) as streamer:
+        with streamer:
             for data_id in streamer.recovered_streams():
-                reports.append(_deliver(streamer, data_id, timeout_s, out))
-    if not reports:
+                done.reports.append(_deliver(streamer, data_id, timeout_s, out))
+    if need_key:
+        raise ValueError(
+            f"{len(need_key)} stream(s) for Atomscale are waiting in the spool "
+            f"({', '.join(need_key)}): set AS_API_KEY (or pass --api-key) to deliver them"
+        )
+    if not done.reports and not done.busy:
         out(f"spool {directory}: nothing to resume")
-    return reports
+    return done
 
 
 def _deliver(

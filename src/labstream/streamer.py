@@ -68,9 +68,12 @@ DIGEST_WINDOW = 100_000
 HANDOFF_COALESCE_S = 0.005
 
 
+API_KEY_ENV = ("AS_API_KEY", "ATOMSCALE_API_KEY")
+
+
 def resolve_api_key(api_key: str | None) -> str | None:
     """The key from the argument, else ``AS_API_KEY``, else ``ATOMSCALE_API_KEY``."""
-    return api_key or os.environ.get("AS_API_KEY") or os.environ.get("ATOMSCALE_API_KEY") or None
+    return api_key or next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
 
 
 def resolve_endpoint(endpoint: str | None) -> str:
@@ -360,35 +363,41 @@ class AsyncTimeseriesStreamer:
         return out
 
     async def _recover(self, journal: Journal) -> None:
-        """Resume streams a dead process left unfinished in the journal, for the same
-        destinations: deliver what is pending and, if finalize had been asked, finalize."""
+        """Resume streams a dead process left unfinished in the journal: deliver what is pending
+        and, if finalize had been asked, finalize. A stream is taken when every destination it
+        still needs is one of this streamer's, at the same address."""
         ours = self._destination_addresses()
+        runners = {r.name: r for r in self._runners}
         for stored in await anyio.to_thread.run_sync(journal.streams):
             if stored.data_id in self._streams or stored.owner_alive:
                 continue
-            if stored.destinations != ours:
+            pending = {
+                name: await anyio.to_thread.run_sync(journal.pending_summary, name, stored.data_id)
+                for name in stored.destinations
+            }
+            # A destination that confirmed the close may still miss chunks (Atomscale accepts
+            # them after finalize): those are delivered too, without closing it again.
+            needed = {
+                name: address
+                for name, address in stored.destinations.items()
+                if name not in stored.closed or pending[name][0]
+            }
+            if not needed:
+                continue
+            if any(ours.get(name) != address for name, address in needed.items()):
                 log.info(
-                    "journal: stream %s was for %s, not this streamer's %s; left for "
+                    "journal: stream %s needs %s, not this streamer's %s; left for "
                     "`labstream spool resume`",
                     stored.data_id,
-                    stored.destinations,
+                    needed,
                     ours,
                 )
                 continue
-            pending = {
-                r.name: await anyio.to_thread.run_sync(
-                    journal.pending_summary, r.name, stored.data_id
-                )
-                for r in self._runners
-            }
-            # A destination that confirmed the close may still miss chunks (Atomscale accepts
-            # them after finalize): deliver those too, without closing it again. One that takes
-            # nothing after its close (ATLAS) is never written to again.
+            # ATLAS takes nothing after its end: a stream closed there is never written to again.
             todo = [
-                r
-                for r in self._runners
-                if r.name not in stored.closed
-                or (pending[r.name][0] and r.sink.takes_data_after_close)
+                runners[name]
+                for name in needed
+                if name not in stored.closed or runners[name].sink.takes_data_after_close
             ]
             if not todo:
                 continue
@@ -400,7 +409,8 @@ class AsyncTimeseriesStreamer:
             with self._lock:
                 self._streams[info.data_id] = stream
             for runner in todo:
-                runner.open(info, recovered=pending[runner.name], closed=runner.name in stored.closed)
+                closed = runner.name in stored.closed
+                runner.open(info, recovered=pending[runner.name], closed=closed)
             log.warning(
                 "journal: resuming stream %s left unfinished by another process (%s)",
                 info.data_id,
