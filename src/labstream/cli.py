@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .config import Resolved
     from .logfiles import LogFile, ScanResult
     from .progress import Part, ProgressView, PushState
+    from .report import DestinationReport
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -753,11 +754,23 @@ def _push_file(
         if args.json:
             _print_json({"file": str(log.path), "rows": 0, "exit_code": EXIT_OK})
         return EXIT_OK
-    notes = _settle_adopted(streamer, state, min(10.0, float(cfg["push.finalize_timeout"])))
+    notes, adopted = _settle_adopted(
+        streamer, state, min(10.0, float(cfg["push.finalize_timeout"]))
+    )
     first = state.resume_from
     if state.parts:
         _say("\n".join([_explain_resume(state, first, log), *notes]))
     if first >= state.total_chunks:
+        # Nothing left to send; what the journal holds of the earlier stream may still be on its
+        # way: the push is complete only once it arrived.
+        if adopted is not None:
+            stall_s = float(cfg["push.stall_timeout"])
+            behind = _journal_backlog(streamer, adopted.data_id, stall_s)
+            if behind:
+                _say(_backlog_text(log, adopted.data_id, behind))
+                if args.json:
+                    _print_json({"file": str(log.path), "complete": False, "exit_code": 1})
+                return EXIT_INCOMPLETE
         state.complete = True
         state.save()
         _say(f"{log.path}: every row was already confirmed by every destination.")
@@ -834,16 +847,34 @@ def _push_file(
     finally:
         report = tracker.finish(code)
         view.close()
+    if adopted is not None:  # the earlier stream's rows the journal still delivers
+        behind = _journal_backlog(streamer, adopted.data_id, tracker.stall_s)
+        if behind:
+            state.complete = False
+            state.save()
+            _say(_backlog_text(log, adopted.data_id, behind))
+            if code == EXIT_OK:
+                code = EXIT_INCOMPLETE
     if not args.json:
         print(_summary(state, report, log, totals))
     if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
-        _say("Run the same command again to resume where this run stopped.")
+        again = "without --restart " if args.restart else "again "
+        _say(f"Run the same command {again}to resume where this run stopped.")
     elif code == EXIT_OK and not state.complete:
         code = EXIT_INCOMPLETE
-        _say(
-            f"{log.path}: not every destination confirmed every row; run the same command again "
-            "to send the rest."
-        )
+        down = {n: e for n, e in tracker.down.items() if report[n].chunks_pending}
+        for name, why in down.items():
+            _say(
+                f"{log.path}: {name} confirmed nothing for {tracker.stall_s:g} s"
+                f"{f' (last error: {why})' if why else ''}; its {report[name].points_pending:,} "
+                "point(s) not confirmed stay in labstream's journal: run `labstream spool "
+                "resume` (or this command again) once it is back."
+            )
+        if not down:
+            _say(
+                f"{log.path}: not every destination confirmed every row; run the same command "
+                "again to send the rest."
+            )
     if args.json:
         _print_json(_summary_json(state, report, log, code))
     return code
@@ -899,24 +930,27 @@ def _print_json(obj: object) -> None:
     print(json.dumps(obj), flush=True)
 
 
-def _settle_adopted(streamer: TimeseriesStreamer, state: PushState, wait_s: float) -> list[str]:
+def _settle_adopted(
+    streamer: TimeseriesStreamer, state: PushState, wait_s: float
+) -> tuple[list[str], StreamReport | None]:
     """Count what labstream's journal holds or delivered for the previous run's stream.
 
     When the earlier run ended with chunks unconfirmed, the streamer (same journal, same
     destinations) adopts that stream at start and delivers them there. A destination is settled
     up to everything that run pushed when the journal delivered it all, or when the journal still
     holds every chunk not yet confirmed (it will deliver them to that stream; sending them again
-    to a new stream would duplicate them). Returns notes for the user.
+    to a new stream would duplicate them). Returns notes for the user, and the earlier stream's
+    report when the journal still holds some of it (settled, but not delivered yet).
     """
     from .errors import StreamStateError
 
     if not state.parts:
-        return []
+        return [], None
     previous = state.parts[-1]
     try:
         report = streamer.report(previous.data_id)
     except StreamStateError:
-        return []  # not in the journal: nothing of it is pending
+        return [], None  # not in the journal: nothing of it is pending
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if all(d.chunks_pending == 0 for d in report.destinations.values()):
@@ -940,7 +974,44 @@ def _settle_adopted(streamer: TimeseriesStreamer, state: PushState, wait_s: floa
                 f"stream {previous.data_id} and delivers them there; they are not sent again."
             )
     state.save()
-    return notes
+    held = any(d.chunks_pending or not d.closed for d in report.destinations.values())
+    return notes, report if held else None
+
+
+def _journal_backlog(
+    streamer: TimeseriesStreamer, data_id: str, stall_s: float
+) -> dict[str, DestinationReport]:
+    """Wait while labstream's journal delivers what it holds of an earlier stream and closes it;
+    return the destinations not done with it once none of them moved for ``stall_s``."""
+    last: dict[str, tuple[tuple[int, bool], float]] = {}
+    while True:
+        report = streamer.report(data_id)
+        now = time.monotonic()
+        behind = {n: d for n, d in report.destinations.items() if d.chunks_pending or not d.closed}
+        for name, rep in behind.items():
+            mark = (rep.chunks_delivered, rep.closed)
+            if last.get(name, (None, 0.0))[0] != mark:
+                last[name] = (mark, now)
+        if not behind or all(now - last[n][1] > stall_s for n in behind):
+            return behind
+        time.sleep(0.05)
+
+
+def _backlog_text(log: LogFile, data_id: str, behind: dict[str, DestinationReport]) -> str:
+    lines = []
+    for name, rep in behind.items():
+        why = f" (last error: {rep.last_error})" if rep.last_error else ""
+        what = (
+            f"still misses {rep.points_pending:,} point(s) of stream {data_id}{why}; "
+            "labstream's journal keeps them"
+            if rep.chunks_pending
+            else f"has not closed stream {data_id} yet{why}"
+        )
+        lines.append(
+            f"{log.path}: {name} {what}: run `labstream spool resume` (or this command again) "
+            "once it is back."
+        )
+    return "\n".join(lines)
 
 
 class _Tracker:
@@ -974,6 +1045,7 @@ class _Tracker:
         self.last_checkpoint = now
         self.last_save = now
         self.progress: dict[str, tuple[int, float]] = {}
+        self.down: dict[str, str | None] = {}  # destination -> its last error
 
     def poll(self) -> StreamReport:
         report = self.streamer.report(self.data_id)
@@ -999,22 +1071,48 @@ class _Tracker:
                 moved |= self.state.settle(name, self.part.first_chunk + pushed, rejected)
         return moved
 
-    def _check_stall(self, report: StreamReport) -> None:
+    def _up(self, report: StreamReport) -> list[DestinationReport]:
+        """The destinations still taking chunks. One that confirmed nothing for ``stall_s`` while
+        holding chunks is down: it is left behind (its chunks wait in the journal) and holds
+        the others back no more, until it confirms again.
+
+        Raises:
+            _StalledError: every destination holding chunks is down.
+        """
         now = time.monotonic()
+        up = []
         for name, rep in report.destinations.items():
             since = self.progress.get(name, (0, now))[1]
-            if rep.chunks_pending and now - since > self.stall_s:
+            if not (rep.chunks_pending and now - since > self.stall_s):
+                self.down.pop(name, None)
+                up.append(rep)
+            elif name not in self.down:
+                self.down[name] = rep.last_error
                 why = f" (last error: {rep.last_error})" if rep.last_error else ""
-                raise _StalledError(
-                    f"{name} confirmed nothing for {self.stall_s:g} s with "
-                    f"{rep.chunks_pending} chunks pending{why}; stopping. Run the same command "
-                    "again later to send the rest."
+                _say(
+                    f"{name} confirmed nothing for {self.stall_s:g} s with {rep.chunks_pending} "
+                    f"chunks pending{why}; the other destinations go on, its chunks wait in "
+                    "labstream's journal."
                 )
+        if not up:
+            name, rep = next((n, d) for n, d in report.destinations.items() if d.chunks_pending)
+            why = f" (last error: {rep.last_error})" if rep.last_error else ""
+            raise _StalledError(
+                f"{name} confirmed nothing for {self.stall_s:g} s with "
+                f"{rep.chunks_pending} chunks pending{why}; stopping. Run the same command "
+                "again later to send the rest."
+            )
+        return up
 
-    def _wait_until(self, limit: int) -> None:
+    def _wait_until(self, limit: int, *, every: bool = False) -> None:
+        """Wait until the destinations that are up hold at most ``limit`` chunks: every one of
+        them (``every``), or the one furthest ahead, so a slower one never holds the others back
+        (its backlog waits in the journal)."""
         report = self.poll()
-        while max((d.chunks_pending for d in report.destinations.values()), default=0) > limit:
-            self._check_stall(report)
+        while True:
+            pending = [d.chunks_pending for d in self._up(report)]
+            if (max if every else min)(pending, default=0) <= limit:
+                return
             time.sleep(0.02)
             report = self.poll()
 
@@ -1026,20 +1124,21 @@ class _Tracker:
         ):
             return
         report = self.poll()
-        if max((d.chunks_pending for d in report.destinations.values()), default=0) >= self.cap:
+        if min((d.chunks_pending for d in report.destinations.values()), default=0) >= self.cap:
             self._wait_until(self.cap // 2)
         if now - self.last_checkpoint >= self.CHECKPOINT_S:
             self._wait_until(0)
             self.last_checkpoint = time.monotonic()
 
     def drain(self) -> None:
-        self._wait_until(0)
+        self._wait_until(0, every=True)
         self.view.update(self.streamer.report(self.data_id), force=True)
 
     def finish(self, code: int) -> StreamReport:
         """Finalize the stream (a second Ctrl-C gives up waiting) and record what settled."""
         stopped = (EXIT_OK, EXIT_INTERRUPTED, EXIT_TERMINATED)
-        timeout = self.finalize_s if code in stopped else min(self.finalize_s, 5.0)
+        short = code not in stopped or self.down  # a destination down: it waits in the journal
+        timeout = min(self.finalize_s, 5.0) if short else self.finalize_s
         try:
             report = self.streamer.finalize(self.data_id, timeout)
         except KeyboardInterrupt:
