@@ -465,3 +465,79 @@ def test_push_state_marks_only_move_forward(tmp_path: Path) -> None:
     assert again.resume_from == 4
     again.path.write_text("{not json", encoding="utf-8")
     assert load().resume_from == 0  # a damaged record is not trusted
+
+
+# -- a destination down, re-runs -------------------------------------------------------------------
+
+
+def test_atlas_down_atomscale_still_gets_every_row_and_reruns_tell_the_truth(
+    atomscale: AtomscaleEmulator,
+    atlas: AtlasEmulator,
+    new: NewStreams,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """ATLAS unreachable: Atomscale gets the whole file anyway (before, the push stopped at the
+    stall timeout with a fraction of it); exit 1 until ATLAS holds every row. Before, the re-run
+    said 'every row was already confirmed' and exited 0 while ATLAS held nothing."""
+    from labstream.emulators.atlas import AtlasFaultPlan
+
+    rows, ppc = 2000, 10
+    log = epoch_csv(tmp_path / "atlas_down.csv", rows)
+    argv = ["push", str(log), "--atomscale", "--endpoint", atomscale.url, "--atlas", atlas.address]
+    argv += ["--atlas-key-generator", atlas.key_generator_address, "--points-per-chunk", str(ppc)]
+    argv += ["--max-pending-chunks", "10", "--stall-timeout", "0.5", "--finalize-timeout", "1"]
+    argv += ["--no-progress"]
+    atlas.faults = AtlasFaultPlan(down=True)
+    try:
+        assert cli.main(argv) == 1
+        err = capsys.readouterr().err
+        (data_id,) = new.ids()
+        assert sorted(new.points("pressure")[0]) == [T0 + i * 0.5 for i in range(rows)]
+        assert new.atomscale.streams[data_id].finalized
+        assert new.sessions() == []
+        assert "atlas confirmed nothing for 0.5 s" in err and "labstream spool resume" in err
+
+        assert cli.main(argv) == 1  # ATLAS still down: the same command says so
+        err = capsys.readouterr().err
+        assert "already" not in err
+        assert f"atlas still misses {rows * 2:,} point(s) of stream {data_id}" in err
+    finally:
+        atlas.faults = AtlasFaultPlan()
+
+    assert cli.main(argv) == 0  # ATLAS back: the journal delivers to the same stream
+    assert new.ids() == [data_id]
+    assert len(new.points("pressure")[0]) == rows
+    ts, vals = new.atlas_values("pressure")
+    assert sorted(ts) == sorted(set(ts)) and len(ts) == rows
+    (session,) = new.sessions()
+    assert len(session.end_session_seqs) == 1
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    assert "already pushed completely" in capsys.readouterr().err
+
+
+def test_ctrl_c_of_a_restart_push_says_to_run_it_without_restart(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    rows, ppc = 100, 10
+    log = epoch_csv(tmp_path / "again.csv", rows)
+    assert push(str(log), "--points-per-chunk", str(ppc), "--quiet") == 0
+
+    def interrupt_after_3(pushed: int) -> None:
+        if pushed == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "AFTER_CHUNK", interrupt_after_3)
+    args = (str(log), "--points-per-chunk", str(ppc), "--no-progress")
+    assert push(*args, "--restart") == 130
+    err = capsys.readouterr().err
+    assert "Run the same command without --restart to resume where this run stopped." in err
+    monkeypatch.setattr(cli, "AFTER_CHUNK", None)
+    assert push(*args) == 0  # as told: the restarted push goes on from row 31
+    ts, _ = new.points("pressure")
+    assert sorted(ts) == sorted([T0 + i * 0.5 for i in range(rows)] * 2)  # two pushes, no more
