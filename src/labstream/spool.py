@@ -99,7 +99,7 @@ def resume(
         journal.close()
     key = resolve_api_key(api_key)
     done = Resumed()
-    groups: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    groups: set[tuple[tuple[str, str], ...]] = set()  # the destinations streams still need
     need_key = []
     for stored in streams:
         needed = {
@@ -122,8 +122,8 @@ def resume(
         if "atomscale" in needed and key is None:
             need_key.append(stored.data_id)
             continue
-        groups.setdefault(tuple(sorted(needed.items())), []).append(stored.data_id)
-    for dests in groups:
+        groups.add(tuple(sorted(needed.items())))
+    for dests in sorted(groups):
         where = dict(dests)
         # Only the destinations the streams need: none taken from the environment.
         hide = [*API_KEY_ENV] if "atomscale" not in where else []

@@ -266,13 +266,13 @@ class AtlasSink:
         run.ending = True
         termination = seconds_to_ns_scalar(self._now())
         await self._drive(run, stream.data_id, "close", lambda: Finalize(termination))
-        self._save_state(run, stream.data_id, run.saved_seq)  # ended: no later process writes
         if run.closed is not None and not run.closed.ended:
             raise RejectedError(
                 f"the ATLAS session was not ended: {run.closed.reason}",
                 destination=NAME,
                 data_id=stream.data_id,
             )
+        self._save_state(run, stream.data_id, run.saved_seq)  # ended: no later process writes
 
     def _save_state(self, run: _Run, data_id: str, last_seq: int) -> None:
         """Journal the session after a write, so a later process continues it without repeats."""
