@@ -984,10 +984,17 @@ def _journal_backlog(
     """Wait while labstream's journal delivers what it holds of an earlier stream and closes it;
     return the destinations not done with it once none of them moved for ``stall_s``."""
     last: dict[str, tuple[tuple[int, bool], float]] = {}
+    finalized = False
     while True:
         report = streamer.report(data_id)
         now = time.monotonic()
         behind = {n: d for n, d in report.destinations.items() if d.chunks_pending or not d.closed}
+        if behind and not finalized and not any(d.chunks_pending for d in behind.values()):
+            # Everything delivered, not closed: a run killed before its finalize (or one that
+            # is finishing now, which this waits for).
+            finalized = True
+            streamer.finalize(data_id, stall_s)
+            continue
         for name, rep in behind.items():
             mark = (rep.chunks_delivered, rep.closed)
             if last.get(name, (None, 0.0))[0] != mark:
