@@ -508,7 +508,7 @@ def test_atlas_down_atomscale_still_gets_every_row_and_reruns_tell_the_truth(
     assert cli.main(argv) == 0  # ATLAS back: the journal delivers to the same stream
     assert new.ids() == [data_id]
     assert len(new.points("pressure")[0]) == rows
-    ts, vals = new.atlas_values("pressure")
+    ts, _ = new.atlas_values("pressure")
     assert sorted(ts) == sorted(set(ts)) and len(ts) == rows
     (session,) = new.sessions()
     assert len(session.end_session_seqs) == 1

@@ -78,11 +78,7 @@ def run_child(rig: Rig, spool: Path, moment: str, chunks: int = 20, n: int = 50)
 
 def sessions_of(rig: Rig, data_id: str) -> list:  # type: ignore[type-arg]
     assert rig.grpc is not None
-    return [
-        s
-        for s in rig.grpc.sessions.values()
-        if s.details.get("labstream_data_id") == data_id
-    ]
+    return [s for s in rig.grpc.sessions.values() if s.details.get("labstream_data_id") == data_id]
 
 
 def test_a_kill_right_after_finalize_leaves_nothing_to_resume(tmp_path: Path) -> None:
@@ -244,8 +240,9 @@ def test_spool_resume_names_a_stream_a_live_process_owns_and_fails(
 
         wait_until(listed, 10, "the pending chunks in the journal")
         code = cli.main(["spool", "resume", "--spool-dir", str(spool_dir), "--timeout", "1"])
-        out = capsys.readouterr().out
-        assert code == 1
-        assert f"{data_id}: 3 chunk(s) pending, owned by a running process (pid {os.getpid()})" in out
+        out, err = capsys.readouterr()
+        assert code == 1, err
+        owned = f"{data_id}: 3 chunk(s) pending, owned by a running process (pid {os.getpid()})"
+        assert owned in out
         assert "nothing to resume" not in out
         rig.grpc.faults = AtlasFaultPlan()

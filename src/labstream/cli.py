@@ -14,7 +14,6 @@ import argparse
 import contextlib
 import logging
 import math
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence

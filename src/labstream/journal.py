@@ -173,12 +173,12 @@ class StoredStream:
     @property
     def owner_alive(self) -> bool:
         """Whether the streamer that wrote this stream may still be running."""
-        pid_text, _, token = self.owner.partition(":")
+        pid_text = self.owner.partition(":")[0]
         if not pid_text.isdigit():
             return False
         pid = int(pid_text)
         if pid == os.getpid():
-            return token in LIVE_OWNERS
+            return self.owner in LIVE_OWNERS  # the whole "<pid>:<token>", as added
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
@@ -188,7 +188,7 @@ class StoredStream:
         return True
 
 
-# Owner tokens of the streamers alive in this process.
+# Owners ("<pid>:<token>") of the streamers alive in this process.
 LIVE_OWNERS: set[str] = set()
 
 
