@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -523,44 +523,63 @@ class DeliveryRunner:
                 st.update(marker_rejections=(*st.base.marker_rejections, reason))
             return
 
-    async def _send_once(
-        self, batch: tuple[Chunk, ...], slot: Slot | None = None
+    async def _attempt(
+        self, batch: tuple[Chunk, ...], slot: Slot
     ) -> Mapping[int, DestinationError]:
-        """One attempt, in ``slot`` or in one taken now; the slot is given back with the outcome
-        (a retry waits outside the window)."""
-        if slot is None:
-            slot = await self.window.acquire()
         slot.start()
-        try:
-            if self._batch_points:
-                refused = await cast(BatchingSink, self.sink).send_chunks(batch)
-            else:
-                await self.sink.send_chunk(batch[0])
-                refused = {}
-        except BaseException as exc:
-            slot.release(exc)
-            raise
-        slot.release()
-        return refused
+        if self._batch_points:
+            return await cast(BatchingSink, self.sink).send_chunks(batch)
+        await self.sink.send_chunk(batch[0])
+        return {}
 
     async def _send_with_retries(
         self, st: _StreamDelivery, batch: tuple[Chunk, ...], slot: Slot
     ) -> Mapping[int, DestinationError]:
-        """Send; retry transient failures with the policy. tenacity only runs after a failure:
-        on a healthy link the first attempt is a plain await (it is most of the traffic)."""
+        """Send (the first attempt in ``slot``); retry transient failures with the policy."""
+        if self.window.ceiling == 1:
+            # One request at a time keeps order (ATLAS): a retry keeps its turn, ahead of what
+            # queued behind it.
+            try:
+                refused = await self._retrying(st, lambda: self._attempt(batch, slot))
+            except BaseException as exc:
+                slot.release(exc)
+                raise
+            slot.release()
+            return refused
+        first: Slot | None = slot
+
+        async def attempt() -> Mapping[int, DestinationError]:
+            # The window's room is given back while a retry waits, and taken again for it.
+            nonlocal first
+            taken, first = first or await self.window.acquire(), None
+            try:
+                refused = await self._attempt(batch, taken)
+            except BaseException as exc:
+                taken.release(exc)
+                raise
+            taken.release()
+            return refused
+
+        return await self._retrying(st, attempt)
+
+    async def _retrying(
+        self, st: _StreamDelivery, attempt: Callable[[], Awaitable[Mapping[int, DestinationError]]]
+    ) -> Mapping[int, DestinationError]:
+        """Run ``attempt``, retrying transient failures with the policy. tenacity only runs after
+        a failure: on a healthy link the first attempt is a plain await (most of the traffic)."""
         try:
-            return await self._send_once(batch, slot)
+            return await attempt()
         except TransientDestinationError as exc:
             if self._policy.attempts <= 1:
                 raise
             wait = self._policy.wait_for(1, exc.retry_after, random.random())
             self._retried(st)(exc, wait)
         await self._sleep(wait)
-        async for attempt in self._policy.retrying(
+        async for attempt_ in self._policy.retrying(
             sleep=self._sleep, on_retry=self._retried(st), already_failed=1
         ):
-            with attempt:
-                return await self._send_once(batch)
+            with attempt_:
+                return await attempt()
         raise AssertionError("unreachable: retrying() raises when attempts run out")
 
     def _reject(
