@@ -5,8 +5,10 @@ far server needs hundreds of uploads in flight, a server with a capacity refuses
 The window is TCP's congestion window applied to requests, with a latency guard in the manner of
 TCP Vegas and Netflix's gradient limiter:
 
-* **slow start**: from ``initial``, every success adds one (the window doubles each round trip)
-  until the first sign of congestion, or the ceiling;
+* **slow start**: from ``initial``, every success adds two (the window triples each round trip)
+  until the first sign of congestion, or the ceiling. Faster than TCP's doubling: a request the
+  server refuses costs it one cheap answer, while each round trip spent probing a far link costs
+  the user a tenth of a second or more (the official SDK sends every chunk at once);
 * **multiplicative decrease** when the server says it is overloaded (429, 503, 504) or a request
   times out, at most once per round trip (answers to requests sent before the last decrease do
   not count again): the window falls to 0.7 of what was in flight when the refused request went
@@ -17,8 +19,9 @@ TCP Vegas and Netflix's gradient limiter:
   costs one refused request (which waits its ``Retry-After``) every ten seconds rather than a
   steady sawtooth of them;
 * **latency guard**: when the recent round trips exceed twice the lowest seen (plus a few ms of
-  slack for a fast link's jitter) the window shrinks in proportion and holds there, since
-  requests are queueing somewhere (in the server or in this process) rather than moving faster.
+  slack for a fast link's jitter) the window stops growing and shrinks in proportion, since
+  requests are queueing somewhere (in the server or in this process) rather than moving faster;
+  it grows again, one per round trip, once round trips are back within the tolerance.
 
 The window only grows while it is used (at least half full): a live stream pushing a chunk a
 second must not grow it to the ceiling and then release a burst at that size. A refused
@@ -45,6 +48,7 @@ _DECREASE = 0.7
 _LATENCY_TOLERANCE = 2.0
 _LATENCY_SLACK_S = 0.005
 _MIN_RTT_SAMPLES = 1000  # the lowest round trip is forgotten after this many answers
+_SLOW_START_STEP = 2
 _HOLD_S = 10.0  # at the threshold this long before probing above it
 
 
@@ -61,7 +65,7 @@ class AdaptiveWindow:
         self,
         ceiling: int,
         *,
-        initial: int = 64,
+        initial: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ceiling = max(1, ceiling)
@@ -70,6 +74,7 @@ class AdaptiveWindow:
         self._clock = clock
         self._threshold = float(self.ceiling)  # slow start below it
         self._hold_until: float | None = None  # no probing above the threshold before then
+        self._hold_at_threshold = False
         self._epoch = 0  # bumped at each decrease
         self._decreased_at = float("-inf")
         self._min_rtt: float | None = None
@@ -107,7 +112,7 @@ class AdaptiveWindow:
                 self._grow()
         elif outcome == "congested" and epoch == self._epoch:
             # What the server took before it refused this one is the best guess of its capacity.
-            self._decrease(min(self.limit, max(1.0, float(ahead))), _DECREASE)
+            self._decrease(min(self.limit, max(1.0, float(ahead))), _DECREASE, hold=True)
         if self._room is not None and self.in_flight < self.size:
             self._room.set()
             self._room = None
@@ -131,18 +136,21 @@ class AdaptiveWindow:
         if recent > allowed:
             # Queueing: shrink towards the window that keeps round trips within the tolerance.
             if now - self._decreased_at >= recent:
-                self._decrease(self.limit * max(0.5, allowed / recent), 1.0)
+                self._decrease(self.limit * max(0.5, allowed / recent), 1.0, hold=False)
             return
         if self.limit < self._threshold:
-            self.limit = min(self._threshold, self.limit + 1)
-            if self.limit >= self._threshold and self._threshold < self.ceiling:
+            self.limit = min(self._threshold, self.limit + _SLOW_START_STEP)
+            if self.limit >= self._threshold and self._hold_at_threshold:
                 self._hold_until = now + _HOLD_S
         elif self._hold_until is None or now >= self._hold_until:
             self.limit = min(self.ceiling, self.limit + 1 / self.limit)
 
-    def _decrease(self, capacity: float, factor: float) -> None:
+    def _decrease(self, capacity: float, factor: float, *, hold: bool) -> None:
+        """Shrink to ``capacity * factor``; slow start back to ``capacity``, and with ``hold``
+        (the server refused) stay there a while before probing above it."""
         self._threshold = capacity
         self.limit = max(1.0, capacity * factor)
+        self._hold_at_threshold = hold
         self._hold_until = None
         self._epoch += 1
         self.decreases += 1
