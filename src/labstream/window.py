@@ -77,6 +77,7 @@ class AdaptiveWindow:
         self._hold_at_threshold = False
         self._epoch = 0  # bumped at each decrease
         self._decreased_at = float("-inf")
+        self._busy_at = float("-inf")  # when the window was last at least half full
         self._min_rtt: float | None = None
         self._next_min_rtt: float | None = None
         self._rtt_samples = 0
@@ -95,8 +96,11 @@ class AdaptiveWindow:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-        slot = Slot(self, self._clock(), self._epoch, self.in_flight)
+        now = self._clock()
+        slot = Slot(self, now, self._epoch, self.in_flight)
         self.in_flight += 1
+        if self.in_flight * 2 >= self.size:
+            self._busy_at = now
         return slot
 
     def slot(self) -> _Acquired:
@@ -108,7 +112,7 @@ class AdaptiveWindow:
         self.in_flight -= 1
         if outcome == "ok":
             self._sample(self._clock() - sent_at)
-            if ahead + 1 >= self.size / 2:
+            if self._busy_at >= sent_at:  # the window was at least half full meanwhile
                 self._grow()
         elif outcome == "congested" and epoch == self._epoch:
             # What the server took before it refused this one is the best guess of its capacity.
