@@ -284,6 +284,37 @@ def test_finalize_timeout_bounds_the_close_too(
     assert "503" in (dest.close_error or "")
 
 
+def test_finalize_returns_within_its_timeout_and_a_stated_grace_when_the_close_hangs(
+    streamer_factory: Callable[..., TimeseriesStreamer],
+    fake: FakeAtomscale,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The close request is made whatever the deadline, but waited for at most CLOSE_GRACE_S past
+    it, not a whole request timeout."""
+    import time
+
+    from labstream import delivery
+
+    monkeypatch.setattr(delivery, "CLOSE_GRACE_S", 0.2)
+    released = anyio.Event()
+
+    async def hang(rec: Recorded, _: int) -> None:
+        if rec.path.endswith("/finalize"):
+            with anyio.move_on_after(10):
+                await released.wait()
+
+    fake.responders.append(hang)
+    streamer = streamer_factory(clock_sync=False)
+    data_id = streamer.initialize()
+    streamer.push(data_id, 0, "T", *chunk(0))
+    started = time.monotonic()
+    dest = streamer.finalize(data_id, timeout=0.3)["atomscale"]
+    assert time.monotonic() - started < 3  # 0.3 s + 0.2 s, far below the hang's 10 s
+    assert not dest.closed
+    assert "no answer within finalize's deadline + 0.2 s" in (dest.close_error or "")
+    assert dest.chunks_delivered == 1
+
+
 class BatchingSink:
     """A destination taking queued chunks together; the first call waits until released."""
 

@@ -36,6 +36,9 @@ from .window import AdaptiveWindow, Slot
 
 log = logging.getLogger("labstream.delivery")
 
+# How long past finalize's deadline its close request may take: finalize(timeout=T) returns
+# within T plus this.
+CLOSE_GRACE_S = 5.0
 # The most queued items a gather passes over (other streams') looking for its stream's chunks.
 _GATHER_LOOKAHEAD = 10_000
 
@@ -272,16 +275,22 @@ class DeliveryRunner:
     async def _close(self, st: _StreamDelivery, deadline: float) -> None:
         data_id = st.info.data_id
         # The close is always attempted, even when the deadline is spent; it is retried only
-        # until the deadline.
+        # until the deadline, and waited for at most CLOSE_GRACE_S past it.
+        limit = max(deadline - anyio.current_time(), 0.0) + CLOSE_GRACE_S
         try:
-            async for attempt in self._policy.retrying(
-                sleep=self._sleep,
-                on_retry=self._retried(st),
-                deadline=deadline,
-                clock=anyio.current_time,
-            ):
-                with attempt:
-                    await self.sink.close_stream(st.info)
+            with anyio.fail_after(limit):
+                async for attempt in self._policy.retrying(
+                    sleep=self._sleep,
+                    on_retry=self._retried(st),
+                    deadline=deadline,
+                    clock=anyio.current_time,
+                ):
+                    with attempt:
+                        await self.sink.close_stream(st.info)
+        except TimeoutError:
+            why = f"the close got no answer within finalize's deadline + {CLOSE_GRACE_S:g} s"
+            log.error("%s: could not close data_id=%s: %s", self.name, data_id, why)
+            st.update(close_error=why, last_error=why)
         except Exception as exc:  # reported in the stream's report, never raised past finalize
             log.error("%s: could not close data_id=%s: %s", self.name, data_id, exc)
             st.update(close_error=str(exc), last_error=str(exc))
