@@ -172,9 +172,6 @@ class DeliveryRunner:
         self._streams[info.data_id] = st
         self._send.send_nowait(info)
 
-    def knows(self, data_id: str) -> bool:
-        return data_id in self._streams
-
     def submit(self, chunk: Chunk) -> None:
         st = self._streams[chunk.data_id]
         st.last_seq = max(st.last_seq, chunk.seq)

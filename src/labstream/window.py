@@ -35,7 +35,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
 
 import anyio
 
@@ -102,11 +101,6 @@ class AdaptiveWindow:
         if self.in_flight * 2 >= self.size:
             self._busy_at = now
         return slot
-
-    def slot(self) -> _Acquired:
-        """``async with window.slot():`` around one request. Leaving normally is a success; the
-        exception it leaves with says whether the server was overloaded."""
-        return _Acquired(self)
 
     def _release(self, sent_at: float, epoch: int, ahead: int, outcome: str) -> None:
         self.in_flight -= 1
@@ -201,23 +195,3 @@ class Slot:
         if not self._released:
             self._released = True
             self._window._release(self._sent_at, self._epoch, self._ahead, outcome)
-
-
-class _Acquired:
-    __slots__ = ("_slot", "_window")
-
-    def __init__(self, window: AdaptiveWindow) -> None:
-        self._window = window
-        self._slot: Slot | None = None
-
-    async def __aenter__(self) -> None:
-        self._slot = await self._window.acquire()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._slot is not None
-        self._slot.release(exc)
