@@ -466,7 +466,8 @@ class DeliveryRunner:
                 self._policy.cooldown_s,
                 exc,
             )
-            st.update(last_error=str(exc))
+            # The re-send after the cooldown is a retry too: the report counts every re-send.
+            st.update(last_error=str(exc), retries=st.base.retries + 1)
             assert self._tg is not None
             self._tg.start_soon(self._requeue_later, batch)
             return
