@@ -434,3 +434,23 @@ def test_a_backlog_at_finalizes_deadline_is_written_before_the_session_ends(
     # The backlog went as few packets as its channel sets allow, not one per chunk.
     data = [p for p in session.packets if p.type in ("PeriodicData", "RowData")]
     assert len(data) < 60
+
+
+def test_a_write_answered_after_its_deadline_is_not_repeated_forever(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    """The server stores each write but answers it later than the RPC deadline: the write is
+    repeated with a longer deadline each time, so the stream moves on (each packet is stored at
+    most a few times, not once per attempt until the server speeds up)."""
+    streamer = atlas_only(atlas=settings(atlas, rpc_timeout_s=0.1))
+    data_id = streamer.initialize(stream_name="late-answers")
+    atlas.faults = AtlasFaultPlan(late_answer_s=0.3, methods=("PacketWriterService/*",))
+    for c in range(3):
+        streamer.push(data_id, c, "T", grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
+    report = streamer.finalize(data_id, timeout=30)
+    assert report.ok, str(report)
+    (session,) = atlas.sessions.values()
+    ids = [p.packet.id for p in session.packets if p.type == "PeriodicData"]
+    repeats = {i: ids.count(i) for i in set(ids)}
+    assert max(repeats.values()) <= 3, repeats  # 0.1 s, 0.2 s, then 0.4 s > 0.3 s: answered
+    assert report["atlas"].retries >= 1
