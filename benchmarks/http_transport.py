@@ -15,12 +15,12 @@ Variants, alternated every round (the order rotates so none always runs first):
   (b)  httpx.AsyncClient + httpx_aiohttp.AiohttpTransport (what labstream used first; ``bench``
        extra)
   (c)  raw aiohttp.ClientSession on the default asyncio loop
-  (d)  labstream's own ``AtomscaleSink.send_chunk`` with ``http_engine="aiohttp"`` (also encodes
-       the body and translates errors per request, i.e. the whole per-chunk HTTP cost)
-  (d2) the same with ``http_engine="curl"``, labstream's default since (f) was measured: the
-       engine of (f) behind labstream's ``HttpClient`` seam              [needs ``pycurl``]
+  (d2) labstream's own ``AtomscaleSink.send_chunk`` (also encodes the body and translates errors
+       per request, i.e. the whole per-chunk HTTP cost): the engine of (f) behind labstream's
+       ``HttpClient`` seam, its one engine since (f) was measured (the aiohttp engine that was
+       (d) is gone)                                                     [needs ``pycurl``]
   (e)  (c) on a uvloop event loop                                      [needs ``uvloop``]
-  (e2) (d) on a uvloop event loop                                      [needs ``uvloop``]
+  (e2) (d2) on a uvloop event loop                                     [needs ``uvloop``]
   (f)  pycurl: one dedicated thread drives a ``CurlMulti`` (``perform``/``select`` release the
        GIL), 8 reused easy handles, jobs fed through a queue; 8 asyncio tasks submit and await
        futures that the curl thread resolves in batches (``call_soon_threadsafe``), i.e. how it
@@ -76,7 +76,7 @@ import orjson
 from _server import BENCH_DATA_ID, BenchServer, free_port, server_description
 
 from labstream.chunk import Chunk, make_chunk, validate_series
-from labstream.sinks.atomscale import AtomscaleSink, HttpEngine, chunk_body
+from labstream.sinks.atomscale import AtomscaleSink, chunk_body
 
 CONCURRENCY = 8
 PPC = 100
@@ -286,12 +286,8 @@ async def run_aiohttp(url: str, bodies: list[bytes], n: int, m: Measure) -> Samp
         return await m(n, one)
 
 
-async def run_sink(
-    url: str, chunks: list[Chunk], n: int, m: Measure, engine: HttpEngine = "aiohttp"
-) -> Sample:
-    sink = AtomscaleSink(
-        API_KEY, url, sleep=asyncio.sleep, max_concurrency=CONCURRENCY, http_engine=engine
-    )
+async def run_sink(url: str, chunks: list[Chunk], n: int, m: Measure) -> Sample:
+    sink = AtomscaleSink(API_KEY, url, sleep=asyncio.sleep, max_concurrency=CONCURRENCY)
     try:
 
         async def one(i: int) -> None:
@@ -532,8 +528,7 @@ VARIANTS = {
     "a": Variant("httpx default transport"),
     "b": Variant("httpx + AiohttpTransport", ("httpx_aiohttp",)),
     "c": Variant("raw aiohttp (asyncio loop)"),
-    "d": Variant("labstream AtomscaleSink.send_chunk, aiohttp engine"),
-    "d2": Variant("labstream AtomscaleSink.send_chunk, curl engine (default)", ("pycurl",)),
+    "d2": Variant("labstream AtomscaleSink.send_chunk (libcurl)", ("pycurl",)),
     "e": Variant("raw aiohttp on uvloop", ("uvloop",), "uvloop"),
     "e2": Variant("labstream sink on uvloop", ("uvloop",), "uvloop"),
     "f": Variant("pycurl multi thread <- asyncio tasks", ("pycurl",)),
@@ -570,10 +565,8 @@ def run_variant(
         coro = run_httpx(url, bodies, n, m, aiohttp_transport())
     elif key in ("c", "e"):
         coro = run_aiohttp(url, bodies, n, m)
-    elif key in ("d", "e2"):
+    elif key in ("d2", "e2"):
         coro = run_sink(url, chunks, n, m)
-    elif key == "d2":
-        coro = run_sink(url, chunks, n, m, "curl")
     elif key == "f":
         coro = run_pycurl_async(url, bodies, n, m)
     elif key == "g":

@@ -44,7 +44,7 @@ COMMAND = ".venv/bin/python scripts/reliability_report.py"
 # Scenarios checked by their own tests (test_disk_faults.py, test_clock.py, test_validation.py),
 # not run by this script: the page lists them with the figures those tests assert.
 HOSTILE = """\
-## A failing disk, a bogus clock, masked input
+## A failing disk, a hostile server, a bogus clock, masked input
 
 What labstream does in each case, and the test that checks it at the destination (figures are what that test asserts, on every run of `./scripts/test`):
 
@@ -60,6 +60,12 @@ What labstream does in each case, and the test that checks it at the destination
 | `/gateway/time` answers 0, 1e300, NaN, ±inf, a time before 2000 or from 2100, or an offset beyond 24 h | Refused with a WARNING; the correction in effect stays; `clock_status().error` says why | `tests/test_clock.py`: 8 such answers, each refused; with an answer of 0 the stored timestamps are the pushed ones |
 | The host clock is hours off (5 h, -23.5 h) | The offset is applied and logged as a WARNING; `clock_status().offset_s` is the offset applied, to the ns | `test_a_large_plausible_offset_is_applied_and_said_loudly` |
 | numpy masked arrays | A masked value is sent as missing, the way NaN is (`null` to Atomscale, `DATA_STATUS_MISSING` to ATLAS); a masked timestamp is refused naming the channel and chunk; `run()` keeps the mask of an item it splits | `tests/test_validation.py`: masked arrays of 14 dtypes in 600 hypothesis examples; `tests/test_atlas_end_to_end.py::test_masked_values_reach_atlas_as_missing` |
+| An answer without end (a server streaming a body forever) | Cut off at 8 MiB (libcurl's size limit, curl error 63) and retried like any transport failure; no answer of Atomscale's comes near that size | `tests/test_http_engines.py::test_an_endless_answer_is_cut_off`: a 64 MiB answer is refused |
+| A compressed answer (a gzip bomb) | Never decompressed: labstream asks for no encoding, and libcurl decodes none unasked | by construction (no `Accept-Encoding`); no test |
+| A redirect to another host | Not followed: the upload is not re-posted and the API key is not sent elsewhere; the 3xx is the answer (a rejection) | `test_a_redirect_is_not_followed_and_the_key_stays_home`: the other host sees no request |
+| The finalize request hangs | `finalize(timeout=T)` returns within T + 5 s (`CLOSE_GRACE_S`); the report says the close got no answer | `tests/test_delivery.py::test_finalize_returns_within_its_timeout_and_a_stated_grace_when_the_close_hangs` (grace set to 0.2 s: returns in under 3 s against a 10 s hang) |
+| An ATLAS write stored by the server but answered after its deadline | Written again with twice the deadline each time (up to 120 s), so the stream moves on; every repeat is a retry in the report and a WARNING saying the packet may be there twice | `tests/test_atlas_end_to_end.py::test_a_write_answered_after_its_deadline_is_not_repeated_forever`: answers 0.3 s late against a 0.1 s deadline: each packet stored at most 3 times, the stream complete |
+| Re-sends | Every re-send of a chunk counts as a retry in the report, the one after a cooldown too. Not counted: libcurl's own re-send of a request on a kept-alive connection that the server had closed | `tests/test_delivery.py::test_one_in_four_503_loses_nothing`: retries equal the failed requests |
 
 """  # noqa: E501
 

@@ -400,3 +400,57 @@ def test_a_backlog_goes_out_in_fewer_larger_packets(
     periodic = [p for p in session.packets if p.type == "PeriodicData"]
     assert len(periodic) < 12  # merged: at most one packet per 10,000 points once unblocked
     assert sum(len(p.content.columns[0].double_samples.samples) for p in periodic) == 1203  # type: ignore[union-attr]
+
+
+def test_a_backlog_at_finalizes_deadline_is_written_before_the_session_ends(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    """ATLAS slower than finalize's deadline: nothing is counted as rejected, the session is not
+    ended under the backlog (ATLAS would ignore what follows), the report says how far behind
+    ATLAS is, and the session ends once every chunk is in."""
+    streamer = atlas_only()
+    data_id = streamer.initialize(stream_name="slow-atlas")
+    time.sleep(0.2)  # the session is open before the writes slow down
+    atlas.faults = AtlasFaultPlan(latency_s=0.05, methods=("PacketWriterService/*",))
+    for c in range(20):  # interleaved channels: each write can carry only one of them
+        for name in ("A", "B", "C"):
+            streamer.push(data_id, c, name, grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
+    report = streamer.finalize(data_id, timeout=0.05)["atlas"]
+    assert report.chunks_rejected == 0 and report.chunks_dropped == 0
+    assert not report.closed
+    assert (report.close_error or "").startswith("not closed yet: ")
+    assert "behind at finalize's deadline" in (report.close_error or "")
+    for _ in range(500):  # bounded wait for the runner to finish and end the session
+        (session,) = atlas.sessions.values()
+        if session.end_session_seqs:
+            break
+        time.sleep(0.02)
+    assert len(session.end_session_seqs) == 1  # ended, once
+    checked = the_session(atlas)
+    for name in ("A", "B", "C"):
+        assert checked.parameters[f"{name}:labstream"].values == [
+            float(c) for c in range(20) for _ in range(10)
+        ]
+    # The backlog went as few packets as its channel sets allow, not one per chunk.
+    data = [p for p in session.packets if p.type in ("PeriodicData", "RowData")]
+    assert len(data) < 60
+
+
+def test_a_write_answered_after_its_deadline_is_not_repeated_forever(
+    atlas: AtlasEmulator, atlas_only: Callable[..., TimeseriesStreamer]
+) -> None:
+    """The server stores each write but answers it later than the RPC deadline: the write is
+    repeated with a longer deadline each time, so the stream moves on (each packet is stored at
+    most a few times, not once per attempt until the server speeds up)."""
+    streamer = atlas_only(atlas=settings(atlas, rpc_timeout_s=0.1))
+    data_id = streamer.initialize(stream_name="late-answers")
+    atlas.faults = AtlasFaultPlan(late_answer_s=0.3, methods=("PacketWriterService/*",))
+    for c in range(3):
+        streamer.push(data_id, c, "T", grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
+    report = streamer.finalize(data_id, timeout=30)
+    assert report.ok, str(report)
+    (session,) = atlas.sessions.values()
+    ids = [p.packet.id for p in session.packets if p.type == "PeriodicData"]
+    repeats = {i: ids.count(i) for i in set(ids)}
+    assert max(repeats.values()) <= 3, repeats  # 0.1 s, 0.2 s, then 0.4 s > 0.3 s: answered
+    assert report["atlas"].retries >= 1

@@ -1,4 +1,4 @@
-"""End to end over real loopback HTTP against the emulator, with both HTTP engines."""
+"""End to end over real loopback HTTP against the emulator (libcurl, as in production)."""
 
 from __future__ import annotations
 
@@ -38,13 +38,9 @@ def chunk(c: int, n: int = 100) -> tuple[list[float], list[float]]:
     return [T0 + (c * n + i) * 0.01 for i in range(n)], [float(c * n + i) for i in range(n)]
 
 
-ENGINES = pytest.mark.parametrize("engine", ["curl", "aiohttp"])
-
-
-@ENGINES
-def test_one_in_four_503_every_point_stored_once(emulator: AtomscaleEmulator, engine: str) -> None:
+def test_one_in_four_503_every_point_stored_once(emulator: AtomscaleEmulator) -> None:
     emulator.faults = FaultPlan(fail_every=4)
-    with make(emulator, clock_sync=False, http_engine=engine) as streamer:
+    with make(emulator, clock_sync=False) as streamer:
         data_id = streamer.initialize(stream_name="e2e")
         for c in range(200):
             streamer.push(data_id, c, "T", *chunk(c), units="C")
@@ -59,11 +55,10 @@ def test_one_in_four_503_every_point_stored_once(emulator: AtomscaleEmulator, en
     assert emulator.fault_counts["fail_every"] >= 50
 
 
-@ENGINES
-def test_dropped_connections_and_429_retry_after(emulator: AtomscaleEmulator, engine: str) -> None:
+def test_dropped_connections_and_429_retry_after(emulator: AtomscaleEmulator) -> None:
     emulator.faults = FaultPlan(fail_fraction=0.2, retry_after_s=3, drop_connection_fraction=0.1)
     sleeper = RecordingSleep()
-    with make(emulator, clock_sync=False, sleep=sleeper, http_engine=engine) as streamer:
+    with make(emulator, clock_sync=False, sleep=sleeper) as streamer:
         data_id = streamer.initialize()
         for c in range(50):
             streamer.push_multi(
@@ -108,14 +103,6 @@ def test_clock_offset_from_the_emulator(mode: str) -> None:
     offset = streamer.clock_status().offset_s
     sent = [t for c in range(3) for t in chunk(c)[0]]
     assert ts == pytest.approx([t + offset for t in sent], abs=1e-6)
-
-
-def test_an_unknown_http_engine_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(ValueError, match="http_engine"):
-        TimeseriesStreamer(API_KEY, "http://127.0.0.1:9", http_engine="requests")  # type: ignore[arg-type]
-    monkeypatch.setenv("LABSTREAM_HTTP_ENGINE", "urllib")  # the environment is read too
-    with pytest.raises(ValueError, match="'urllib'"):
-        TimeseriesStreamer(API_KEY, "http://127.0.0.1:9")
 
 
 def test_wrong_key_is_rejected_and_never_shown(

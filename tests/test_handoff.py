@@ -14,7 +14,6 @@ import pytest
 
 from labstream import TimeseriesStreamer
 from labstream.chunk import Chunk
-from labstream.delivery import DeliveryRunner
 from labstream.handoff import LoopHandoff
 from labstream.sinks.base import Marker
 
@@ -158,10 +157,10 @@ def test_chunks_pushed_from_several_threads_reach_the_loop_in_seq_order(
     seen: list[int] = []
     dispatch = core.dispatch
 
-    def recording_dispatch(item: Chunk | Marker, skip: DeliveryRunner | None = None) -> None:
+    def recording_dispatch(item: Chunk | Marker) -> None:
         if isinstance(item, Chunk):
             seen.append(item.seq)
-        dispatch(item, skip)
+        dispatch(item)
 
     monkeypatch.setattr(core, "dispatch", recording_dispatch)
     interval = sys.getswitchinterval()

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import cast
 
@@ -36,6 +36,9 @@ from .window import AdaptiveWindow, Slot
 
 log = logging.getLogger("labstream.delivery")
 
+# How long past finalize's deadline its close request may take: finalize(timeout=T) returns
+# within T plus this.
+CLOSE_GRACE_S = 5.0
 # The most queued items a gather passes over (other streams') looking for its stream's chunks.
 _GATHER_LOOKAHEAD = 10_000
 
@@ -176,9 +179,6 @@ class DeliveryRunner:
         self._streams[info.data_id] = st
         self._send.send_nowait(info)
 
-    def knows(self, data_id: str) -> bool:
-        return data_id in self._streams
-
     def submit(self, chunk: Chunk) -> None:
         st = self._streams[chunk.data_id]
         st.last_seq = max(st.last_seq, chunk.seq)
@@ -281,16 +281,22 @@ class DeliveryRunner:
     async def _close(self, st: _StreamDelivery, deadline: float) -> None:
         data_id = st.info.data_id
         # The close is always attempted, even when the deadline is spent; it is retried only
-        # until the deadline.
+        # until the deadline, and waited for at most CLOSE_GRACE_S past it.
+        limit = max(deadline - anyio.current_time(), 0.0) + CLOSE_GRACE_S
         try:
-            async for attempt in self._policy.retrying(
-                sleep=self._sleep,
-                on_retry=self._retried(st),
-                deadline=deadline,
-                clock=anyio.current_time,
-            ):
-                with attempt:
-                    await self.sink.close_stream(st.info)
+            with anyio.fail_after(limit):
+                async for attempt in self._policy.retrying(
+                    sleep=self._sleep,
+                    on_retry=self._retried(st),
+                    deadline=deadline,
+                    clock=anyio.current_time,
+                ):
+                    with attempt:
+                        await self.sink.close_stream(st.info)
+        except TimeoutError:
+            why = f"the close got no answer within finalize's deadline + {CLOSE_GRACE_S:g} s"
+            log.error("%s: could not close data_id=%s: %s", self.name, data_id, why)
+            st.update(close_error=why, last_error=why)
         except Exception as exc:  # reported in the stream's report, never raised past finalize
             log.error("%s: could not close data_id=%s: %s", self.name, data_id, exc)
             st.update(close_error=str(exc), last_error=str(exc))
@@ -469,7 +475,8 @@ class DeliveryRunner:
                 self._policy.cooldown_s,
                 exc,
             )
-            st.update(last_error=str(exc))
+            # The re-send after the cooldown is a retry too: the report counts every re-send.
+            st.update(last_error=str(exc), retries=st.base.retries + 1)
             assert self._tg is not None
             self._tg.start_soon(self._requeue_later, batch)
             return
@@ -532,44 +539,63 @@ class DeliveryRunner:
                 st.update(marker_rejections=(*st.base.marker_rejections, reason))
             return
 
-    async def _send_once(
-        self, batch: tuple[Chunk, ...], slot: Slot | None = None
+    async def _attempt(
+        self, batch: tuple[Chunk, ...], slot: Slot
     ) -> Mapping[int, DestinationError]:
-        """One attempt, in ``slot`` or in one taken now; the slot is given back with the outcome
-        (a retry waits outside the window)."""
-        if slot is None:
-            slot = await self.window.acquire()
         slot.start()
-        try:
-            if self._batch_points:
-                refused = await cast(BatchingSink, self.sink).send_chunks(batch)
-            else:
-                await self.sink.send_chunk(batch[0])
-                refused = {}
-        except BaseException as exc:
-            slot.release(exc)
-            raise
-        slot.release()
-        return refused
+        if self._batch_points:
+            return await cast(BatchingSink, self.sink).send_chunks(batch)
+        await self.sink.send_chunk(batch[0])
+        return {}
 
     async def _send_with_retries(
         self, st: _StreamDelivery, batch: tuple[Chunk, ...], slot: Slot
     ) -> Mapping[int, DestinationError]:
-        """Send; retry transient failures with the policy. tenacity only runs after a failure:
-        on a healthy link the first attempt is a plain await (it is most of the traffic)."""
+        """Send (the first attempt in ``slot``); retry transient failures with the policy."""
+        if self.window.ceiling == 1:
+            # One request at a time keeps order (ATLAS): a retry keeps its turn, ahead of what
+            # queued behind it.
+            try:
+                refused = await self._retrying(st, lambda: self._attempt(batch, slot))
+            except BaseException as exc:
+                slot.release(exc)
+                raise
+            slot.release()
+            return refused
+        first: Slot | None = slot
+
+        async def attempt() -> Mapping[int, DestinationError]:
+            # The window's room is given back while a retry waits, and taken again for it.
+            nonlocal first
+            taken, first = first or await self.window.acquire(), None
+            try:
+                refused = await self._attempt(batch, taken)
+            except BaseException as exc:
+                taken.release(exc)
+                raise
+            taken.release()
+            return refused
+
+        return await self._retrying(st, attempt)
+
+    async def _retrying(
+        self, st: _StreamDelivery, attempt: Callable[[], Awaitable[Mapping[int, DestinationError]]]
+    ) -> Mapping[int, DestinationError]:
+        """Run ``attempt``, retrying transient failures with the policy. tenacity only runs after
+        a failure: on a healthy link the first attempt is a plain await (most of the traffic)."""
         try:
-            return await self._send_once(batch, slot)
+            return await attempt()
         except TransientDestinationError as exc:
             if self._policy.attempts <= 1:
                 raise
             wait = self._policy.wait_for(1, exc.retry_after, random.random())
             self._retried(st)(exc, wait)
         await self._sleep(wait)
-        async for attempt in self._policy.retrying(
+        async for attempt_ in self._policy.retrying(
             sleep=self._sleep, on_retry=self._retried(st), already_failed=1
         ):
-            with attempt:
-                return await self._send_once(batch)
+            with attempt_:
+                return await attempt()
         raise AssertionError("unreachable: retrying() raises when attempts run out")
 
     def _reject(

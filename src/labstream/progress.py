@@ -212,6 +212,7 @@ class ProgressView:
         self._started = time.monotonic()
         self._last_line = 0.0
         self._done: dict[str, int] = {d: 0 for d in totals}
+        self._window: dict[str, int] = {}  # each destination's window, from its report
         self._printed: tuple[int, ...] | None = None
         self._rich: Any = None
         self._tasks: dict[str, Any] = {}
@@ -230,6 +231,7 @@ class ProgressView:
     def update(self, report: StreamReport, *, force: bool = False) -> None:
         for name, rep in report.destinations.items():
             self._done[name] = rep.points_delivered
+            self._window[name] = rep.window
         if not self._enabled:
             return
         now = time.monotonic()
@@ -240,7 +242,7 @@ class ProgressView:
                 self._rich.update(
                     task,
                     completed=done,
-                    rate=f"{rate:,.0f} points/s",
+                    rate=f"{rate:,.0f} points/s{_in_flight(self._window.get(name, 0))}",
                     eta=f"ETA {format_duration(eta)}",
                 )
             return
@@ -265,7 +267,8 @@ class ProgressView:
             pct = 100.0 * done / total if total else 100.0
             print(
                 f"  {name:<10} {done:>12,}/{total:,} points {pct:5.1f}%  "
-                f"{rate:,.0f} points/s  ETA {format_duration(eta)}",
+                f"{rate:,.0f} points/s{_in_flight(self._window.get(name, 0))}  "
+                f"ETA {format_duration(eta)}",
                 file=self._stream,
                 flush=True,
             )
@@ -365,3 +368,8 @@ def _details(d: DestinationReport) -> list[str]:
     elif d.last_error and not d.complete:
         out.append(f"  last error: {d.last_error}")
     return out
+
+
+def _in_flight(window: int) -> str:
+    """The destination's window, where more than one request may be in flight."""
+    return f"  window {window:,}" if window > 1 else ""

@@ -146,8 +146,17 @@ class StreamReport:
                 lines.append(f"  marker not written: {reason}")
             if d.drop_reason:
                 lines.append(f"  dropped: {d.drop_reason}")
+            left_open = (d.close_error or "").startswith("not closed yet")
+            if d.chunks_pending and not left_open:
+                lines.append(
+                    f"  behind: {d.chunks_pending:,} chunk(s) / {d.points_pending:,} point(s) not "
+                    "confirmed yet; they stay pending (with the journal, `labstream spool resume` "
+                    "delivers them later)"
+                )
             if d.close_error:
-                lines.append(f"  close failed: {d.close_error}")
+                lines.append(
+                    f"  {d.close_error}" if left_open else f"  close failed: {d.close_error}"
+                )
             elif d.last_error and not d.complete:
                 lines.append(f"  last error: {d.last_error}")
         return "\n".join(lines)

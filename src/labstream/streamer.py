@@ -230,7 +230,7 @@ class AsyncTimeseriesStreamer:
         *,
         retry: RetryPolicy | None = None,
         finalize_timeout: float = 60.0,
-        max_concurrency: int = 512,
+        max_concurrency: int = 2048,
         http_transport: httpx.AsyncBaseTransport | None = None,
         proxy: str | None = None,
         clock_sync: bool | None = None,

@@ -5,8 +5,10 @@ far server needs hundreds of uploads in flight, a server with a capacity refuses
 The window is TCP's congestion window applied to requests, with a latency guard in the manner of
 TCP Vegas and Netflix's gradient limiter:
 
-* **slow start**: from ``initial``, every success adds one (the window doubles each round trip)
-  until the first sign of congestion, or the ceiling;
+* **slow start**: from ``initial``, every success adds two (the window triples each round trip)
+  until the first sign of congestion, or the ceiling. Faster than TCP's doubling: a request the
+  server refuses costs it one cheap answer, while each round trip spent probing a far link costs
+  the user a tenth of a second or more (the official SDK sends every chunk at once);
 * **multiplicative decrease** when the server says it is overloaded (429, 503, 504) or a request
   times out, at most once per round trip (answers to requests sent before the last decrease do
   not count again): the window falls to 0.7 of what was in flight when the refused request went
@@ -17,8 +19,9 @@ TCP Vegas and Netflix's gradient limiter:
   costs one refused request (which waits its ``Retry-After``) every ten seconds rather than a
   steady sawtooth of them;
 * **latency guard**: when the recent round trips exceed twice the lowest seen (plus a few ms of
-  slack for a fast link's jitter) the window shrinks in proportion and holds there, since
-  requests are queueing somewhere (in the server or in this process) rather than moving faster.
+  slack for a fast link's jitter) the window stops growing and shrinks in proportion, since
+  requests are queueing somewhere (in the server or in this process) rather than moving faster;
+  it grows again, one per round trip, once round trips are back within the tolerance.
 
 The window only grows while it is used (at least half full): a live stream pushing a chunk a
 second must not grow it to the ceiling and then release a burst at that size. A refused
@@ -32,7 +35,6 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable
-from types import TracebackType
 
 import anyio
 
@@ -45,6 +47,7 @@ _DECREASE = 0.7
 _LATENCY_TOLERANCE = 2.0
 _LATENCY_SLACK_S = 0.005
 _MIN_RTT_SAMPLES = 1000  # the lowest round trip is forgotten after this many answers
+_SLOW_START_STEP = 2
 _HOLD_S = 10.0  # at the threshold this long before probing above it
 
 
@@ -61,7 +64,7 @@ class AdaptiveWindow:
         self,
         ceiling: int,
         *,
-        initial: int = 64,
+        initial: int = 256,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.ceiling = max(1, ceiling)
@@ -70,8 +73,10 @@ class AdaptiveWindow:
         self._clock = clock
         self._threshold = float(self.ceiling)  # slow start below it
         self._hold_until: float | None = None  # no probing above the threshold before then
+        self._hold_at_threshold = False
         self._epoch = 0  # bumped at each decrease
         self._decreased_at = float("-inf")
+        self._busy_at = float("-inf")  # when the window was last at least half full
         self._min_rtt: float | None = None
         self._next_min_rtt: float | None = None
         self._rtt_samples = 0
@@ -90,24 +95,22 @@ class AdaptiveWindow:
             if self._room is None:
                 self._room = anyio.Event()
             await self._room.wait()
-        slot = Slot(self, self._clock(), self._epoch, self.in_flight)
+        now = self._clock()
+        slot = Slot(self, now, self._epoch, self.in_flight)
         self.in_flight += 1
+        if self.in_flight * 2 >= self.size:
+            self._busy_at = now
         return slot
-
-    def slot(self) -> _Acquired:
-        """``async with window.slot():`` around one request. Leaving normally is a success; the
-        exception it leaves with says whether the server was overloaded."""
-        return _Acquired(self)
 
     def _release(self, sent_at: float, epoch: int, ahead: int, outcome: str) -> None:
         self.in_flight -= 1
         if outcome == "ok":
             self._sample(self._clock() - sent_at)
-            if ahead + 1 >= self.size / 2:
+            if self._busy_at >= sent_at:  # the window was at least half full meanwhile
                 self._grow()
         elif outcome == "congested" and epoch == self._epoch:
             # What the server took before it refused this one is the best guess of its capacity.
-            self._decrease(min(self.limit, max(1.0, float(ahead))), _DECREASE)
+            self._decrease(min(self.limit, max(1.0, float(ahead))), _DECREASE, hold=True)
         if self._room is not None and self.in_flight < self.size:
             self._room.set()
             self._room = None
@@ -131,18 +134,21 @@ class AdaptiveWindow:
         if recent > allowed:
             # Queueing: shrink towards the window that keeps round trips within the tolerance.
             if now - self._decreased_at >= recent:
-                self._decrease(self.limit * max(0.5, allowed / recent), 1.0)
+                self._decrease(self.limit * max(0.5, allowed / recent), 1.0, hold=False)
             return
         if self.limit < self._threshold:
-            self.limit = min(self._threshold, self.limit + 1)
-            if self.limit >= self._threshold and self._threshold < self.ceiling:
+            self.limit = min(self._threshold, self.limit + _SLOW_START_STEP)
+            if self.limit >= self._threshold and self._hold_at_threshold:
                 self._hold_until = now + _HOLD_S
         elif self._hold_until is None or now >= self._hold_until:
             self.limit = min(self.ceiling, self.limit + 1 / self.limit)
 
-    def _decrease(self, capacity: float, factor: float) -> None:
+    def _decrease(self, capacity: float, factor: float, *, hold: bool) -> None:
+        """Shrink to ``capacity * factor``; slow start back to ``capacity``, and with ``hold``
+        (the server refused) stay there a while before probing above it."""
         self._threshold = capacity
         self.limit = max(1.0, capacity * factor)
+        self._hold_at_threshold = hold
         self._hold_until = None
         self._epoch += 1
         self.decreases += 1
@@ -189,23 +195,3 @@ class Slot:
         if not self._released:
             self._released = True
             self._window._release(self._sent_at, self._epoch, self._ahead, outcome)
-
-
-class _Acquired:
-    __slots__ = ("_slot", "_window")
-
-    def __init__(self, window: AdaptiveWindow) -> None:
-        self._window = window
-        self._slot: Slot | None = None
-
-    async def __aenter__(self) -> None:
-        self._slot = await self._window.acquire()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        assert self._slot is not None
-        self._slot.release(exc)

@@ -161,7 +161,8 @@ class AtlasFaultPlan:
     both servers. Matching calls are numbered 1, 2, ... from the moment the plan is installed and
     decided on arrival: `down` fails all of them; else every `unavailable_every`-th; else a share
     `unavailable_fraction` drawn from ``random.Random(seed)`` (one draw per matching call, so the
-    fate of call *n* depends only on `seed` and *n*). `latency_s` delays every matching call.
+    fate of call *n* depends only on `seed` and *n*). `latency_s` delays every matching call;
+    `late_answer_s` delays its answer after it was handled (a write is stored, then answered late).
     A failed call records nothing but the call itself.
     """
 
@@ -170,6 +171,7 @@ class AtlasFaultPlan:
     unavailable_fraction: float = 0.0
     seed: int = 0
     latency_s: float = 0.0
+    late_answer_s: float = 0.0
     methods: tuple[str, ...] = ("*",)
 
     def __post_init__(self) -> None:
@@ -184,6 +186,8 @@ class AtlasFaultPlan:
             )
         if not 0.0 <= self.latency_s < float("inf"):
             raise ValueError(f"latency_s must be >= 0, got {self.latency_s}")
+        if not 0.0 <= self.late_answer_s < float("inf"):
+            raise ValueError(f"late_answer_s must be >= 0, got {self.late_answer_s}")
         if isinstance(self.methods, str) or not all(isinstance(m, str) for m in self.methods):
             raise ValueError("methods must be a sequence of 'Service/Method' patterns")
         object.__setattr__(self, "methods", tuple(self.methods))
@@ -1000,6 +1004,12 @@ class AtlasEmulator:
         if call.fault is not None:
             raise _AbortError(grpc.StatusCode.UNAVAILABLE, f"injected fault: {call.fault}")
 
+    async def _late(self, call: RecordedCall) -> None:
+        """A slow server: the call was handled (a write is stored), and the answer comes late."""
+        plan = self._plan
+        if plan.late_answer_s > 0 and plan.applies_to(f"{call.service}/{call.method}"):
+            await asyncio.sleep(plan.late_answer_s)
+
     def _finish(
         self,
         call: RecordedCall,
@@ -1029,6 +1039,7 @@ class AtlasEmulator:
             try:
                 await self._gate(call)
                 response = await impl(request, call)
+                await self._late(call)
             except _AbortError as exc:
                 self._finish(call, exc.code, exc.details)
                 await context.abort(exc.code, exc.details)

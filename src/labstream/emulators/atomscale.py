@@ -457,7 +457,9 @@ class AtomscaleEmulator:
         runner = web.AppRunner(self._build_app(), access_log=None, shutdown_timeout=1.0)
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self._requested_port)
+            # A cloud service accepts thousands of connections at once; aiohttp's default
+            # backlog (128) would drop the SYNs of a burst and stall it a second.
+            site = web.TCPSite(runner, self.host, self._requested_port, backlog=4096)
             await site.start()
         except BaseException:
             await runner.cleanup()

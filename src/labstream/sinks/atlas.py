@@ -75,6 +75,7 @@ _TRANSIENT = frozenset(
     }
 )
 _WRITE_PATH = "/ma.streaming.api.v1.PacketWriterService/WriteDataPacket"
+_MAX_WRITE_TIMEOUT_S = 120.0
 _CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", enc.MAX_REQUEST_BYTES),
     ("grpc.max_receive_message_length", enc.MAX_REQUEST_BYTES),
@@ -142,6 +143,9 @@ class AtlasSink:
             response_deserializer=api_pb2.WriteDataPacketResponse.FromString,
         )
         self._runs: dict[str, _Run] = {}
+        # A write's deadline: longer after each write that got no answer in time (see
+        # _slower_writes), and never shorter again for this sink.
+        self._write_timeout_s = settings.rpc_timeout_s
 
     def __repr__(self) -> str:
         return f"AtlasSink(address={self.settings.address!r})"
@@ -342,8 +346,15 @@ class AtlasSink:
             request = action.request_bytes()
             try:
                 await self._rpc(
-                    data_id, action.packet_type, lambda t: self._write(request, timeout=t)
+                    data_id,
+                    action.packet_type,
+                    lambda t: self._write(request, timeout=t),
+                    timeout=self._write_timeout_s,
                 )
+            except TransientDestinationError as exc:
+                if exc.status == "DEADLINE_EXCEEDED":
+                    self._slower_writes(action.packet_type)
+                raise
             except RejectedError as exc:
                 # A write the server refuses for good: the rest of the session can still go on.
                 log.error("ATLAS refused a %s packet: %s", action.packet_type, exc)
@@ -368,6 +379,23 @@ class AtlasSink:
         elif not isinstance(action, ChunkDone):  # pragma: no cover - exhaustive above
             raise AssertionError(f"unknown action {action!r}")
         return None
+
+    def _slower_writes(self, packet_type: str) -> None:
+        """A write got no answer within its deadline. The server may still have stored it and
+        be answering late (a slow server, not a dead one): the same packet is written again, but
+        with twice the time to answer, so the stream moves on instead of repeating one packet
+        until the server speeds up. Each repeat is a retry in the report."""
+        before = self._write_timeout_s
+        self._write_timeout_s = min(
+            before * 2, max(_MAX_WRITE_TIMEOUT_S, self.settings.rpc_timeout_s)
+        )
+        log.warning(
+            "ATLAS: a %s write got no answer within %.1f s; the server may have stored it, so "
+            "it may be there twice; writes now wait up to %.1f s",
+            packet_type,
+            before,
+            self._write_timeout_s,
+        )
 
     async def _call(self, run: _Run, data_id: str, call: Any) -> Answer:
         api, s = self._api, self.settings

@@ -126,6 +126,19 @@ def series_content(data_id: str, chunk_index: int, series: RawSeries) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def _within_descriptors(wanted: int) -> int:
+    """At most half the process's file descriptors: over HTTP/1.1 each upload in flight holds a
+    connection, and running out of descriptors would fail requests rather than slow them."""
+    try:
+        import resource
+    except ImportError:  # Windows: no such limit
+        return wanted
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return wanted
+    return max(8, min(wanted, soft // 2))
+
+
 def _is_uuid(text: str) -> bool:
     try:
         uuid.UUID(text)
@@ -174,7 +187,7 @@ class AtomscaleSink:
         policy: RetryPolicy | None = None,
         sleep: Sleep,
         transport: httpx.AsyncBaseTransport | None = None,
-        max_concurrency: int = 512,
+        max_concurrency: int = 2048,
         timeout_s: float = 30.0,
         now: Callable[[], float] = time.time,
         proxy: str | None = None,
@@ -183,7 +196,7 @@ class AtomscaleSink:
         self.endpoint = endpoint.rstrip("/")
         self._policy = policy or RetryPolicy()
         self._sleep = sleep
-        self.max_concurrency = max_concurrency
+        self.max_concurrency = _within_descriptors(max_concurrency)
         self._now = now
         headers = {"X-API-KEY": api_key}
         self.proxy = proxy_for(self.endpoint, proxy)
