@@ -310,9 +310,10 @@ def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> 
         + ". The scenario counts the duplicates and allows only these failures. The Stream "
         "API cannot tell whether it already has a packet, so the repeat cannot be avoided; "
         "committing the session state before acknowledging the chunk would narrow the window. "
-        "A kill before the first chunk reached ATLAS leaves nothing to continue: the next "
-        "process creates a new session, and the first one is never ended. Scenario 4 waits "
-        "for ATLAS data before it kills, so this case is not measured.",
+        "The session key is committed once the session is created, before any data goes "
+        "into it, so a kill before the first chunk reached ATLAS is continued in the same "
+        "session too (tests/test_crash_recovery.py); only a kill between CreateSession's "
+        "answer and that commit leaves an empty session that is never ended.",
         "",
         "Atomscale has no such problem: it stores a re-sent chunk in place of the first copy.",
         "",
