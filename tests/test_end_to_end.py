@@ -155,3 +155,19 @@ def test_interpreter_exit_finalizes_open_streams(
     data_id = done.stdout.strip()
     assert emulator.streams[data_id].finalized
     assert len(emulator.points(data_id, "T")[1]) == 2_000
+
+
+def test_the_report_counts_every_request_the_server_saw(emulator: AtomscaleEmulator) -> None:
+    """Dropped connections make libcurl send a request again on its own (a kept-alive connection
+    the server closed): those re-sends are retries too, so delivered + retries is exactly what
+    reached the server."""
+    emulator.faults = FaultPlan(fail_fraction=0.25, drop_connection_fraction=0.1, seed=3)
+    with make(emulator, clock_sync=False, sleep=RecordingSleep()) as streamer:
+        data_id = streamer.initialize(stream_name="every-send-counted")
+        for c in range(300):
+            streamer.push(data_id, c, "T", [1.7e9 + c + i / 10 for i in range(10)], [1.0] * 10)
+        report = streamer.finalize(data_id, timeout=60)["atomscale"]
+    sent = [r for r in emulator.requests if r.path.endswith("/chunk")]
+    assert report.chunks_delivered == 300
+    assert emulator.fault_counts["drop"] > 0
+    assert report.chunks_delivered + report.retries == len(sent)

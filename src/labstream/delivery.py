@@ -14,6 +14,7 @@ runner's task group.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -59,6 +60,7 @@ class _StreamDelivery:
     info: StreamInfo
     base: DestinationReport  # everything but the four per-chunk counters below
     window: AdaptiveWindow  # the runner's, shown in the report
+    resent: Callable[[], int]  # re-sends the sink's HTTP client made on its own
     chunks_accepted: int = 0
     points_accepted: int = 0
     chunks_delivered: int = 0
@@ -81,6 +83,7 @@ class _StreamDelivery:
             chunks_delivered=self.chunks_delivered,
             points_delivered=self.points_delivered,
             window=self.window.size,
+            retries=self.base.retries + self.resent(),
         )
 
     @property
@@ -172,7 +175,13 @@ class DeliveryRunner:
         by a previous process: they are read back from the journal and delivered. ``closed``:
         that process closed it here already; finalize does not close it again.
         """
-        st = _StreamDelivery(info, DestinationReport(self.name, closed=closed), self.window)
+        resent = getattr(self.sink, "resent", None)
+        st = _StreamDelivery(
+            info,
+            DestinationReport(self.name, closed=closed),
+            self.window,
+            functools.partial(resent, info.data_id) if resent is not None else _none,
+        )
         if recovered is not None and recovered[0]:
             st.chunks_accepted, st.points_accepted = recovered[0], recovered[1]
             st.last_seq, st.spill_after = recovered[2], 0
@@ -642,6 +651,10 @@ class DeliveryRunner:
         # If the runner is closing, aclose() counts the chunks as dropped.
         with contextlib.suppress(anyio.ClosedResourceError):
             self._send.send_nowait(batch)
+
+
+def _none() -> int:
+    return 0
 
 
 _RESUME_HINT = "; the journal keeps them: `labstream spool resume` delivers them later"

@@ -200,6 +200,7 @@ class AtomscaleSink:
         self._now = now
         headers = {"X-API-KEY": api_key}
         self.proxy = proxy_for(self.endpoint, proxy)
+        self._resent: dict[str, int] = {}  # data_id -> requests the HTTP client sent again
         self._client: HttpClient
         if transport is not None:
             # Imported only here: httpx adds objects every full garbage collection scans.
@@ -252,6 +253,8 @@ class AtomscaleSink:
             )
         except TransportError as exc:
             answer = exc
+        if answer.resent and data_id is not None:
+            self._resent[data_id] = self._resent.get(data_id, 0) + answer.resent
         error = self.error_of(answer, method, path, data_id, chunk_index)
         if error is not None:
             raise error
@@ -445,6 +448,10 @@ class AtomscaleSink:
             data_id=chunk.data_id,
             chunk_index=chunk.chunk_index,
         )
+
+    def resent(self, data_id: str) -> int:
+        """Requests of the stream the HTTP client sent again on its own (retries too)."""
+        return self._resent.get(data_id, 0)
 
     async def close_stream(self, stream: StreamInfo) -> None:
         await self._request(

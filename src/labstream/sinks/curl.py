@@ -39,8 +39,8 @@ _POLL_S = 0.001  # how long the thread waits on sockets before taking new reques
 _CLOSED = "the HTTP client was closed"
 # No Atomscale answer comes near this; a server sending more is cut off (curl error 63).
 MAX_ANSWER_BYTES = 8 * 1024 * 1024
-# (status or 0, headers, body, curl error number or 0, error message)
-Outcome = tuple[int, Mapping[str, str], bytes, int, str]
+# (status or 0, headers, body, curl error number or 0, error message, times libcurl re-sent it)
+Outcome = tuple[int, Mapping[str, str], bytes, int, str, int]
 T = TypeVar("T")
 
 
@@ -68,15 +68,17 @@ def trust_store() -> tuple[str | None, str | None]:
 
 def answer_of(outcome: Outcome) -> HttpAnswer | TransportError:
     """A finished request as the sink reads it: an HTTP answer, or why there was none."""
-    status, headers, body, errno, message = outcome
+    status, headers, body, errno, message, resent = outcome
     if errno:
-        return TransportError(message, timed_out=errno == pycurl.E_OPERATION_TIMEDOUT)
-    return HttpAnswer(status, headers, body)
+        timed_out = errno == pycurl.E_OPERATION_TIMEDOUT
+        return TransportError(message, timed_out=timed_out, resent=resent)
+    return HttpAnswer(status, headers, body, resent)
 
 
 @dataclass(eq=False, slots=True)
 class _InFlight(Generic[T]):
     token: T
+    kind: tuple[str, str]  # method and path: requests of a kind have headers of one size
     body: list[bytes] = field(default_factory=list)
     header_lines: list[bytes] = field(default_factory=list)
 
@@ -102,6 +104,7 @@ class RequestMulti(Generic[T]):
         self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
         self._free: list[pycurl.Curl] = []
         self._busy: dict[pycurl.Curl, _InFlight[T]] = {}
+        self._request_size: dict[tuple[str, str], int] = {}  # one request's header bytes
 
     @property
     def in_flight(self) -> int:
@@ -121,7 +124,7 @@ class RequestMulti(Generic[T]):
             pycurl.error: libcurl refused this request (a bad header, say); nothing was started.
         """
         handle = self._free.pop() if self._free else pycurl.Curl()
-        request = _InFlight(token)
+        request = _InFlight(token, (method, path))
         try:
             self._prepare(handle, method, self._endpoint + path, content, headers, request)
             self._multi.add_handle(handle)
@@ -140,15 +143,31 @@ class RequestMulti(Generic[T]):
             for handle in ok:
                 request = self._busy.pop(handle)
                 status = int(handle.getinfo(pycurl.RESPONSE_CODE))
-                outcome = (status, _Headers(request.header_lines), b"".join(request.body), 0, "")
+                headers, body = _Headers(request.header_lines), b"".join(request.body)
+                outcome = (status, headers, body, 0, "", self._resent(handle, request.kind))
                 done.append((request.token, outcome))
             for handle, errno, message in failed:
-                done.append((self._busy.pop(handle).token, failure(int(errno), message)))
+                request = self._busy.pop(handle)
+                resent = self._resent(handle, request.kind)
+                done.append((request.token, failure(int(errno), message, resent)))
             for handle in (*ok, *(f[0] for f in failed)):
                 self._multi.remove_handle(handle)
                 self._free.append(handle)
             if not left:
                 return done
+
+    def _resent(self, handle: pycurl.Curl, kind: tuple[str, str]) -> int:
+        """How many times libcurl sent a request again on its own: it does when a kept-alive
+        connection turns out closed by the server before any answer. The header bytes it sent
+        then add up over the sends, so their count is that size over one request's (the least
+        seen for this kind of request; a body's length changes it by a few bytes at most)."""
+        sent = int(handle.getinfo(pycurl.REQUEST_SIZE))
+        if sent <= 0:
+            return 0
+        one = self._request_size.get(kind)
+        if one is None or sent < one:
+            self._request_size[kind] = one = sent
+        return max(0, round(sent / one) - 1)
 
     def wait(self, seconds: float) -> None:
         """Wait up to ``seconds`` for a socket to be ready (the GIL is let go meanwhile)."""
@@ -314,10 +333,10 @@ class CurlClient:
             multi.close()
 
 
-def failure(errno: int, message: str) -> Outcome:
+def failure(errno: int, message: str, resent: int = 0) -> Outcome:
     """The outcome of a request that got no answer."""
     text = message if errno < 0 else f"curl error {errno}: {message}"
-    return (0, {}, b"", errno, text)
+    return (0, {}, b"", errno, text, resent)
 
 
 def _resolve_all(done: list[tuple[_Job, Outcome]]) -> None:

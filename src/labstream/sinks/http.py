@@ -20,6 +20,7 @@ class HttpAnswer:
     status: int
     headers: Mapping[str, str]
     body: bytes
+    resent: int = 0  # times the HTTP library sent the request again on its own
 
     @property
     def text(self) -> str:
@@ -29,9 +30,10 @@ class HttpAnswer:
 class TransportError(Exception):
     """No HTTP answer: refused, reset, DNS, TLS, timeout…"""
 
-    def __init__(self, message: str, *, timed_out: bool) -> None:
+    def __init__(self, message: str, *, timed_out: bool, resent: int = 0) -> None:
         super().__init__(message)
         self.timed_out = timed_out
+        self.resent = resent  # times the HTTP library sent the request again on its own
 
 
 class HttpClient(Protocol):
