@@ -47,6 +47,11 @@ async def server() -> AsyncIterator[Server]:
         if request.path == "/elsewhere":
             location = request.headers.get("X-Redirect-To", "")
             raise web.HTTPTemporaryRedirect(location)
+        if request.path == "/bomb":  # 64 MiB of zeros in ~64 kB of gzip
+            import gzip
+
+            bomb = gzip.compress(b"\0" * (64 << 20), compresslevel=9)
+            return web.Response(body=bomb, headers={"Content-Encoding": "gzip"})
         if request.path == "/endless":  # no Content-Length: only counting can stop it
             response = web.StreamResponse()
             await response.prepare(request)
@@ -176,6 +181,22 @@ def test_an_endless_answer_is_cut_off() -> None:
                     await http.request("GET", "/endless", None, {})
             finally:
                 await http.aclose()
+
+    run(main)
+
+
+def test_a_compressed_answer_is_never_inflated() -> None:
+    """A gzip bomb stays the few kB it was sent as: no encoding is asked for, none is decoded."""
+
+    async def main() -> None:
+        async with server() as srv:
+            http = client(srv.url)
+            try:
+                answer = await http.request("GET", "/bomb", None, {})
+            finally:
+                await http.aclose()
+            assert "Accept-Encoding" not in srv.seen[0].headers
+            assert answer.status == 200 and len(answer.body) < 1 << 20
 
     run(main)
 
