@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -128,6 +129,11 @@ def test_demo_command(capsys: pytest.CaptureFixture[str]) -> None:
         "chamber_pressure",
     ):
         assert any(line.startswith(name) and line.endswith("  yes") for line in lines), name
+    # Said in words for people: faults as a sentence, the main stream named, dates next to ns.
+    faults = next(line for line in lines if line.startswith("faults the Atomscale emulator"))
+    assert "{" not in faults and ("request(s)" in faults or faults.endswith("none"))
+    assert any(line.startswith("  stream '' (main): ") for line in lines)
+    assert re.search(r"\] ns \(20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \.\. ", out)
 
 
 def test_interpreter_exit_finalizes_open_streams(

@@ -184,10 +184,8 @@ def run_demo(
                 same = False
             all_same &= same
             out(f"{name:<24}{n:>8}{len(vals_got):>11}{atlas_n:>8}  {'yes' if same else 'NO'}")
-        faults_seen = {k: v for k, v in emulator.fault_counts.items() if v}
-        out(f"\nfaults injected by the Atomscale emulator: {faults_seen or 'none'}")
-        atlas_seen = {k: v for k, v in atlas.fault_counts.items() if v}
-        out(f"faults injected by the ATLAS emulator: {atlas_seen or 'none'}")
+        out(f"\nfaults the Atomscale emulator injected: {_faults(emulator.fault_counts)}")
+        out(f"faults the ATLAS emulator injected: {_faults(atlas.fault_counts)}")
         out("\nATLAS protocol report:\n" + format_report(atlas_report))
         return _verdict(report, all_same and atlas_report.clean, stored.finalized, out)
 
@@ -205,3 +203,23 @@ def _verdict(
         return True
     out("Something was not delivered; see the reports above.")
     return False
+
+
+# What each kind of injected fault did, in words (the emulators count them by kind).
+_FAULT_WORDS = {
+    "fail_fraction": "request(s) answered with an error",
+    "fail_every": "request(s) answered with an error",
+    "down": "request(s) refused while down",
+    "outage": "request(s) refused during an outage",
+    "drop": "connection(s) closed without an answer",
+    "latency": "request(s) answered late",
+    "capacity": "request(s) refused over capacity",
+    "unavailable_fraction": "call(s) failed with UNAVAILABLE",
+    "unavailable_every": "call(s) failed with UNAVAILABLE",
+}
+
+
+def _faults(counts: dict[str, int]) -> str:
+    """``{"fail_fraction": 3, "drop": 1}`` as a sentence."""
+    parts = [f"{n:,} {_FAULT_WORDS.get(kind, kind)}" for kind, n in counts.items() if n]
+    return ", ".join(parts) if parts else "none"

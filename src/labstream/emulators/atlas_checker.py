@@ -23,6 +23,7 @@ Use::
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from collections import Counter, defaultdict
@@ -1199,6 +1200,17 @@ def _streams(names: Iterable[str]) -> str:
     return ", ".join(repr(s) for s in names)
 
 
+def _stream_name(stream: str) -> str:
+    """A stream as people read it: the main stream's name is empty."""
+    return "'' (main)" if stream == MAIN_STREAM else repr(stream)
+
+
+def _iso(ns: int) -> str:
+    """Epoch ns as a UTC date and time, to the ms (next to the ns, for people)."""
+    when = datetime.datetime.fromtimestamp(ns / 1e9, datetime.UTC)
+    return when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True)
 class CheckSpec:
     """A named rule: what it checks, how bad a violation is, and the function finding them."""
@@ -1490,7 +1502,7 @@ def _format_one(r: SessionReport, verbose: bool) -> str:
     ]
     for stream, counts in r.packet_counts.items():
         parts = ", ".join(f"{t or '<none>'} {n}" for t, n in counts.items())
-        lines.append(f"  stream {stream!r}: {sum(counts.values())} packets ({parts})")
+        lines.append(f"  stream {_stream_name(stream)}: {sum(counts.values())} packets ({parts})")
     failed = r.failed
     if not failed:
         lines.append(f"  CLEAN: all {len(r.checks)} protocol checks passed.")
@@ -1516,9 +1528,10 @@ def _format_one(r: SessionReport, verbose: bool) -> str:
         lines.append("  parameters received:")
         for name, p in r.parameters.items():
             finite = [v for v in p.values if not math.isnan(v)]
-            span = (
-                f"[{min(p.timestamps_ns)} .. {max(p.timestamps_ns)}] ns" if p.timestamps_ns else ""
-            )
+            span = ""
+            if p.timestamps_ns:
+                first, last = min(p.timestamps_ns), max(p.timestamps_ns)
+                span = f"[{first} .. {last}] ns ({_iso(first)} .. {_iso(last)})"
             vals = f"values {min(finite):.6g} .. {max(finite):.6g}" if finite else "no values"
             st = Counter(_STATUS_NAMES.get(s, str(s)) for s in p.statuses)
             sts = ", ".join(f"{k} {n}" for k, n in sorted(st.items()))
@@ -1532,6 +1545,7 @@ def _format_one(r: SessionReport, verbose: bool) -> str:
     for m in r.markers:
         lines.append(
             f"  marker {m.label!r} at [{m.timestamp_ns}, {m.end_time_ns or m.timestamp_ns}] ns "
-            f"on {_streams(m.streams)}"
+            f"({_iso(m.timestamp_ns)}) "
+            f"on {', '.join(_stream_name(s) for s in m.streams)}"
         )
     return "\n".join(lines)
