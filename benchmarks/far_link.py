@@ -68,7 +68,8 @@ def free_port() -> int:
 def serve(latency: float, capacity: int) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     labstream = str(Path(sys.executable).parent / "labstream")
-    cmd = [labstream, "atomscale", "serve", "--port", str(port)]
+    # The whole request log: every chunk's answer time is read back from it.
+    cmd = [labstream, "atomscale", "serve", "--port", str(port), "--request-log", "10000000"]
     cmd += ["--latency", str(latency)]
     if capacity:
         cmd += ["--capacity", str(capacity), "--retry-after", "1"]

@@ -94,7 +94,16 @@ def one_case(channels: int, seconds: float, atlas_latency: float, atomscale_late
 
     labstream = str(Path(sys.executable).parent / "labstream")
     web_port, grpc_port, key_port = free_port(), free_port(), free_port()
-    web_cmd = [labstream, "atomscale", "serve", "--port", str(web_port)]
+    # The whole request log: every chunk's answer time is read back from it.
+    web_cmd = [
+        labstream,
+        "atomscale",
+        "serve",
+        "--port",
+        str(web_port),
+        "--request-log",
+        "10000000",
+    ]
     web = start([*web_cmd, "--latency", str(atomscale_latency)], "Atomscale emulator")
     grpc_cmd = [labstream, "atlas", "serve", "--port", str(grpc_port)]
     grpc_cmd += ["--key-generator-port", str(key_port), "--latency", str(atlas_latency)]

@@ -507,3 +507,78 @@ def test_serve_prints_url_and_stops_on_ctrl_c() -> None:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+# -- bounded for a long run ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spill", [False, True])
+async def test_request_log_is_bounded_while_every_point_stays(spill: bool) -> None:
+    async with (
+        AtomscaleEmulator(spill=spill, request_log=5, request_log_bytes=10**6) as emu,
+        httpx.AsyncClient(base_url=emu.url, headers=HEADERS) as client,
+    ):
+        data_id = await _init(client)
+        for i in range(40):
+            body = _chunk(data_id, i, [i + 0.5, float(i)], [i * 10 + 1, None])
+            assert (await client.post("/tool-state/stream/chunk", json=body)).status_code == 200
+        summary = (await client.get("/_emulator/streams")).json()
+        logged = (await client.get("/_emulator/requests")).json()
+
+    # The log keeps the last five requests, whole; the other 36 are counted, not kept.
+    assert [r["body"]["chunk_index"] for r in logged] == [35, 36, 37, 38, 39]
+    assert [r.body["chunk_index"] for r in emu.requests] == [35, 36, 37, 38, 39]
+    assert (summary["requests"], summary["requests_logged"], emu.requests_seen) == (41, 5, 41)
+    # ...while every point of every chunk is still there, each chunk in time order.
+    ts, values = emu.points(data_id, "temp")
+    assert ts == [t for i in range(40) for t in (float(i), i + 0.5)]
+    assert values[:4] == pytest.approx([math.nan, 1.0, math.nan, 11.0], nan_ok=True)
+    assert len(values) == 80
+    chunk = emu.streams[data_id].chunks[("temp", 3)]
+    assert (chunk.timestamps, chunk.size) == ([3.5, 3.0], 2)  # as it arrived
+    assert summary["streams"][data_id]["channels"]["temp"]["points"] == 80
+
+
+async def test_request_log_drops_old_bodies_past_its_byte_limit() -> None:
+    async with (
+        AtomscaleEmulator(request_log_bytes=5000) as emu,
+        httpx.AsyncClient(base_url=emu.url, headers=HEADERS) as client,
+    ):
+        data_id = await _init(client)
+        sizes = []
+        for i in range(10):
+            body = _chunk(data_id, i, [1e9 + t for t in range(100)], [1.5] * 100)
+            response = await client.post("/tool-state/stream/chunk", json=body)
+            assert response.status_code == 200
+            sizes.append(len(response.request.content))
+    kept = emu.requests
+    assert sum(len(r.raw) for r in kept) <= 5000
+    assert len(kept) == 5000 // sizes[0] < 10
+    assert [r.body["chunk_index"] for r in kept][-1] == 9
+    assert len(emu.points(data_id, "temp")[0]) == 1000
+
+
+async def test_stream_readback_without_points_lists_chunk_runs() -> None:
+    async with (
+        AtomscaleEmulator(spill=True) as emu,
+        httpx.AsyncClient(base_url=emu.url, headers=HEADERS) as client,
+    ):
+        data_id = await _init(client)
+        for i in (0, 1, 2, 5, 7, 8):
+            await client.post("/tool-state/stream/chunk", json=_chunk(data_id, i, [i], [i]))
+        brief = (await client.get(f"/_emulator/streams/{data_id}?points=false")).json()
+        full = (await client.get(f"/_emulator/streams/{data_id}")).json()
+    assert brief["channels"]["temp"] == {
+        "points": 6,
+        "chunks": 6,
+        "units": None,
+        "chunk_indexes": [[0, 2], [5, 5], [7, 8]],
+    }
+    assert full["channels"]["temp"]["values"] == [0.0, 1.0, 2.0, 5.0, 7.0, 8.0]
+
+
+def test_request_log_limits_are_checked() -> None:
+    with pytest.raises(ValueError, match="request_log must be"):
+        AtomscaleEmulator(request_log=-1)
+    with pytest.raises(ValueError, match="request_log_bytes must be"):
+        AtomscaleEmulator(request_log_bytes=1.5)  # type: ignore[arg-type]

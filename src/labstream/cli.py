@@ -138,7 +138,7 @@ def _atomscale_serve(args: argparse.Namespace) -> int:
         drop_connection_fraction=args.drop_fraction,
         seed=args.seed,
     )
-    serve(args.host, args.port, faults, api_key=args.api_key)
+    serve(args.host, args.port, faults, api_key=args.api_key, request_log=args.request_log)
     return 0
 
 
@@ -1677,6 +1677,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="N",
         help="handle at most N chunk requests at once; answer the rest 429 + Retry-After",
+    )
+    serve.add_argument(
+        "--request-log",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="keep the last N requests (and at most 64 MiB of their bodies) for "
+        "/_emulator/requests; older ones are dropped and counted (default 10000). Chunk data "
+        "is kept in a temporary file, not in memory",
     )
     serve.set_defaults(func=_atomscale_serve)
 

@@ -63,11 +63,9 @@ import base64
 import contextlib
 import fnmatch
 import hashlib
-import os
 import random
 import re
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -95,6 +93,7 @@ from labstream._proto.ma.streaming.api.v1 import api_pb2
 from labstream._proto.ma.streaming.key_generator.v1 import key_generator_pb2
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
 
+from ._spill import Spill as _Spill
 from ._threaded import started_in_thread
 from .atlas_checker import (
     DATA_TYPES,
@@ -264,30 +263,6 @@ class RecordedInfoPacket:
     packet: Message
 
 
-class _Spill:
-    """Packets' bytes in an unlinked temporary file; memory keeps where each one is."""
-
-    def __init__(self) -> None:
-        # Lives as long as the emulator's state (readable after stop); unlinked from the start.
-        self._file = tempfile.TemporaryFile(prefix="labstream-atlas-")  # noqa: SIM115
-        self._end = 0
-
-    def put(self, data: bytes) -> tuple[int, int]:
-        """Append `data` (caller holds the state lock): its (offset, length)."""
-        where = (self._end, len(data))
-        os.pwrite(self._file.fileno(), data, self._end)
-        self._end += len(data)
-        return where
-
-    def get(self, where: tuple[int, int]) -> bytes:
-        offset, length = where
-        return os.pread(self._file.fileno(), length, offset)
-
-    @property
-    def size(self) -> int:
-        return self._end
-
-
 @dataclass(frozen=True, slots=True)
 class _Held:
     """A packet as the emulator keeps it: the envelope (or where a spill file holds it) and where
@@ -408,7 +383,7 @@ class _State:
 
     def __init__(self, *, spill: bool = False) -> None:
         self.lock = threading.Lock()
-        self.spill = _Spill() if spill else None
+        self.spill = _Spill("labstream-atlas-") if spill else None
         self.seq = 0
         self.calls: list[RecordedCall] = []
         self.packets: list[_Held] = []

@@ -16,6 +16,13 @@ Choices callers rely on:
 * Chunks are stored per ``(data_id, channel, chunk_index)``: a re-send replaces the earlier copy.
   A JSON ``null`` value is stored as NaN; ``null`` timestamps are rejected.
 * ``/_emulator/...`` readback endpoints need no key, are never faulted and are not recorded.
+
+Bounded for a run of days: chunk data is held as float64 arrays (16 bytes a point), or with
+``spill=True`` (the default of ``labstream atomscale serve``) in an unlinked temporary file, so
+memory keeps about 0.3 KB per stored channel chunk whatever its size. The request log keeps only
+the most recent `DEFAULT_REQUEST_LOG` requests (``request_log``) and at most
+`DEFAULT_REQUEST_LOG_BYTES` of their bodies (``request_log_bytes``); older records are dropped,
+oldest first, and counted (`requests_seen` against the log's length).
 """
 
 from __future__ import annotations
@@ -27,22 +34,28 @@ import fnmatch
 import hmac
 import math
 import random
+import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from types import TracebackType
 from typing import Any, Final, TypeGuard
 
+import numpy as np
 import orjson
 from aiohttp import web
+from numpy.typing import NDArray
 
+from ._spill import Spill
 from ._threaded import started_in_thread
 
 __all__ = [
     "CHUNK_PATHS",
+    "DEFAULT_REQUEST_LOG",
+    "DEFAULT_REQUEST_LOG_BYTES",
     "FAULT_KINDS",
     "AtomscaleEmulator",
     "FaultPlan",
@@ -56,6 +69,10 @@ __all__ = [
 API_KEY_HEADER: Final = "X-API-KEY"
 #: The two upload endpoints; the default target of a `FaultPlan`.
 CHUNK_PATHS: Final[tuple[str, ...]] = ("/tool-state/stream/chunk", "/tool-state/stream/chunk/multi")
+#: Requests the request log keeps by default (the most recent ones).
+DEFAULT_REQUEST_LOG: Final = 10_000
+#: Bytes of request bodies the request log keeps by default.
+DEFAULT_REQUEST_LOG_BYTES: Final = 64 * 1024**2
 #: Every key `AtomscaleEmulator.fault_counts` may report.
 FAULT_KINDS: Final = (
     "latency",
@@ -77,6 +94,7 @@ _SEED_INSTRUMENTS: Final = (
     {"synth_source_id": 1, "source_name": "MBE-1 (emulated)", "synth_source_type": "MBE"},
     {"synth_source_id": 2, "source_name": "PLD-1 (emulated)", "synth_source_type": "PLD"},
 )
+_Floats = NDArray[np.float64]
 _BODY_UNSET: Final = object()  # request had no body
 _BODY_INVALID: Final = object()  # request body was not JSON
 # The parsed body of the request being handled; each aiohttp request runs in its own task/context.
@@ -202,21 +220,39 @@ class _Verdict:
 # What the emulator keeps
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class StoredChunk:
-    """One channel's slice of a stream, as last received.
+    """One channel's slice of a stream, as last received (points in the order they arrived).
 
     `received` counts accepted copies (re-sends included). `after_finalize` is True when the chunk
     was not yet stored when the stream was finalized — its data was missing at finalize time.
+    `size` is its number of points; the points are one float64 array (timestamps, then values),
+    or where `spill` holds its bytes.
     """
 
     channel: str
     chunk_index: int
-    timestamps: list[float]
-    values: list[float]
     units: str | None
+    size: int
+    held: Any  # the array, or its (offset, length) in `spill`
+    spill: Spill | None = None
     received: int = 1
     after_finalize: bool = False
+
+    def arrays(self) -> tuple[_Floats, _Floats]:
+        """(timestamps, values) as float64 arrays, NaN where null was sent."""
+        data: _Floats = self.held
+        if self.spill is not None:
+            data = np.frombuffer(self.spill.get(self.held), dtype=np.float64)
+        return data[: self.size], data[self.size :]
+
+    @property
+    def timestamps(self) -> list[float]:
+        return self.arrays()[0].tolist()  # type: ignore[no-any-return]
+
+    @property
+    def values(self) -> list[float]:
+        return self.arrays()[1].tolist()  # type: ignore[no-any-return]
 
 
 @dataclass(slots=True)
@@ -246,21 +282,33 @@ class StoredStream:
 
     def points(self, channel: str) -> tuple[list[float], list[float]]:
         """Timestamps and values of `channel`, by chunk_index then time; empty if never sent."""
-        timestamps: list[float] = []
-        values: list[float] = []
+        timestamps: list[_Floats] = []
+        values: list[_Floats] = []
         for key in sorted(k for k in self.chunks if k[0] == channel):
-            chunk = self.chunks[key]
-            order = sorted(range(len(chunk.timestamps)), key=chunk.timestamps.__getitem__)
-            timestamps.extend(chunk.timestamps[i] for i in order)
-            values.extend(chunk.values[i] for i in order)
-        return timestamps, values
+            ts, vs = self.chunks[key].arrays()
+            order = np.argsort(ts, kind="stable")
+            timestamps.append(ts[order])
+            values.append(vs[order])
+        if not timestamps:
+            return [], []
+        return np.concatenate(timestamps).tolist(), np.concatenate(values).tolist()
+
+    def chunk_indexes(self, channel: str) -> list[list[int]]:
+        """`channel`'s stored chunk indexes as inclusive ``[first, last]`` runs."""
+        runs: list[list[int]] = []
+        for index in sorted(i for c, i in self.chunks if c == channel):
+            if runs and runs[-1][1] == index - 1:
+                runs[-1][1] = index
+            else:
+                runs.append([index, index])
+        return runs
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready overview: metadata and per-channel point/chunk counts."""
         channels: dict[str, dict[str, Any]] = {}
         for (channel, _), chunk in sorted(self.chunks.items()):
             info = channels.setdefault(channel, {"points": 0, "chunks": 0, "units": None})
-            info["points"] += len(chunk.values)
+            info["points"] += chunk.size
             info["chunks"] += 1
             if chunk.units is not None:
                 info["units"] = chunk.units
@@ -288,21 +336,40 @@ class RecordedRequest:
 
     Header names are lower-cased; secret values (``x-api-key``, ``authorization``, …) are ``***``.
 
-    `body` is the parsed JSON body (``None`` when absent or not JSON). `status` is ``None`` for a
-    dropped connection. `fault` names the injected failure kind, if any.
+    `body` is the parsed JSON body (``None`` when absent or not JSON), parsed from `raw` when
+    read. `status` is ``None`` for a dropped connection. `fault` names the injected failure kind,
+    if any.
     """
 
     method: str
     path: str
     headers: dict[str, str]
-    body: Any
     received_at: float
+    raw: bytes = b""
     status: int | None = None
     fault: str | None = None
     answered_at: float | None = None
 
+    @property
+    def body(self) -> Any:
+        if not self.raw:
+            return None
+        try:
+            return orjson.loads(self.raw)
+        except orjson.JSONDecodeError:
+            return None
+
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {
+            "method": self.method,
+            "path": self.path,
+            "headers": self.headers,
+            "body": self.body,
+            "received_at": self.received_at,
+            "status": self.status,
+            "fault": self.fault,
+            "answered_at": self.answered_at,
+        }
 
 
 class _ApiError(Exception):
@@ -357,9 +424,8 @@ def _get_id_list(body: Mapping[str, Any], key: str) -> list[str]:
     return list(value)
 
 
-def _parse_points(
-    obj: Mapping[str, Any], where: str
-) -> tuple[list[float], list[float], str | None]:
+def _parse_points(obj: Mapping[str, Any], where: str) -> tuple[_Floats, str | None]:
+    """The chunk's points as one float64 array (timestamps, then values) and its units."""
     timestamps = obj.get("timestamps")
     values = obj.get("values")
     if not isinstance(timestamps, list) or not isinstance(values, list):
@@ -378,11 +444,10 @@ def _parse_points(
     if units is not None and not isinstance(units, str):
         raise _ApiError(422, f"{where}'units' must be a string")
     # The SDK's encoder writes NaN/inf as null; NaN is the faithful way back.
-    return (
-        [float(t) for t in timestamps],
-        [math.nan if v is None else float(v) for v in values],
-        units,
-    )
+    data = np.empty(2 * len(timestamps), dtype=np.float64)
+    data[: len(timestamps)] = [float(t) for t in timestamps]
+    data[len(timestamps) :] = [math.nan if v is None else float(v) for v in values]
+    return data, units
 
 
 def _json_response(
@@ -416,6 +481,10 @@ class AtomscaleEmulator:
 
     State is guarded by a `threading.Lock`, so another thread (see `run_in_thread`) may read
     `streams`, `points`, `summary`, `fault_counts` and set `faults` while the server runs.
+
+    Chunk data is held as float64 arrays, or with `spill` in an unlinked temporary file. The
+    request log (`requests`) keeps the last `request_log` requests and at most `request_log_bytes`
+    of their bodies; older records are dropped oldest first and counted in `requests_seen`.
     """
 
     def __init__(
@@ -426,7 +495,14 @@ class AtomscaleEmulator:
         faults: FaultPlan | None = None,
         api_key: str | None = None,
         clock_offset_s: float = 0.0,
+        spill: bool = False,
+        request_log: int = DEFAULT_REQUEST_LOG,
+        request_log_bytes: int = DEFAULT_REQUEST_LOG_BYTES,
     ) -> None:
+        if not _is_int(request_log) or request_log < 0:
+            raise ValueError(f"request_log must be an int >= 0, got {request_log!r}")
+        if not _is_int(request_log_bytes) or request_log_bytes < 0:
+            raise ValueError(f"request_log_bytes must be an int >= 0, got {request_log_bytes!r}")
         self.host = host
         self._requested_port = port
         self._api_key = api_key
@@ -442,8 +518,11 @@ class AtomscaleEmulator:
         self._handling = 0  # requests admitted under the plan's capacity, not answered yet
         self._fault_counts: Counter[str] = Counter()
         self.faults = faults if faults is not None else FaultPlan()
-        #: Every API request in arrival order (readback endpoints excluded). Appends only.
-        self.requests: list[RecordedRequest] = []
+        self._spill = Spill("labstream-atomscale-") if spill else None
+        self._log: deque[RecordedRequest] = deque()
+        self._log_bytes = 0
+        self._log_limits = (request_log, request_log_bytes)
+        self._requests_seen = 0
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
 
@@ -573,6 +652,31 @@ class AtomscaleEmulator:
     # -- readback ----------------------------------------------------------------------------------
 
     @property
+    def requests(self) -> list[RecordedRequest]:
+        """The most recent API requests (readback endpoints excluded), oldest first: a snapshot.
+
+        At most ``request_log`` of them, with at most ``request_log_bytes`` of bodies between
+        them; `requests_seen` counts every one.
+        """
+        with self._lock:
+            return list(self._log)
+
+    @property
+    def requests_seen(self) -> int:
+        """API requests received since construction, those dropped from the log included."""
+        with self._lock:
+            return self._requests_seen
+
+    def _log_request(self, record: RecordedRequest) -> None:
+        count_limit, bytes_limit = self._log_limits
+        with self._lock:
+            self._requests_seen += 1
+            self._log.append(record)
+            self._log_bytes += len(record.raw)
+            while self._log and (len(self._log) > count_limit or self._log_bytes > bytes_limit):
+                self._log_bytes -= len(self._log.popleft().raw)
+
+    @property
     def streams(self) -> Mapping[str, StoredStream]:
         """data_id -> stream: a snapshot of the index; the stream objects themselves are live."""
         with self._lock:
@@ -591,7 +695,8 @@ class AtomscaleEmulator:
         with self._lock:
             return {
                 "streams": {data_id: s.summary() for data_id, s in self._streams.items()},
-                "requests": len(self.requests),
+                "requests": self._requests_seen,
+                "requests_logged": len(self._log),
                 "faults": dict(self._fault_counts),
                 "fault_plan": self._plan.to_json(),
             }
@@ -650,10 +755,8 @@ class AtomscaleEmulator:
             method=request.method,
             path=request.path,
             headers=_mask_headers(request),
-            body=None,
             received_at=time.time(),
         )
-        self.requests.append(record)
         key = request.headers.get(API_KEY_HEADER)
         key_ok = request.path in _KEYLESS_PATHS or (
             bool(key) and (self._api_key is None or _same_secret(key or "", self._api_key))
@@ -663,11 +766,12 @@ class AtomscaleEmulator:
             # Decided before any await so the n-th arriving request gets the n-th verdict.
             verdict = self._decide(request.path)
         record.fault = verdict.kind
-        raw = await request.read()
+        raw = record.raw = await request.read()
+        self._log_request(record)
         body: Any = _BODY_UNSET
         if raw:
             try:
-                body = record.body = orjson.loads(raw)
+                body = orjson.loads(raw)
             except orjson.JSONDecodeError:
                 body = _BODY_INVALID
         _request_body.set(body)
@@ -735,8 +839,7 @@ class AtomscaleEmulator:
         data_id = _get_str(body, "data_id")
         chunk_index = _get_int(body, "chunk_index", minimum=0)
         channel = _get_str(body, "channel_name")
-        timestamps, values, units = _parse_points(body, "")
-        self._store(data_id, chunk_index, [(channel, timestamps, values, units)])
+        self._store(data_id, chunk_index, [(channel, *_parse_points(body, ""))])
         return _json_response({})
 
     async def _chunk_multi(self, request: web.Request) -> web.Response:
@@ -759,22 +862,25 @@ class AtomscaleEmulator:
         self,
         data_id: str,
         chunk_index: int,
-        channels: list[tuple[str, list[float], list[float], str | None]],
+        channels: list[tuple[str, _Floats, str | None]],
     ) -> None:
+        spill = self._spill
         with self._lock:
             stream = self._streams.get(data_id)
             if stream is None:
                 raise _ApiError(404, f"unknown data_id {data_id!r}")
             stream.chunk_requests += 1
-            for channel, timestamps, values, units in channels:
+            for name, data, units in channels:
+                channel = sys.intern(name)  # one copy of a name that keys every chunk
                 key = (channel, chunk_index)
                 previous = stream.chunks.get(key)
                 stream.chunks[key] = StoredChunk(
                     channel=channel,
                     chunk_index=chunk_index,
-                    timestamps=timestamps,
-                    values=values,
-                    units=units,
+                    units=None if units is None else sys.intern(units),
+                    size=len(data) // 2,
+                    held=data if spill is None else spill.put(data.tobytes()),
+                    spill=spill,
                     received=previous.received + 1 if previous else 1,
                     after_finalize=previous.after_finalize if previous else stream.finalized,
                 )
@@ -888,8 +994,12 @@ class AtomscaleEmulator:
             if stream is None:
                 raise _ApiError(404, f"unknown data_id {data_id!r}")
             result = stream.summary()
+            # ?points=false: the shape of what is stored without every point of it.
+            with_points = request.query.get("points", "true").lower() not in ("false", "0", "no")
             for channel, info in result["channels"].items():
-                info["timestamps"], info["values"] = stream.points(channel)
+                info["chunk_indexes"] = stream.chunk_indexes(channel)
+                if with_points:
+                    info["timestamps"], info["values"] = stream.points(channel)
         return _json_response(result)
 
     async def _emu_get_faults(self, request: web.Request) -> web.Response:
@@ -939,6 +1049,8 @@ def run_in_thread(
     api_key: str | None = None,
     clock_offset_s: float = 0.0,
     timeout_s: float = 10.0,
+    spill: bool = False,
+    request_log: int = DEFAULT_REQUEST_LOG,
 ) -> Iterator[AtomscaleEmulator]:
     """Run an emulator on its own event loop in a daemon thread; yields it started.
 
@@ -947,7 +1059,13 @@ def run_in_thread(
     `StoredStream.chunks` dict directly can race with a request being stored.
     """
     emulator = AtomscaleEmulator(
-        host=host, port=port, faults=faults, api_key=api_key, clock_offset_s=clock_offset_s
+        host=host,
+        port=port,
+        faults=faults,
+        api_key=api_key,
+        clock_offset_s=clock_offset_s,
+        spill=spill,
+        request_log=request_log,
     )
     with started_in_thread(emulator, name="atomscale-emulator", timeout_s=timeout_s) as running:
         yield running
@@ -960,12 +1078,23 @@ def serve(
     *,
     api_key: str | None = None,
     clock_offset_s: float = 0.0,
+    spill: bool = True,
+    request_log: int = DEFAULT_REQUEST_LOG,
 ) -> None:
-    """Serve until Ctrl-C, printing the URL first (``labstream atomscale serve``)."""
+    """Serve until Ctrl-C, printing the URL first (``labstream atomscale serve``).
+
+    Chunk data is spilled to a temporary file (`AtomscaleEmulator`'s ``spill``) unless told not to.
+    """
 
     async def main() -> None:
         emulator = AtomscaleEmulator(
-            host=host, port=port, faults=faults, api_key=api_key, clock_offset_s=clock_offset_s
+            host=host,
+            port=port,
+            faults=faults,
+            api_key=api_key,
+            clock_offset_s=clock_offset_s,
+            spill=spill,
+            request_log=request_log,
         )
         async with emulator:
             print(f"Atomscale emulator listening on {emulator.url} (Ctrl-C to stop)", flush=True)
