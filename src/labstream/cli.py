@@ -1688,6 +1688,9 @@ def build_parser() -> argparse.ArgumentParser:
         "is kept in a temporary file, not in memory",
     )
     serve.set_defaults(func=_atomscale_serve)
+    from .atomscale_show import add_commands as add_show
+
+    add_show(atomscale_sub)
 
     atlas = sub.add_parser("atlas", help="the local ATLAS Stream API and its protocol checker")
     atlas_sub = atlas.add_subparsers(dest="action", required=True)
