@@ -12,6 +12,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -23,6 +24,9 @@ from labstream.emulators import atlas as atlas_emulator
 from labstream.emulators.atlas_checker import SessionReport, check_session
 from labstream.emulators.atomscale import AtomscaleEmulator, run_in_thread
 from labstream.plot import (
+    MAX_HEIGHT_IN,
+    MAX_LINE_POINTS,
+    MAX_STRIP_CELLS,
     MarkerSpan,
     Series,
     _compare,
@@ -122,6 +126,76 @@ def test_thinning_keeps_extremes_and_gaps() -> None:
     assert tx.size < 15_000
     assert np.nanmax(ty) == 7.0
     assert np.isnan(ty).sum() == 1
+
+
+def _drawn(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The figures `plot_receipts` saves, kept for a look at what they hold."""
+    from matplotlib.figure import Figure
+
+    saved: list[Any] = []
+    save = Figure.savefig
+
+    def keep(self: Figure, *args: Any, **kwargs: Any) -> None:
+        saved.append(self)
+        save(self, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    head = path.read_bytes()[:24]
+    assert head.startswith(PNG_MAGIC)
+    return int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big")
+
+
+def test_a_long_run_plots_bounded_lines_with_spikes_gaps_and_a_lone_miss(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    n = 1_000_000
+    ts = T0 + np.arange(n) * 0.01
+    values = np.sin(np.arange(n) / 5000.0)
+    values[654_321] = 50.0  # one spike
+    values[::997] = math.nan  # a gap about every 10 s
+    pushed = Series.of(ts, values)
+    lacking = np.ones(n, dtype=bool)
+    lacking[333_333] = False  # Atomscale lacks one point
+    figures = _drawn(monkeypatch)
+    out = plot_receipts(
+        tmp_path / "long.png",
+        pushed={"T": pushed},
+        atomscale={"T": Series.of(ts[lacking], values[lacking])},
+        atlas={"T": pushed},
+    )
+    (fig,) = figures
+    lines = [line for ax in fig.axes for line in ax.get_lines() if len(line.get_xdata())]
+    assert len(lines) == 3  # pushed, Atomscale, ATLAS
+    for line in lines:
+        y = np.asarray(line.get_ydata(), dtype=float)
+        assert y.size <= MAX_LINE_POINTS
+        assert np.nanmax(y) == 50.0 and np.isnan(y).any()  # the spike and the gaps stay
+    panel, strip = fig.axes[:2]
+    assert "Atomscale 999999 (1 not received)" in panel.get_title(loc="right")
+    rows = strip.collections  # broken_barh: one collection per state and row
+    assert all(len(c.get_paths()) <= MAX_STRIP_CELLS for c in rows)
+    red = [c for c in rows if tuple(c.get_facecolor()[0][:3]) == (214 / 255, 39 / 255, 40 / 255)]
+    assert len(red) == 1 and len(red[0].get_paths()) == 1  # the lone miss is still drawn
+    assert _png_size(out)[1] <= MAX_HEIGHT_IN * 110
+
+
+def test_many_channels_fit_a_bounded_figure_and_the_rest_are_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pushed = {f"ch{i:02d}": _series(20) for i in range(60)}
+    figures = _drawn(monkeypatch)
+    out = plot_receipts(tmp_path / "many.png", pushed=pushed, atlas=pushed)
+    width, height = _png_size(out)
+    assert height <= MAX_HEIGHT_IN * 110 and width == 11 * 110
+    notes = [t.get_text() for t in figures[0].texts if "not shown" in t.get_text()]
+    shown = sum(1 for ax in figures[0].axes if ax.get_title(loc="left").startswith("ch"))
+    assert 10 <= shown < 60
+    assert notes == [f"{60 - shown} more channel(s) not shown: " + notes[0].split(": ", 1)[1]]
+    assert notes[0].split(": ", 1)[1].startswith(f"ch{shown:02d}, ")
 
 
 def test_atlas_parameter_names_match_labstreams_naming() -> None:

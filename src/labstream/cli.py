@@ -167,7 +167,7 @@ def _atlas_report(args: argparse.Namespace) -> int:
     if args.plot:
         from .plot import plot_atlas_record
 
-        print(f"plot written to {plot_atlas_record(args.file, args.plot)}")
+        print(f"plot written to {plot_atlas_record(args.file, args.plot, reports=reports)}")
     return 0 if all(r.ok for r in reports) else 1
 
 

@@ -75,10 +75,17 @@ STATUS_ERROR: Final = 3
 FORMATS: Final = frozenset({".png", ".svg", ".pdf"})
 #: A step longer than this many median steps is a gap: lines break there.
 GAP_FACTOR: Final = 2.5
-#: Lines longer than this are thinned to a min/max envelope (the strips always use every point).
-MAX_LINE_POINTS: Final = 12_000
+#: Lines longer than this are thinned to a min/max envelope: per bucket its lowest and highest
+#: point, and one of its gaps if it has any, so spikes and breaks stay visible.
+MAX_LINE_POINTS: Final = 3_000
+#: A receipt row with more runs than this is drawn on a grid of this many cells, each cell in the
+#: worst state it covers (its counts stay exact), so a lone missing point still shows.
+MAX_STRIP_CELLS: Final = 2_000
 #: At most this many channel panels in one figure; the rest are named in a note.
 MAX_PANELS: Final = 40
+#: The tallest figure, in inches (3,520 pixels in a PNG): panels shrink to fit, down to
+#: `_MIN_PANEL`, and the channels that still do not fit are named in a note.
+MAX_HEIGHT_IN: Final = 32.0
 
 # Receipt states, one per point.
 _OK, _GAP_VALUE, _MISSING, _DIFFERS, _NO_SAMPLES = range(5)
@@ -333,7 +340,11 @@ def plot_demo(
 
 
 def plot_atlas_record(
-    record_path: str | Path, out_path: str | Path, *, session: str | None = None
+    record_path: str | Path,
+    out_path: str | Path,
+    *,
+    session: str | None = None,
+    reports: Sequence[SessionReport] | None = None,
 ) -> Path:
     """Plot what an ATLAS ``--record`` file holds: every session's parameters and markers.
 
@@ -341,6 +352,8 @@ def plot_atlas_record(
         record_path: a JSON-lines file written by ``labstream atlas serve --record``.
         out_path: output file (``.png``, ``.svg`` or ``.pdf``).
         session: only this session (its key or identifier); default every session in the file.
+        reports: the file's sessions as ``check_sessions(load_record(record_path))`` gives them,
+            when the caller has them already: the file is then not read (and decoded) twice.
 
     Returns:
         The path written.
@@ -354,7 +367,8 @@ def plot_atlas_record(
     from .emulators.atlas_checker import check_sessions
 
     _check_extension(Path(out_path))
-    reports = check_sessions(load_record(record_path))
+    if reports is None:
+        reports = check_sessions(load_record(record_path))
     if session is not None:
         reports = [r for r in reports if session in (r.session_key, r.identifier)]
         if not reports:
@@ -522,23 +536,27 @@ def _time_unit(span_s: float) -> tuple[str, float]:
 
 
 def _thin(x: FloatArray, y: FloatArray) -> tuple[FloatArray, FloatArray]:
-    """At most ~MAX_LINE_POINTS points: each bucket keeps its min and max (and its NaN gaps)."""
+    """At most MAX_LINE_POINTS points: each bucket keeps its min, its max and one of its gaps."""
     n = x.size
     if n <= MAX_LINE_POINTS:
         return x, y
-    size = math.ceil(n / (MAX_LINE_POINTS // 2))
+    size = math.ceil(n / (MAX_LINE_POINTS // 3))
     buckets = math.ceil(n / size)
     pad = buckets * size - n
-    low = np.concatenate((np.where(np.isnan(y), np.inf, y), np.full(pad, np.inf))).reshape(
-        buckets, size
-    )
-    high = np.concatenate((np.where(np.isnan(y), -np.inf, y), np.full(pad, -np.inf))).reshape(
-        buckets, size
-    )
+    filled = np.concatenate((y, np.full(pad, np.nan))).reshape(buckets, size)
+    low = np.where(np.isnan(filled), np.inf, filled)
+    high = np.where(np.isnan(filled), -np.inf, filled)
+    gap = np.concatenate((np.isnan(y), np.zeros(pad, dtype=bool))).reshape(buckets, size)
     base = np.arange(buckets) * size
-    keep = np.concatenate((base + low.argmin(axis=1), base + high.argmax(axis=1)))
-    nan_idx = np.flatnonzero(np.isnan(y))  # keep every gap so lines still break there
-    keep = np.unique(np.concatenate((np.clip(keep, 0, n - 1), nan_idx)))
+    with_gap = gap.any(axis=1)
+    keep = np.concatenate(
+        (
+            base + low.argmin(axis=1),
+            base + high.argmax(axis=1),
+            (base + gap.argmax(axis=1))[with_gap],  # the line breaks in this bucket
+        )
+    )
+    keep = np.unique(np.clip(keep, 0, n - 1))
     return x[keep], y[keep]
 
 
@@ -592,6 +610,7 @@ _HEADER: Final = 1.0  # title and legend
 _GROUP_HEAD: Final = 0.4
 _PANEL_TITLE: Final = 0.3
 _PANEL: Final = 1.9
+_MIN_PANEL: Final = 1.0
 _STRIP_ROW: Final = 0.24
 _PANEL_GAP: Final = 0.12
 _AXIS: Final = 0.6  # x tick labels and label under a group's last panel
@@ -604,30 +623,48 @@ def _render(path: Path, title: str, groups: list[_Group]) -> Path:
     panels = [(g, c) for g in groups for c in g.channels()]
     if not panels:
         raise ValueError("nothing to plot: no channel in pushed, atomscale or atlas")
-    hidden = panels[MAX_PANELS:]
     shown = panels[:MAX_PANELS]
-    layout = []  # (group, channels)
-    for g in groups:
-        chans = [c for gg, c in shown if gg is g]
-        if chans:
-            layout.append((g, chans))
-    height = _HEADER + (_FOOTNOTE if hidden else 0.0)
-    for g, chans in layout:
-        strip = _STRIP_ROW * len(g.present()) + (0.04 if g.present() else 0.0)
-        height += (_GROUP_HEAD if g.title else 0.0) + _AXIS
-        height += len(chans) * (_PANEL_TITLE + _PANEL + strip) + (len(chans) - 1) * _PANEL_GAP
+    # Panels shrink so the figure fits MAX_HEIGHT_IN; those that still do not fit are left out.
+    panel = min(_PANEL, max(_MIN_PANEL, (MAX_HEIGHT_IN - _height(groups, shown, 0.0)) / len(shown)))
+    while len(shown) > 1 and _height(groups, shown, panel) > MAX_HEIGHT_IN:
+        shown = shown[:-1]
+    hidden = panels[len(shown) :]
+    layout = _layout(groups, shown)
+    height = _height(groups, shown, panel)
     fig: Figure = figure_cls(figsize=(_WIDTH, height), dpi=110)
     fig.text(0.5, 1 - 0.22 / height, title, ha="center", va="center", fontsize=13, weight="bold")
     _legend(fig, groups, 1 - 0.42 / height)
     top = _HEADER  # inches from the top of the figure
     for g, chans in layout:
-        top = _draw_group(fig, height, top, g, chans)
+        top = _draw_group(fig, height, top, g, chans, panel)
     if hidden:
         names = ", ".join(c for _, c in hidden[:8]) + (" ..." if len(hidden) > 8 else "")
         fig.text(0.01, 0.08 / height, f"{len(hidden)} more channel(s) not shown: {names}", size=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata=_metadata(path))
     return path
+
+
+def _layout(
+    groups: list[_Group], shown: list[tuple[_Group, str]]
+) -> list[tuple[_Group, list[str]]]:
+    """The groups with a channel shown, each with its shown channels."""
+    layout = []
+    for g in groups:
+        chans = [c for gg, c in shown if gg is g]
+        if chans:
+            layout.append((g, chans))
+    return layout
+
+
+def _height(groups: list[_Group], shown: list[tuple[_Group, str]], panel: float) -> float:
+    """The figure's height in inches with `shown` panels of `panel` inches."""
+    height = _HEADER + (_FOOTNOTE if len(shown) < sum(len(g.channels()) for g in groups) else 0.0)
+    for g, chans in _layout(groups, shown):
+        strip = _STRIP_ROW * len(g.present()) + (0.04 if g.present() else 0.0)
+        height += (_GROUP_HEAD if g.title else 0.0) + _AXIS
+        height += len(chans) * (_PANEL_TITLE + panel + strip) + (len(chans) - 1) * _PANEL_GAP
+    return height
 
 
 def _metadata(path: Path) -> dict[str, Any]:
@@ -640,7 +677,9 @@ def _metadata(path: Path) -> dict[str, Any]:
     return {"Software": "labstream"}
 
 
-def _draw_group(fig: Figure, height: float, top: float, group: _Group, chans: list[str]) -> float:
+def _draw_group(
+    fig: Figure, height: float, top: float, group: _Group, chans: list[str], panel: float
+) -> float:
     """Draw one group's panels from ``top`` (inches from the figure's top); return where it ends."""
     present = group.present()
     all_series = [group.pushed.get(c) for c in chans] + [
@@ -665,8 +704,8 @@ def _draw_group(fig: Figure, height: float, top: float, group: _Group, chans: li
     last: Axes | None = None
     for k, chan in enumerate(chans):
         top += _PANEL_TITLE
-        ax: Axes = fig.add_axes(box(top, _PANEL), sharex=shared)
-        top += _PANEL
+        ax: Axes = fig.add_axes(box(top, panel), sharex=shared)
+        top += panel
         if shared is None:
             shared = ax
             shared.set_xlim(0.0, max((t1 - t0) / unit, 1e-9))
@@ -733,7 +772,7 @@ def _draw_strip(strip: Axes, receipts: list[_Receipt], t0: float, unit: float) -
     for row, r in enumerate(receipts):
         y = n - 1 - row
         by_state: dict[int, list[tuple[float, float]]] = {}
-        for start, end, state in r.segments:
+        for start, end, state in _coarsen(r.segments):
             width = max((end - start) / unit, min_width)
             by_state.setdefault(state, []).append(((start - t0) / unit, width))
         # Problems last, so they are drawn over the green.
@@ -748,6 +787,38 @@ def _draw_strip(strip: Axes, receipts: list[_Receipt], t0: float, unit: float) -
     strip.set_facecolor("#fbfbfb")
     for side in ("top", "right"):
         strip.spines[side].set_visible(False)
+
+
+# Which state a strip cell shows when it covers several: problems first.
+_WORST_LAST: Final = (_OK, _GAP_VALUE, _NO_SAMPLES, _DIFFERS, _MISSING)
+
+
+def _coarsen(segments: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
+    """At most MAX_STRIP_CELLS runs: past that, a grid of cells, each in the worst state it
+    covers (empty cells stay empty), merged into runs again."""
+    if len(segments) <= MAX_STRIP_CELLS:
+        return segments
+    seg = np.asarray([(a, b) for a, b, _ in segments], dtype=np.float64)
+    states = np.asarray([state for _, _, state in segments])
+    t0, t1 = float(seg[:, 0].min()), float(seg[:, 1].max())
+    cell = (t1 - t0) / MAX_STRIP_CELLS or 1.0
+    first = np.clip(((seg[:, 0] - t0) / cell).astype(np.int64), 0, MAX_STRIP_CELLS - 1)
+    last = np.clip(((seg[:, 1] - t0) / cell).astype(np.int64), 0, MAX_STRIP_CELLS - 1)
+    shown = np.full(MAX_STRIP_CELLS, -1, dtype=np.int64)
+    for state in _WORST_LAST:
+        mine = states == state
+        edges = np.zeros(MAX_STRIP_CELLS + 1, dtype=np.int64)
+        np.add.at(edges, first[mine], 1)
+        np.add.at(edges, last[mine] + 1, -1)
+        shown[np.cumsum(edges[:-1]) > 0] = state
+    breaks = np.flatnonzero(shown[1:] != shown[:-1]) + 1
+    starts = np.concatenate(([0], breaks))
+    ends = np.concatenate((breaks, [MAX_STRIP_CELLS]))
+    return [
+        (t0 + a * cell, t0 + b * cell, int(shown[a]))
+        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
+        if shown[a] >= 0
+    ]
 
 
 def _draw_markers(
