@@ -234,7 +234,7 @@ class StoredChunk:
     chunk_index: int
     units: str | None
     size: int
-    held: Any  # the array, or its (offset, length) in `spill`
+    held: Any  # the array, or its offset in `spill` (16 bytes a point)
     spill: Spill | None = None
     received: int = 1
     after_finalize: bool = False
@@ -243,7 +243,7 @@ class StoredChunk:
         """(timestamps, values) as float64 arrays, NaN where null was sent."""
         data: _Floats = self.held
         if self.spill is not None:
-            data = np.frombuffer(self.spill.get(self.held), dtype=np.float64)
+            data = np.frombuffer(self.spill.get((self.held, 16 * self.size)), dtype=np.float64)
         return data[: self.size], data[self.size :]
 
     @property
@@ -293,15 +293,16 @@ class StoredStream:
             return [], []
         return np.concatenate(timestamps).tolist(), np.concatenate(values).tolist()
 
-    def chunk_indexes(self, channel: str) -> list[list[int]]:
-        """`channel`'s stored chunk indexes as inclusive ``[first, last]`` runs."""
-        runs: list[list[int]] = []
-        for index in sorted(i for c, i in self.chunks if c == channel):
+    def chunk_indexes(self) -> dict[str, list[list[int]]]:
+        """Each channel's stored chunk indexes as inclusive ``[first, last]`` runs."""
+        out: dict[str, list[list[int]]] = {}
+        for channel, index in sorted(self.chunks):
+            runs = out.setdefault(channel, [])
             if runs and runs[-1][1] == index - 1:
                 runs[-1][1] = index
             else:
                 runs.append([index, index])
-        return runs
+        return out
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready overview: metadata and per-channel point/chunk counts."""
@@ -879,7 +880,7 @@ class AtomscaleEmulator:
                     chunk_index=chunk_index,
                     units=None if units is None else sys.intern(units),
                     size=len(data) // 2,
-                    held=data if spill is None else spill.put(data.tobytes()),
+                    held=data if spill is None else spill.put(data.tobytes())[0],
                     spill=spill,
                     received=previous.received + 1 if previous else 1,
                     after_finalize=previous.after_finalize if previous else stream.finalized,
@@ -996,8 +997,9 @@ class AtomscaleEmulator:
             result = stream.summary()
             # ?points=false: the shape of what is stored without every point of it.
             with_points = request.query.get("points", "true").lower() not in ("false", "0", "no")
+            runs = stream.chunk_indexes()
             for channel, info in result["channels"].items():
-                info["chunk_indexes"] = stream.chunk_indexes(channel)
+                info["chunk_indexes"] = runs[channel]
                 if with_points:
                     info["timestamps"], info["values"] = stream.points(channel)
         return _json_response(result)
