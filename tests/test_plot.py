@@ -183,6 +183,15 @@ def test_a_long_run_plots_bounded_lines_with_spikes_gaps_and_a_lone_miss(
     assert _png_size(out)[1] <= MAX_HEIGHT_IN * 110
 
 
+def test_a_receipt_row_of_alternating_states_is_bounded_and_its_counts_exact() -> None:
+    values = np.arange(100_000, dtype=float)
+    values[::2] = math.nan  # every other sample a gap: 100,000 runs
+    r = _presence(Series.of(T0 + np.arange(100_000) * 0.1, values), "atlas")
+    assert (r.points, r.invalid, r.gaps) == (100_000, 50_000, 0)
+    assert len(r.segments) <= MAX_STRIP_CELLS
+    assert {state for _, _, state in r.segments} == {1}  # _GAP_VALUE: the worst in every cell
+
+
 def test_many_channels_fit_a_bounded_figure_and_the_rest_are_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -429,10 +429,17 @@ def _segments(
     breaks = np.flatnonzero((states[1:] != states[:-1]) | (np.diff(ts) > GAP_FACTOR * step)) + 1
     starts = np.concatenate(([0], breaks))
     ends = np.concatenate((breaks, [ts.size])) - 1
-    return [
-        (float(ts[a]) - half, float(ts[b]) + half, int(states[a]))
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
-    ]
+    return _runs(ts[starts] - half, ts[ends] + half, states[starts])
+
+
+def _runs(
+    starts: FloatArray, ends: FloatArray, states: npt.NDArray[np.int_]
+) -> list[tuple[float, float, int]]:
+    """(start, end, state) runs; past MAX_STRIP_CELLS of them, a grid of that many cells, each
+    in the worst state it covers (empty cells stay empty), merged into runs again."""
+    if starts.size > MAX_STRIP_CELLS:
+        starts, ends, states = _coarsen(starts, ends, states)
+    return list(zip(starts.tolist(), ends.tolist(), states.tolist(), strict=True))
 
 
 def _compare(pushed: Series, got: Series | None, destination: str) -> _Receipt:
@@ -475,9 +482,9 @@ def _presence(got: Series, destination: str) -> _Receipt:
     segments = _segments(ts, states, step)
     steps = np.diff(ts)
     holes = np.flatnonzero(steps > GAP_FACTOR * step)
-    segments += [
-        (float(ts[i]) + step / 2, float(ts[i + 1]) - step / 2, _NO_SAMPLES) for i in holes.tolist()
-    ]
+    segments += _runs(
+        ts[holes] + step / 2, ts[holes + 1] - step / 2, np.full(holes.size, _NO_SAMPLES)
+    )
     return _Receipt(
         destination,
         segments,
@@ -772,7 +779,7 @@ def _draw_strip(strip: Axes, receipts: list[_Receipt], t0: float, unit: float) -
     for row, r in enumerate(receipts):
         y = n - 1 - row
         by_state: dict[int, list[tuple[float, float]]] = {}
-        for start, end, state in _coarsen(r.segments):
+        for start, end, state in r.segments:
             width = max((end - start) / unit, min_width)
             by_state.setdefault(state, []).append(((start - t0) / unit, width))
         # Problems last, so they are drawn over the green.
@@ -793,17 +800,14 @@ def _draw_strip(strip: Axes, receipts: list[_Receipt], t0: float, unit: float) -
 _WORST_LAST: Final = (_OK, _GAP_VALUE, _NO_SAMPLES, _DIFFERS, _MISSING)
 
 
-def _coarsen(segments: list[tuple[float, float, int]]) -> list[tuple[float, float, int]]:
-    """At most MAX_STRIP_CELLS runs: past that, a grid of cells, each in the worst state it
-    covers (empty cells stay empty), merged into runs again."""
-    if len(segments) <= MAX_STRIP_CELLS:
-        return segments
-    seg = np.asarray([(a, b) for a, b, _ in segments], dtype=np.float64)
-    states = np.asarray([state for _, _, state in segments])
-    t0, t1 = float(seg[:, 0].min()), float(seg[:, 1].max())
+def _coarsen(
+    starts: FloatArray, ends: FloatArray, states: npt.NDArray[np.int_]
+) -> tuple[FloatArray, FloatArray, npt.NDArray[np.int_]]:
+    """Runs on a grid of MAX_STRIP_CELLS cells, each in the worst state it covers."""
+    t0, t1 = float(starts.min()), float(ends.max())
     cell = (t1 - t0) / MAX_STRIP_CELLS or 1.0
-    first = np.clip(((seg[:, 0] - t0) / cell).astype(np.int64), 0, MAX_STRIP_CELLS - 1)
-    last = np.clip(((seg[:, 1] - t0) / cell).astype(np.int64), 0, MAX_STRIP_CELLS - 1)
+    first = np.clip(((starts - t0) / cell).astype(np.int64), 0, MAX_STRIP_CELLS - 1)
+    last = np.clip(((ends - t0) / cell).astype(np.int64), 0, MAX_STRIP_CELLS - 1)
     shown = np.full(MAX_STRIP_CELLS, -1, dtype=np.int64)
     for state in _WORST_LAST:
         mine = states == state
@@ -812,13 +816,15 @@ def _coarsen(segments: list[tuple[float, float, int]]) -> list[tuple[float, floa
         np.add.at(edges, last[mine] + 1, -1)
         shown[np.cumsum(edges[:-1]) > 0] = state
     breaks = np.flatnonzero(shown[1:] != shown[:-1]) + 1
-    starts = np.concatenate(([0], breaks))
-    ends = np.concatenate((breaks, [MAX_STRIP_CELLS]))
-    return [
-        (t0 + a * cell, t0 + b * cell, int(shown[a]))
-        for a, b in zip(starts.tolist(), ends.tolist(), strict=True)
-        if shown[a] >= 0
-    ]
+    first = np.concatenate(([0], breaks))
+    after = np.concatenate((breaks, [MAX_STRIP_CELLS]))
+    drawn = shown[first] >= 0
+    first, after = first[drawn], after[drawn]
+    return (
+        np.asarray(t0 + first * cell, dtype=np.float64),
+        np.asarray(t0 + after * cell, dtype=np.float64),
+        shown[first].astype(np.int_),
+    )
 
 
 def _draw_markers(
