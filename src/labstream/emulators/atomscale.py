@@ -16,6 +16,8 @@ Choices callers rely on:
 * Chunks are stored per ``(data_id, channel, chunk_index)``: a re-send replaces the earlier copy.
   A JSON ``null`` value is stored as NaN; ``null`` timestamps are rejected.
 * ``/_emulator/...`` readback endpoints need no key, are never faulted and are not recorded.
+  ``GET /_emulator/streams/{data_id}`` answers every point of the stream, and each channel's
+  chunk-index runs; with ``?points=false`` only the runs and counts (``labstream atomscale show``).
 
 Bounded for a run of days: chunk data is held as float64 arrays (16 bytes a point), or with
 ``spill=True`` (the default of ``labstream atomscale serve``) in an unlinked temporary file, so
