@@ -21,8 +21,8 @@ Choices callers rely on:
 
 Bounded for a run of days: chunk data is held as float64 arrays (16 bytes a point), or with
 ``spill=True`` (the default of ``labstream atomscale serve``) in an unlinked temporary file, so
-memory keeps about 0.3 KB per stored channel chunk whatever its size. The request log keeps only
-the most recent `DEFAULT_REQUEST_LOG` requests (``request_log``) and at most
+memory keeps a small fixed record per stored channel chunk whatever its size. The request log
+keeps only the most recent `DEFAULT_REQUEST_LOG` requests (``request_log``) and at most
 `DEFAULT_REQUEST_LOG_BYTES` of their bodies (``request_log_bytes``); older records are dropped,
 oldest first, and counted (`requests_seen` against the log's length).
 """
