@@ -7,6 +7,7 @@ streams it created.
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 from collections.abc import Iterator
@@ -541,3 +542,32 @@ def test_ctrl_c_of_a_restart_push_says_to_run_it_without_restart(
     assert push(*args) == 0  # as told: the restarted push goes on from row 31
     ts, _ = new.points("pressure")
     assert sorted(ts) == sorted([T0 + i * 0.5 for i in range(rows)] * 2)  # two pushes, no more
+
+
+def test_atlas_verify_compares_what_the_server_holds_with_the_pushed_log(
+    push: Run, atlas: AtlasEmulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`labstream atlas verify --against FILE`: every channel of the log, row by row, against
+    the session the Stream API holds; a log that differs by one value is told apart."""
+    log = tmp_path / "growth.csv"
+    repo = Path(__file__).resolve().parent.parent
+    log.write_text((repo / "examples" / "mbe_growth_log.csv").read_text())
+    assert push(str(log), "--no-progress") == 0
+    capsys.readouterr()
+    verify = ["atlas", "verify", "--server", atlas.address, "--against"]
+    assert cli.main([*verify, str(log)]) == 0
+    out = capsys.readouterr().out
+    assert "compared with" in out and "DIFFERENT" not in out
+    assert ": same" in out
+    lines = log.read_text().splitlines()
+    row = next(i for i, line in enumerate(lines) if line[:1].isdigit())
+    cells = lines[row].split(",")
+    cells[1] = str(float(cells[1]) + 1.0)  # one temperature off by a degree
+    lines[row] = ",".join(cells)
+    changed = tmp_path / "changed.csv"
+    changed.write_text("\n".join(lines) + "\n")
+    assert cli.main([*verify, str(changed), "--json"]) == 1
+    answer = json.loads(capsys.readouterr().out)
+    channels = {c["channel"]: c for c in answer["compared_with"]["channels"]}
+    assert answer["report"]["clean"] is True  # the session itself is fine
+    assert sum(c["different_values"] for c in channels.values()) == 1

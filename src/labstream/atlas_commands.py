@@ -34,6 +34,17 @@ def add_commands(atlas_sub: Any) -> None:
         metavar="S",
         help="stop reading after S seconds without a packet (default 2)",
     )
+    verify.add_argument(
+        "--against",
+        metavar="FILE",
+        help="also compare every channel with this pushed log (CSV or Parquet), row by row",
+    )
+    verify.add_argument(
+        "--time-unit",
+        choices=("s", "ms", "us", "ns"),
+        default="s",
+        help="unit of the log's epoch time column, as given to push (default s)",
+    )
     verify.add_argument("--json", action="store_true", help="machine-readable report")
     verify.add_argument("--verbose", action="store_true", help="also list passed checks")
     verify.set_defaults(func=_verify)
@@ -56,7 +67,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from .atlas_verify import VerifyError, format_verified, verify
+    from .atlas_verify import (
+        VerifyError,
+        compare_with_log,
+        format_compared,
+        format_verified,
+        verify,
+    )
 
     try:
         result = verify(
@@ -66,14 +83,27 @@ def _verify(args: argparse.Namespace) -> int:
             idle_s=args.idle,
             timeout_s=args.timeout,
         )
+        compared = (
+            compare_with_log(result.report, args.against, time_unit=args.time_unit)
+            if args.against
+            else []
+        )
     except VerifyError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     if args.json:
-        print(json.dumps(result.to_json(), indent=2))
+        answer = result.to_json()
+        if args.against:
+            answer["compared_with"] = {
+                "file": args.against,
+                "channels": [c.to_json() for c in compared],
+            }
+        print(json.dumps(answer, indent=2))
     else:
         print(format_verified(result, args.server, verbose=args.verbose))
-    return 0 if result.clean else 1
+        if args.against:
+            print(format_compared(compared, args.against))
+    return 0 if result.clean and all(c.same for c in compared) else 1
 
 
 def _sessions(args: argparse.Namespace) -> int:

@@ -380,3 +380,106 @@ def format_verified(v: Verified, address: str, *, verbose: bool = False) -> str:
         sorted(NOT_FROM_SERVER)
     )
     return "\n".join([head, format_report(v.report, verbose=verbose), tail])
+
+
+#: How far apart a sample's time on the server and its row's may be, beyond one offset for the
+#: whole channel (a clock correction): periodic packets rebuild times as start + i x interval.
+TIME_TOLERANCE_NS: Final = 1_000
+
+
+@dataclass(frozen=True, slots=True)
+class Compared:
+    """One channel of a pushed log against what the server holds for it."""
+
+    channel: str
+    parameter: str
+    rows: int  # in the log
+    samples: int  # on the server
+    different_values: int  # same position, another value (NaN equals NaN: a gap)
+    different_times: int  # same position, a time off by more than the tolerance
+    offset_ns: int  # the server's times minus the log's (a clock correction), at the median
+
+    @property
+    def same(self) -> bool:
+        return self.rows == self.samples and not self.different_values and not self.different_times
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "same": self.same}
+
+
+def compare_with_log(
+    report: SessionReport, path: str, *, application: str = "labstream", time_unit: str = "s"
+) -> list[Compared]:
+    """Each channel of the log at ``path`` (read as ``labstream push`` reads it) against the
+    parameter ``{channel}:{application}`` the server holds, row by row in time order.
+
+    Raises:
+        VerifyError: the log cannot be read.
+    """
+    import numpy as np
+
+    from .logfiles import LogFileError, ReadOptions, open_log
+    from .timebase import seconds_to_ns
+
+    try:
+        log = open_log(path, ReadOptions(time_unit=time_unit))  # type: ignore[arg-type]
+        times: list[Any] = []
+        values: dict[str, list[Any]] = {c.name: [] for c in log.channels}
+        for batch in log.batches(65_536):
+            times.append(seconds_to_ns(batch.timestamps))
+            for name, column in batch.values.items():
+                values[name].append(column)
+    except (LogFileError, OSError) as exc:
+        raise VerifyError(f"cannot read {path}: {exc}") from exc
+    file_ns = np.concatenate(times) if times else np.zeros(0, dtype=np.int64)
+    out = []
+    for name, parts in values.items():
+        parameter = f"{name}:{application}"
+        data = report.parameters.get(parameter)
+        want = np.concatenate(parts) if parts else np.zeros(0)
+        got_ns = np.asarray(data.timestamps_ns if data else [], dtype=np.int64)
+        got = np.asarray(data.values if data else [], dtype=np.float64)
+        order = np.argsort(got_ns, kind="stable")
+        got_ns, got = got_ns[order], got[order]
+        n = min(len(want), len(got))
+        diff = got_ns[:n] - file_ns[:n]
+        offset = int(np.median(diff)) if n else 0
+        same_value = (got[:n] == want[:n]) | (np.isnan(got[:n]) & np.isnan(want[:n]))
+        out.append(
+            Compared(
+                name,
+                parameter,
+                len(want),
+                len(got),
+                int(n - np.count_nonzero(same_value)),
+                int(np.count_nonzero(np.abs(diff - offset) > TIME_TOLERANCE_NS)),
+                offset,
+            )
+        )
+    return out
+
+
+def format_compared(compared: list[Compared], path: str) -> str:
+    """One line per channel: the log's rows against the server's samples."""
+    lines = [f"compared with {path}:"]
+    for c in compared:
+        if c.same:
+            verdict = "same"
+        else:
+            problems = []
+            if c.rows != c.samples:
+                problems.append(f"{c.samples - c.rows:+,} samples")
+            if c.different_values:
+                problems.append(f"{c.different_values:,} other values")
+            if c.different_times:
+                problems.append(f"{c.different_times:,} other times")
+            verdict = "DIFFERENT: " + ", ".join(problems)
+        shift = (
+            f" (times shifted {c.offset_ns / 1e9:+.6f} s: a clock correction)"
+            if c.offset_ns
+            else ""
+        )
+        lines.append(
+            f"  {c.channel}: {c.rows:,} rows, {c.samples:,} on the server: {verdict}{shift}"
+        )
+    return "\n".join(lines)
