@@ -13,7 +13,6 @@ through the reader service (``labstream.atlas_verify.read_session``), that every
 from __future__ import annotations
 
 import argparse
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,20 +20,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def status_mb(pid: int) -> tuple[float, float]:
-    fields = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        name, _, rest = line.partition(":")
-        fields[name] = rest
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+from emulator_memory import free_port, status_mb
 
 
 def main() -> None:
