@@ -107,6 +107,23 @@ def test_check_json(quiet_env: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert result["ok"] is False and not result["destinations"]["atlas"]["checks"][0]["ok"]
 
 
+def test_config_show_json(
+    quiet_env: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every setting with its source, for programs; the API key masked as for people."""
+    key = "sk-live-0123456789abcdefWXYZ"
+    monkeypatch.setenv("AS_API_KEY", key)
+    monkeypatch.setenv("LABSTREAM_ATLAS", "atlas-pc")
+    assert cli.main(["config", "show", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert key not in out
+    shown = json.loads(out)
+    settings = shown["settings"]
+    assert settings["atomscale.api_key"] == {"value": "********WXYZ", "source": "env AS_API_KEY"}
+    assert settings["push.points_per_chunk"] == {"value": 100, "source": "default"}
+    assert shown["destinations"]["atlas"] == "atlas-pc"
+
+
 def test_spool_status_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with run_in_thread(api_key=API_KEY, faults=FaultPlan(down=True)) as emu:
         data_id = leave_pending(emu.url, tmp_path, 3)

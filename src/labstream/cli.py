@@ -320,7 +320,13 @@ def _local_zone_text() -> str:
 
 
 def _config_show(args: argparse.Namespace) -> int:
-    print(_resolve(args).format())
+    resolved = _resolve(args)
+    if args.json:
+        import json
+
+        print(json.dumps(resolved.to_json(), indent=1))
+    else:
+        print(resolved.format())
     return EXIT_OK
 
 
@@ -1601,6 +1607,7 @@ def build_parser() -> argparse.ArgumentParser:
         "show", help="the resolved configuration, where each value comes from (key masked)"
     )
     _add_config_arg(show)
+    show.add_argument("--json", action="store_true", help="machine-readable output")
     show.set_defaults(func=_config_show)
 
     demo = sub.add_parser(

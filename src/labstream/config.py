@@ -257,6 +257,28 @@ class Resolved:
         lines.extend(f"warning: {w}" for w in self.warnings)
         return "\n".join(lines)
 
+    def to_json(self) -> dict[str, Any]:
+        """What :meth:`format` says, for programs: the API key masked just the same."""
+        return {
+            "files": [{"path": str(path), "read": was_read} for path, was_read in self.files],
+            "settings": {
+                key.name: {
+                    "value": mask_secret(self.values[key.name])
+                    if key.secret
+                    else self.values[key.name],
+                    "source": self.sources[key.name],
+                }
+                for key in KEYS
+            },
+            "destinations": {
+                "atomscale": self.values["atomscale.endpoint"]
+                if self.atomscale_configured
+                else None,
+                "atlas": self.values["atlas.address"] if self.atlas_configured else None,
+            },
+            "warnings": list(self.warnings),
+        }
+
 
 def _show(value: object) -> str:
     if value is None:
