@@ -138,6 +138,27 @@ def test_spool_status_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     )
 
 
+def test_spool_resume_and_purge_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The result on stdout as JSON (progress lines go to stderr), what the emulator stored
+    agreeing with it."""
+    with run_in_thread(api_key=API_KEY, faults=FaultPlan(down=True)) as emu:
+        data_id = leave_pending(emu.url, tmp_path, 3)
+        emu.faults = FaultPlan()
+        capsys.readouterr()
+        argv = ["spool", "resume", "--spool-dir", str(tmp_path), "--api-key", API_KEY, "--json"]
+        assert cli.main(argv) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert len(emu.points(data_id, "T")[1]) == 30
+    assert result["ok"] is True and result["busy"] == []
+    (stream,) = result["streams"]
+    assert stream["data_id"] == data_id and stream["ok"] is True
+    assert stream["destinations"]["atomscale"]["points_delivered"] == 30
+    assert (
+        cli.main(["spool", "purge", data_id, "--spool-dir", str(tmp_path), "--yes", "--json"]) == 0
+    )
+    assert json.loads(capsys.readouterr().out)["data_id"] == data_id
+
+
 def test_plot_without_matplotlib_says_so_before_any_work(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

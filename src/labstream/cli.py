@@ -1542,13 +1542,23 @@ def _spool_status(args: argparse.Namespace) -> int:
 def _spool_resume(args: argparse.Namespace) -> int:
     from . import spool
 
+    # With --json whatever resume says for people (progress, reports) goes to stderr, and only
+    # the result to stdout.
+    says = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
     try:
-        done = spool.resume(
-            spool.spool_dir(args.spool_dir), api_key=args.api_key, timeout_s=args.timeout, out=print
-        )
+        with says:
+            done = spool.resume(
+                spool.spool_dir(args.spool_dir), api_key=args.api_key, timeout_s=args.timeout
+            )
     except ValueError as exc:
         _say(f"labstream spool resume: {exc}", sys.stderr)
         return 2
+    if args.json:
+        import dataclasses
+        import json
+
+        streams = [{**dataclasses.asdict(r), "ok": r.ok} for r in done.reports]
+        print(json.dumps({"ok": done.ok, "streams": streams, "busy": done.busy}, indent=1))
     return 0 if done.ok else 1
 
 
@@ -1565,7 +1575,12 @@ def _spool_purge(args: argparse.Namespace) -> int:
             _say("nothing purged")
             return 1
     removed = spool.purge(directory, args.data_id)
-    print(f"purged {args.data_id}: {removed} chunk(s) removed from {directory}")
+    if args.json:
+        import json
+
+        print(json.dumps({"data_id": args.data_id, "chunks_removed": removed}))
+    else:
+        print(f"purged {args.data_id}: {removed} chunk(s) removed from {directory}")
     return 0
 
 
@@ -1757,8 +1772,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd = spool_sub.add_parser(name, help=text)
         cmd.add_argument("--spool-dir", default=None, help="default: LABSTREAM_SPOOL_DIR or cache")
         cmd.set_defaults(func=func)
-        if name == "status":
-            cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
         if name == "resume":
             cmd.add_argument("--api-key", default=None, help="default: AS_API_KEY (never stored)")
             cmd.add_argument("--timeout", type=float, default=300.0, help="seconds per stream")
