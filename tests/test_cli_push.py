@@ -498,6 +498,9 @@ def test_atlas_down_atomscale_still_gets_every_row_and_reruns_tell_the_truth(
         assert new.atomscale.streams[data_id].finalized
         assert new.sessions() == []
         assert "atlas confirmed nothing for 0.5 s" in err and "labstream spool resume" in err
+        # Said at once, before any row: the pre-flight look at each destination.
+        assert err.index("warning: ATLAS: ") < err.index("atlas confirmed nothing")
+        assert "The push goes on" in err and "warning: Atomscale" not in err
 
         assert cli.main(argv) == 1  # ATLAS still down: the same command says so
         err = capsys.readouterr().err
@@ -506,7 +509,9 @@ def test_atlas_down_atomscale_still_gets_every_row_and_reruns_tell_the_truth(
     finally:
         atlas.faults = AtlasFaultPlan()
 
+    capsys.readouterr()
     assert cli.main(argv) == 0  # ATLAS back: the journal delivers to the same stream
+    assert "warning: ATLAS" not in capsys.readouterr().err
     assert new.ids() == [data_id]
     assert len(new.points("pressure")[0]) == rows
     ts, _ = new.atlas_values("pressure")

@@ -373,6 +373,7 @@ def _check(args: argparse.Namespace) -> int:
 
 #: What the checks found, in order, for ``check --json``.
 _CHECK_RESULTS: list[tuple[bool, str]] = []
+_PREFLIGHT_S = 3.0  # a push's quick look at each destination before it starts
 
 
 def _result(ok: bool, text: str) -> bool:
@@ -648,6 +649,7 @@ def _push(args: argparse.Namespace) -> int:
                 )
         return EXIT_OK
     dests = _select(args, cfg)
+    _preflight(cfg, dests)
     identities = _identities(cfg, dests)
     streamer = _make_streamer(cfg, dests)
     code = EXIT_OK
@@ -659,6 +661,36 @@ def _push(args: argparse.Namespace) -> int:
     finally:
         streamer.close(timeout=cfg["push.finalize_timeout"])
     return code
+
+
+def _preflight(cfg: Resolved, dests: _Destinations) -> None:
+    """Say at once, on stderr, which destination cannot be reached (the checks of `labstream
+    check`, a few seconds at most): the push still goes on, and that destination's rows wait in
+    the journal, rather than a stall timeout saying so minutes later."""
+    import io
+
+    probes: list[tuple[str, Callable[[], bool]]] = []
+    if dests.atomscale:
+        endpoint, key = str(cfg["atomscale.endpoint"]), str(cfg["atomscale.api_key"])
+        source, proxy = cfg.source("atomscale.api_key"), cfg["atomscale.proxy"]
+        probes.append(
+            ("Atomscale", lambda: _check_atomscale(endpoint, key, source, _PREFLIGHT_S, proxy))
+        )
+    if dests.atlas:
+        settings = _atlas_settings(cfg)
+        probes.append(("ATLAS", lambda: _check_atlas(settings, _PREFLIGHT_S)))
+    for name, probe in probes:
+        _CHECK_RESULTS.clear()
+        with contextlib.redirect_stdout(io.StringIO()):
+            if probe():
+                continue
+        problem = next((text for ok, text in _CHECK_RESULTS if not ok), "no answer")
+        end = "" if problem.endswith(("?", ".")) else "."
+        _say(
+            f"warning: {name}: {problem}{end} The push goes on; {name}'s rows wait in the "
+            "journal until it answers (`labstream spool status` shows them).",
+            sys.stderr,
+        )
 
 
 def _state_for(
