@@ -339,17 +339,7 @@ def _check(args: argparse.Namespace) -> int:
     import json
 
     cfg = _resolve(args)
-    dests = _select(args, cfg)
-    checks: list[tuple[str, Callable[[], bool]]] = []
-    if dests.atomscale:
-        endpoint, key = str(cfg["atomscale.endpoint"]), str(cfg["atomscale.api_key"])
-        source, proxy = cfg.source("atomscale.api_key"), cfg["atomscale.proxy"]
-        checks.append(
-            ("atomscale", lambda: _check_atomscale(endpoint, key, source, args.timeout, proxy))
-        )
-    if dests.atlas:
-        settings = _atlas_settings(cfg)
-        checks.append(("atlas", lambda: _check_atlas(settings, args.timeout)))
+    checks = _probes(cfg, _select(args, cfg), args.timeout)
     ok = True
     results: dict[str, Any] = {}
     for name, run in checks:
@@ -663,31 +653,42 @@ def _push(args: argparse.Namespace) -> int:
     return code
 
 
+def _probes(
+    cfg: Resolved, dests: _Destinations, timeout: float
+) -> list[tuple[str, Callable[[], bool]]]:
+    """The checks of `labstream check` for the selected destinations, by destination name."""
+    probes: list[tuple[str, Callable[[], bool]]] = []
+    if dests.atomscale:
+        endpoint, key = str(cfg["atomscale.endpoint"]), str(cfg["atomscale.api_key"])
+        source, proxy = cfg.source("atomscale.api_key"), cfg["atomscale.proxy"]
+        probes.append(
+            ("atomscale", lambda: _check_atomscale(endpoint, key, source, timeout, proxy))
+        )
+    if dests.atlas:
+        settings = _atlas_settings(cfg)
+        probes.append(("atlas", lambda: _check_atlas(settings, timeout)))
+    return probes
+
+
+_SHOWN_NAMES = {"atomscale": "Atomscale", "atlas": "ATLAS"}
+
+
 def _preflight(cfg: Resolved, dests: _Destinations) -> None:
     """Say at once, on stderr, which destination cannot be reached (the checks of `labstream
     check`, a few seconds at most): the push still goes on, and that destination's rows wait in
     the journal, rather than a stall timeout saying so minutes later."""
     import io
 
-    probes: list[tuple[str, Callable[[], bool]]] = []
-    if dests.atomscale:
-        endpoint, key = str(cfg["atomscale.endpoint"]), str(cfg["atomscale.api_key"])
-        source, proxy = cfg.source("atomscale.api_key"), cfg["atomscale.proxy"]
-        probes.append(
-            ("Atomscale", lambda: _check_atomscale(endpoint, key, source, _PREFLIGHT_S, proxy))
-        )
-    if dests.atlas:
-        settings = _atlas_settings(cfg)
-        probes.append(("ATLAS", lambda: _check_atlas(settings, _PREFLIGHT_S)))
-    for name, probe in probes:
+    for name, probe in _probes(cfg, dests, _PREFLIGHT_S):
         _CHECK_RESULTS.clear()
         with contextlib.redirect_stdout(io.StringIO()):
             if probe():
                 continue
         problem = next((text for ok, text in _CHECK_RESULTS if not ok), "no answer")
         end = "" if problem.endswith(("?", ".")) else "."
+        shown = _SHOWN_NAMES[name]
         _say(
-            f"warning: {name}: {problem}{end} The push goes on; {name}'s rows wait in the "
+            f"warning: {shown}: {problem}{end} The push goes on; {shown}'s rows wait in the "
             "journal until it answers (`labstream spool status` shows them).",
             sys.stderr,
         )

@@ -697,29 +697,8 @@ class Follower:
         )
         return report
 
-    def _finish(self, *, take_rest: bool, reason: str) -> None:
-        """The current log is done: send what is left, finalize its stream, forget the file."""
-        tail, cp = self.tail, self.cp
-        assert tail is not None
-        if take_rest and self.log is not None:
-            while lines := tail.read_lines():
-                for line in lines:
-                    self._take(*line)
-            last = tail.rest()
-            if last is not None:
-                self._take(*last)
-        if self.rows is not None and len(self.rows):
-            self._push()
-        self.emit({"event": "finished", "file": str(tail.path), "reason": reason})
-        self._finalize(self.s.finalize_timeout)
-        cp.finish_file()
-        cp.data_id = None
-        cp.save()
-        tail.close()
-        self.tail, self.log, self.rows = None, None, None
-
-    def _end_stream(self, *, take_rest: bool, reason: str) -> None:
-        """Finalize the stream and keep reading the same file (a new stream if it grows)."""
+    def _send_rest_and_finalize(self, *, take_rest: bool, reason: str) -> None:
+        """Send the partial last line (with ``take_rest``) and the rows held, then finalize."""
         tail = self.tail
         assert tail is not None
         if take_rest and self.log is not None:
@@ -730,6 +709,25 @@ class Follower:
             self._push()
         self.emit({"event": "finished", "file": str(tail.path), "reason": reason})
         self._finalize(self.s.finalize_timeout)
+
+    def _finish(self, *, take_rest: bool, reason: str) -> None:
+        """The current log is done: send what is left, finalize its stream, forget the file."""
+        tail, cp = self.tail, self.cp
+        assert tail is not None
+        if take_rest and self.log is not None:
+            while lines := tail.read_lines():
+                for line in lines:
+                    self._take(*line)
+        self._send_rest_and_finalize(take_rest=take_rest, reason=reason)
+        cp.finish_file()
+        cp.data_id = None
+        cp.save()
+        tail.close()
+        self.tail, self.log, self.rows = None, None, None
+
+    def _end_stream(self, *, take_rest: bool, reason: str) -> None:
+        """Finalize the stream and keep reading the same file (a new stream if it grows)."""
+        self._send_rest_and_finalize(take_rest=take_rest, reason=reason)
         self.cp.data_id = None
         self.cp.save()
 
