@@ -19,6 +19,7 @@ connection. The API key is never written: destinations are recorded by name and 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import shutil
@@ -49,6 +50,15 @@ WRITER_WAIT_S = 2.0
 # Long enough for both destinations to confirm a chunk on a healthy link (ATLAS confirms a batch
 # per write), short enough that a crash loses little: see docs/durability.md, "When".
 WRITE_DELAY_S = 0.03
+# The durability window W: a chunk whose push() returned more than this long ago is committed
+# (on disk, or confirmed by every destination). push() waits for the writer when it falls behind.
+MAX_UNWRITTEN_S = 0.05
+# More chunks than this waiting for the writer is a burst: few of them are confirmed within the
+# write delay, and holding them would make one commit too long to fit in the window.
+MAX_HELD = 128
+# Uncommitted chunk data past which a push waits for the writer: what one commit must take
+# within the window when a burst stops (or the process is killed) right after it.
+MAX_UNWRITTEN_BYTES = 4 * 1024**2
 # Chunk data kept in memory only, when the disk cannot take it (a failed write, or less free space
 # than the floor): new chunks are refused beyond it.
 MAX_MEMORY_BYTES = 256 * 1024**2
@@ -86,6 +96,12 @@ CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL         -- 'last_seq': sequence numbers are never reused
 );
+CREATE TABLE IF NOT EXISTS chunk_runs (
+    data_id TEXT NOT NULL,
+    channel TEXT NOT NULL,
+    runs TEXT NOT NULL,            -- [[first, last], ...]: chunk indexes the journal took
+    PRIMARY KEY (data_id, channel)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS atlas_sessions (
     data_id TEXT PRIMARY KEY,
     state TEXT NOT NULL,           -- SessionState.to_dict() after the last completed chunk
@@ -214,6 +230,15 @@ class ChunkToBuild(Protocol):
     def seq(self) -> int: ...
 
     @property
+    def data_id(self) -> str: ...
+
+    @property
+    def chunk_index(self) -> int: ...
+
+    @property
+    def channel_names(self) -> tuple[str, ...]: ...
+
+    @property
     def points(self) -> int: ...
 
     def build(self) -> Chunk: ...
@@ -234,7 +259,10 @@ class Journal:
         commit_interval_s: group-commit period of the writer thread.
         write_delay_s: how long after it was added the writer holds a chunk some destination
             has not confirmed yet before writing it; one confirmed by all destinations in that
-            time is never written.
+            time is never written. Default: ``WRITE_DELAY_S``, shortened to fit
+            ``max_unwritten_s``.
+        max_unwritten_s: the durability window W: :meth:`overdue` tells a pushing thread to
+            wait for the writer when a chunk added more than about W ago is not committed.
         max_memory_bytes: cap on the chunk data kept in memory only while the disk cannot take
             it (default ``MAX_MEMORY_BYTES``); new chunks are refused beyond it.
 
@@ -250,7 +278,8 @@ class Journal:
         min_free_bytes: int = 256 * 1024**2,
         retention_s: float = 7 * 24 * 3600.0,
         commit_interval_s: float = 0.01,
-        write_delay_s: float = WRITE_DELAY_S,
+        write_delay_s: float | None = None,
+        max_unwritten_s: float = MAX_UNWRITTEN_S,
         max_memory_bytes: int | None = None,
     ) -> None:
         self.directory = Path(directory)
@@ -259,7 +288,12 @@ class Journal:
         self.min_free_bytes = min_free_bytes
         self.retention_s = retention_s
         self._interval = commit_interval_s
+        if write_delay_s is None:  # held chunks must leave room for a commit within W
+            write_delay_s = min(WRITE_DELAY_S, max(0.0, max_unwritten_s - 2 * commit_interval_s))
         self._write_delay = write_delay_s
+        self.max_unwritten_s = max_unwritten_s
+        # A push waits once the oldest uncommitted chunk is this old: a commit still fits in W.
+        self._wait_after = max(0.0, max_unwritten_s - commit_interval_s)
         try:
             self._open()
         except (OSError, sqlite3.Error) as exc:
@@ -274,6 +308,20 @@ class Journal:
         # destinations still owing, when it was added).
         self._held: deque[tuple[Chunk | ChunkToBuild, tuple[str, ...], float]] = deque()
         self._write_all = False  # set by flush(): write what is held now
+        # Chunks up to this seq are written at once, without their delay: a push waits for them.
+        self._write_through = 0
+        # (seq, when added) of chunks not known to be committed, oldest first; appended and
+        # trimmed under the streamer's lock (add_chunk, overdue).
+        self._added: deque[tuple[int, float]] = deque()
+        self._given_up = 0  # a wait for this seq timed out: no waits until the writer is there
+        self._hurry = threading.Event()  # a push waits for the commit: no pause to accumulate
+        # How late the writer's recent commits ended past their chunks' due time (GIL, disk):
+        # chunks are held that much less, so that they are still committed within W.
+        self._late = 0.0
+        # Writer thread only: chunk index runs per (data_id, channel) of the chunks taken
+        # (committed or settled), written with the next transaction that writes anything.
+        self._runs: dict[tuple[str, str], list[list[int]]] = {}
+        self._runs_dirty: set[tuple[str, str]] = set()
         self._taken_seq = self._stored_seq = self._next_seq - 1  # highest seq taken / on disk
         self._committed = threading.Condition()
         self.committed_seq = self._next_seq - 1
@@ -460,7 +508,107 @@ class Journal:
 
         Its bytes were counted by :meth:`reserve`, when the streamer took it.
         """
-        self._put(("chunk", chunk, destinations, time.monotonic()))
+        now = time.monotonic()
+        self._added.append((chunk.seq, now))
+        self._put(("chunk", chunk, destinations, now))
+
+    def overdue(self) -> int | None:
+        """The seq to wait for when a chunk added more than about ``max_unwritten_s`` ago is not
+        committed yet, or more chunks (``MAX_HELD``) or data (``MAX_UNWRITTEN_BYTES``) than one
+        commit takes within the window: the newest chunk added, so one wait covers a burst.
+        Else None.
+
+        Called under the streamer's lock, before it adds a chunk; cheap.
+        """
+        added = self._added
+        committed = self.committed_seq
+        while added and added[0][0] <= committed:
+            added.popleft()
+        if not added or committed < self._given_up:
+            return None
+        if (
+            time.monotonic() - added[0][1] <= self._wait_after
+            and len(added) <= MAX_HELD
+            and self._queued_bytes <= MAX_UNWRITTEN_BYTES
+        ):
+            return None
+        return added[-1][0]
+
+    def wait_committed(self, seq: int, timeout: float = WRITER_WAIT_S) -> bool:
+        """Have the writer commit every chunk up to ``seq`` now, and wait for it.
+
+        False when it did not within ``timeout``: later calls then return at once (and
+        :meth:`overdue` asks for no wait) until the writer has caught up with ``seq``.
+        """
+        if self.committed_seq >= seq:
+            return True
+        if self.committed_seq < self._given_up:
+            return False
+        if seq > self._write_through:
+            self._write_through = seq
+        self._hurry.set()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        with self._committed:
+            while self.committed_seq < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._given_up = max(self._given_up, seq)
+                    log.warning(
+                        "journal: the writer did not commit within %.1f s (disk too slow?); "
+                        "push() does not wait for it until it catches up",
+                        timeout,
+                    )
+                    return False
+                self._committed.wait(left)
+        return True
+
+    def gaps(self, data_id: str) -> list[tuple[str, int, int]]:
+        """(channel, first, last) of every range of chunk indexes missing between the lowest
+        and the highest index the journal has recorded taking for that channel of the stream."""
+        rows = self._rows(
+            "SELECT channel, runs FROM chunk_runs WHERE data_id=? ORDER BY channel", (data_id,)
+        )
+        out: list[tuple[str, int, int]] = []
+        for channel, text in rows:
+            runs = sorted(orjson.loads(text))
+            out.extend(
+                (channel, before[1] + 1, after[0] - 1)
+                for before, after in itertools.pairwise(runs)
+                if after[0] > before[1] + 1
+            )
+        return out
+
+    def _note_taken(self, chunk: Chunk | ChunkToBuild) -> None:
+        """Record the chunk's index among the runs of each of its channels (writer thread)."""
+        index = chunk.chunk_index
+        names = (
+            tuple(c.name for c in chunk.channels)
+            if isinstance(chunk, Chunk)
+            else chunk.channel_names
+        )
+        for name in names:
+            key = (chunk.data_id, name)
+            runs = self._runs.setdefault(key, [])
+            self._runs_dirty.add(key)
+            if runs and runs[-1][0] <= index:  # the usual case: at or after the last run
+                last = runs[-1]
+                if index <= last[1]:
+                    continue
+                if index == last[1] + 1:
+                    last[1] = index
+                else:
+                    runs.append([index, index])
+                continue
+            runs.append([index, index])
+            runs.sort()
+            merged: list[list[int]] = []
+            for run in runs:
+                if merged and run[0] <= merged[-1][1] + 1:
+                    merged[-1][1] = max(merged[-1][1], run[1])
+                else:
+                    merged.append(run)
+            runs[:] = merged
 
     def delivered(self, seq: int, destination: str) -> None:
         self._put(("delivered", seq, destination))
@@ -497,10 +645,17 @@ class Journal:
 
     def _writer(self) -> None:
         while True:
-            due = self._held[0][2] + self._write_delay - time.monotonic() if self._held else None
-            self._wake.wait(timeout=None if due is None else max(due, 0.0))
-            if not self._stopping:
-                time.sleep(self._interval)  # let a burst accumulate: one commit for all of it
+            hold = self._write_delay - self._late
+            due = self._held[0][2] + hold - time.monotonic() if self._held else None
+            woken = self._wake.wait(timeout=None if due is None else max(due, 0.0))
+            if woken and not self._stopping and self._write_through <= self.committed_seq:
+                # Let a burst accumulate: one commit for all of it. Not past the moment the
+                # oldest held chunk is due, nor once a push waits for the commit.
+                pause = self._interval
+                if self._held:
+                    pause = min(pause, max(self._held[0][2] + hold - time.monotonic(), 0.0))
+                self._hurry.wait(pause)
+            self._hurry.clear()
             self._wake.clear()
             self._commit_queued()
             # A disk that keeps failing would keep its bookkeeping queued forever.
@@ -526,9 +681,16 @@ class Journal:
 
     def _commit(self, batch: list[tuple[Any, ...]]) -> None:
         now = time.monotonic()
-        # Write what is held when asked to, when closing, or when memory is short.
-        write_all = self._write_all or self._stopping or self._queued_bytes > MAX_QUEUED_BYTES // 2
+        # Write what is held when asked to, when closing, in a burst, or when memory is short.
+        write_all = (
+            self._write_all
+            or self._stopping
+            or self._queued_bytes > MAX_QUEUED_BYTES // 2
+            or len(self._held) + len(batch) > MAX_HELD
+        )
         self._write_all = False
+        hold = self._write_delay - self._late
+        oldest_written: float | None = None  # when the oldest chunk this commit writes was added
         top = None
         freed = 0  # bytes that leave the disk's count: settled in memory, or kept in memory
         freed_on_disk = 0  # bytes of chunks this write deletes: counted only if it succeeds
@@ -573,10 +735,18 @@ class Journal:
                 freed += size
                 taken += size
                 top = chunk.seq
+                self._note_taken(chunk)
                 continue
-            if not write_all and now - added_at < self._write_delay and chunk.seq not in must_write:
+            if (
+                not write_all
+                and chunk.seq > self._write_through
+                and now - added_at < hold
+                and chunk.seq not in must_write
+            ):
                 held.append((chunk, owing, added_at))
                 continue
+            if oldest_written is None:
+                oldest_written = added_at
             if not isinstance(chunk, Chunk):
                 chunk = chunk.build()  # only now: most chunks never need it
             taken += chunk_size(chunk.points)
@@ -584,6 +754,7 @@ class Journal:
             if not to_disk:
                 kept.append((chunk, owing))
                 continue
+            self._note_taken(chunk)
             stored.append((chunk, owing))
             chunk_rows.append(
                 (
@@ -662,6 +833,11 @@ class Journal:
         # highest seq taken is recorded with the next write; until then no row refers to it.
         with self._bytes_lock:
             self._bytes = max(0, self._bytes - freed)
+        if oldest_written is not None and not write_all:
+            # Past the due time by the end of the commit: the next chunks are held that much
+            # less. Forgotten slowly, so one quiet commit does not undo it.
+            late = time.monotonic() - oldest_written - self._write_delay
+            self._late = min(self._write_delay, max(late, self._late * 0.9, 0.0))
         if top is not None:
             with self._committed:
                 self.committed_seq = max(self.committed_seq, top)
@@ -761,6 +937,11 @@ class Journal:
                     "VALUES (?,?,?)",
                     item[1:4],
                 )
+        for key in self._runs_dirty:
+            db.execute(
+                "INSERT OR REPLACE INTO chunk_runs VALUES (?,?,?)",
+                (*key, orjson.dumps(self._runs[key]).decode()),
+            )
         # Sequence numbers are never reused: an ATLAS session state, for one, names the last
         # chunk it includes, which may be one that was settled without the disk.
         if self._taken_seq > self._stored_seq:
@@ -771,6 +952,7 @@ class Journal:
             )
         db.execute("COMMIT")
         self._stored_seq = self._taken_seq
+        self._runs_dirty.clear()
         return freed
 
     def _bits(self, destinations: Sequence[str]) -> int:
@@ -940,6 +1122,7 @@ class Journal:
             )
             db.execute("DELETE FROM chunks WHERE data_id=?", (data_id,))
             db.execute("DELETE FROM atlas_sessions WHERE data_id=?", (data_id,))
+            db.execute("DELETE FROM chunk_runs WHERE data_id=?", (data_id,))
             db.execute("DELETE FROM streams WHERE data_id=?", (data_id,))
             db.execute("COMMIT")
         finally:

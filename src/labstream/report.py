@@ -83,6 +83,14 @@ class StreamReport:
     delivered from there, and a crash before delivery would have lost them. ``not_durable_reason``
     says why; it is also set, with no chunk counted, while the journal is not writing chunks.
     Any of them still undelivered when the streamer closed is counted as dropped.
+
+    ``journal_waits`` counts the pushes that waited for the journal's commit, and
+    ``journal_wait_s`` the seconds they waited in all: with the default durability, when the
+    journal fell behind the durability window (a burst, a slow disk); with
+    ``durability="commit"``, every push. ``journal_wait_timeouts`` of those waits gave up
+    after 2 s. ``gaps`` are (channel, first, last) ranges of chunk indexes a recovered stream
+    misses between the lowest and highest index its journal recorded: such a stream is not
+    ``ok``.
     """
 
     data_id: str
@@ -93,6 +101,10 @@ class StreamReport:
     not_durable_chunks: int = 0
     not_durable_points: int = 0
     not_durable_reason: str | None = None
+    journal_waits: int = 0
+    journal_wait_s: float = 0.0
+    journal_wait_timeouts: int = 0
+    gaps: tuple[tuple[str, int, int], ...] = ()
 
     @property
     def durable(self) -> bool:
@@ -102,12 +114,28 @@ class StreamReport:
 
     @property
     def ok(self) -> bool:
-        """True when nothing was refused and every destination got everything and closed."""
-        return not self.refused_chunks and all(d.complete for d in self.destinations.values())
+        """True when nothing was refused or missing and every destination got everything and
+        closed."""
+        return (
+            not self.refused_chunks
+            and not self.gaps
+            and all(d.complete for d in self.destinations.values())
+        )
 
     def notes(self) -> list[str]:
-        """Lines about the stream as a whole: chunks refused, chunks not durable."""
+        """Lines about the stream as a whole: chunks refused or missing, chunks not durable,
+        waits for the journal."""
         out = []
+        if self.gaps:
+            shown = ", ".join(
+                f"{channel} {first}" if first == last else f"{channel} {first}-{last}"
+                for channel, first, last in self.gaps[:10]
+            )
+            more = f" and {len(self.gaps) - 10} more" if len(self.gaps) > 10 else ""
+            out.append(
+                f"  missing chunk indexes (not in the journal the stream was recovered from): "
+                f"{shown}{more}"
+            )
         if self.refused_chunks:
             out.append(
                 f"  refused before storing: {self.refused_chunks} chunk(s) / "
@@ -121,6 +149,16 @@ class StreamReport:
         elif self.not_durable_reason:
             out.append(
                 f"  not durable: the journal is not writing chunks: {self.not_durable_reason}"
+            )
+        if self.journal_waits:
+            timeouts = (
+                f", {self.journal_wait_timeouts} gave up after 2 s"
+                if self.journal_wait_timeouts
+                else ""
+            )
+            out.append(
+                f"  waited for the journal: {self.journal_waits} push(es), "
+                f"{self.journal_wait_s:.3f} s in all{timeouts}"
             )
         return out
 

@@ -45,7 +45,15 @@ from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
 from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
 from .handoff import LoopHandoff
-from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
+from .journal import (
+    LIVE_OWNERS,
+    MAX_UNWRITTEN_S,
+    WRITER_WAIT_S,
+    Journal,
+    JournalFull,
+    chunk_size,
+    default_spool_dir,
+)
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
 from .sinks.atlas import AtlasSink
@@ -66,6 +74,7 @@ DIGEST_WINDOW = 100_000
 # one push per ms, 25-40% less CPU per chunk. Delivery starts that much later; the journal does
 # not wait for it (chunks go to it from push()).
 HANDOFF_COALESCE_S = 0.005
+DURABILITY = ("window", "commit")
 
 
 API_KEY_ENV = ("AS_API_KEY", "ATOMSCALE_API_KEY")
@@ -110,6 +119,18 @@ class Accepted:
     points: int
     chunk: Chunk | None = None
 
+    @property
+    def chunk_index(self) -> int:
+        return self.index
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        raws = self.raws  # read before chunk, as in build()
+        chunk = self.chunk
+        if chunk is not None:
+            return tuple(c.name for c in chunk.channels)
+        return tuple(r.name for r in raws)
+
     def build(self) -> Chunk:
         """The chunk, clock-corrected and frozen. Made once, by whichever thread needs it first:
         the event loop (to deliver it) or the journal's writer (to store it). In a burst the loop
@@ -142,6 +163,10 @@ class _Stream:
     refusal_reason: str | None = None
     recovered: bool = False
     closing: anyio.Event | None = None  # set once finalize is done; a second caller waits on it
+    journal_waits: int = 0  # pushes that waited for the journal's commit
+    journal_wait_s: float = 0.0
+    journal_wait_timeouts: int = 0
+    gaps: tuple[tuple[str, int, int], ...] = ()  # a recovered stream's missing chunk indexes
 
 
 def split_run_item(
@@ -213,6 +238,14 @@ class AsyncTimeseriesStreamer:
         spool_retention_s: how long undeliverable data is kept.
         memory_window_chunks: with the journal, the most chunks a destination holds in memory;
             a destination that falls further behind reads its backlog back from disk.
+        spool_max_unwritten_s: the durability window W (default 0.05 s): a chunk whose
+            ``push()`` returned more than W ago is in the journal, so a crash loses at most the
+            last W of pushes. When the journal falls further behind (a burst, a slow disk),
+            ``push()`` waits for its commit, at most 2 s; never for the network. The report
+            counts the waits (``journal_waits``, ``journal_wait_s``).
+        durability: ``"window"`` (default, as above) or ``"commit"``: ``push()`` and
+            ``push_multi()`` return only once the journal committed the chunk (a few ms more
+            per push), so a crash loses nothing that was pushed.
         atlas: ``"host:port"`` of an ATLAS Stream API, or :class:`~labstream.Atlas` settings, to
             stream to ATLAS too (default ``LABSTREAM_ATLAS``). With ``api_key=None`` and no key in
             the environment, the streamer streams to ATLAS alone.
@@ -243,7 +276,20 @@ class AsyncTimeseriesStreamer:
         spool_min_free_bytes: int = 256 * 1024**2,
         spool_retention_s: float = 7 * 24 * 3600.0,
         memory_window_chunks: int = 1024,
+        spool_max_unwritten_s: float = MAX_UNWRITTEN_S,
+        durability: str = "window",
     ) -> None:
+        if durability not in DURABILITY:
+            raise ValueError(f"durability must be 'window' or 'commit', not {durability!r}")
+        if (
+            isinstance(spool_max_unwritten_s, bool)
+            or not isinstance(spool_max_unwritten_s, int | float)
+            or not 0 < spool_max_unwritten_s < float("inf")
+        ):
+            raise ValueError(
+                f"spool_max_unwritten_s must be a number of seconds > 0, not "
+                f"{spool_max_unwritten_s!r}"
+            )
         if isinstance(points_per_chunk, bool) or not isinstance(points_per_chunk, int):
             raise TypeError("points_per_chunk must be an int")
         if points_per_chunk < 1:
@@ -284,12 +330,16 @@ class AsyncTimeseriesStreamer:
         self._seq = 0  # without a journal
         self._owner = f"{os.getpid()}:{uuid.uuid4().hex}"
         self._journal: Journal | None = None
+        self._commit_each = durability == "commit"
+        # A journal wait found by a push on the event loop's thread, done by push() off the loop.
+        self._loop_wait: tuple[_Stream, int] | None = None
         if spool:
             self._journal = Journal(
                 Path(spool_dir).expanduser() if spool_dir is not None else default_spool_dir(),
                 max_bytes=spool_max_bytes,
                 min_free_bytes=spool_min_free_bytes,
                 retention_s=spool_retention_s,
+                max_unwritten_s=float(spool_max_unwritten_s),
             )
             LIVE_OWNERS.add(self._owner)
 
@@ -406,6 +456,7 @@ class AsyncTimeseriesStreamer:
             fields["tags"] = tuple(fields.get("tags") or ())
             info = StreamInfo(**fields)
             stream = _Stream(info, recovered=True)
+            stream.gaps = tuple(await anyio.to_thread.run_sync(journal.gaps, info.data_id))
             with self._lock:
                 self._streams[info.data_id] = stream
             for runner in todo:
@@ -611,6 +662,10 @@ class AsyncTimeseriesStreamer:
         place in the order; the chunk then goes to the journal's queue. What is left to do (the ns
         conversion) cannot fail.
 
+        With the journal, a chunk older than the durability window and not committed yet, or
+        with ``durability="commit"`` this chunk, is waited for after the lock is let go: here
+        on a pushing thread, in :meth:`push` for the event loop's.
+
         The journal's queue, and with ``handoff`` the event loop's, are fed under the lock that
         gave the chunk its seq: both get every stream's chunks in seq order, whatever the number
         of pushing threads (a runner reading its backlog back from the journal relies on it)."""
@@ -640,7 +695,9 @@ class AsyncTimeseriesStreamer:
                     return None
             journal = self._journal
             points = sum(r.points for r in raws)
+            wait_for = None
             if journal is not None:
+                wait_for = journal.overdue()
                 try:
                     journal.reserve(chunk_size(points))
                 except JournalFull as full:
@@ -660,10 +717,35 @@ class AsyncTimeseriesStreamer:
                 # Straight to the journal, not through the event loop: the loop may be far
                 # behind in a burst, and the chunk must be on disk within a commit or two.
                 journal.add_chunk(accepted, self._destination_names)
+                if self._commit_each:
+                    wait_for = seq
             if handoff:
                 self.dispatch_threadsafe(accepted)
-                return None
-        return accepted
+        if wait_for is not None:
+            if handoff:
+                self.wait_journal(stream, wait_for)
+            else:
+                self._loop_wait = (stream, wait_for)
+        return None if handoff else accepted
+
+    def wait_journal(self, stream: _Stream, seq: int) -> None:
+        """Wait (bounded) until the journal committed every chunk up to ``seq``; counted in the
+        stream's report. Blocks: not on the event loop's thread."""
+        assert self._journal is not None
+        started = time.perf_counter()
+        done = self._journal.wait_committed(seq, WRITER_WAIT_S)
+        waited = time.perf_counter() - started
+        with self._lock:
+            stream.journal_waits += 1
+            stream.journal_wait_s += waited
+            if not done:
+                stream.journal_wait_timeouts += 1
+
+    async def _wait_journal_off_loop(self) -> None:
+        """The wait a push on the event loop's thread asked for, in a worker thread."""
+        pending, self._loop_wait = self._loop_wait, None
+        if pending is not None:
+            await anyio.to_thread.run_sync(self.wait_journal, *pending)
 
     def _refuse(self, stream: _Stream, points: int, reason: str) -> None:
         """Count a chunk refused for lack of room; log the first and then every hundredth."""
@@ -818,6 +900,8 @@ class AsyncTimeseriesStreamer:
         accepted = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
         if accepted is not None:
             self._dispatch_accepted(accepted)
+        if self._loop_wait is not None:
+            await self._wait_journal_off_loop()
 
     async def push_multi(self, data_id: str, chunk_index: int, channels: object) -> None:
         """Queue a multi-channel chunk: ``{name: {"timestamps", "values", "units"?}}``.
@@ -828,6 +912,8 @@ class AsyncTimeseriesStreamer:
         accepted = self.accept_push_multi(data_id, chunk_index, channels)
         if accepted is not None:
             self._dispatch_accepted(accepted)
+        if self._loop_wait is not None:
+            await self._wait_journal_off_loop()
 
     async def run(
         self,
@@ -967,6 +1053,10 @@ class AsyncTimeseriesStreamer:
             not_durable_chunks=not_durable[0],
             not_durable_points=not_durable[1],
             not_durable_reason=not_durable[2],
+            journal_waits=stream.journal_waits,
+            journal_wait_s=stream.journal_wait_s,
+            journal_wait_timeouts=stream.journal_wait_timeouts,
+            gaps=stream.gaps,
         )
 
     def recovered_streams(self) -> list[str]:
