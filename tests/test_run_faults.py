@@ -3,8 +3,8 @@ outage, rejections, a slow or failing iterator, no journal, two threads, a deadl
 
 Each scenario streams over loopback to the Atomscale emulator (with libcurl, as in production)
 and, where it matters, to the ATLAS emulator, and checks what the destinations stored, not only
-what labstream reports. Kill -9 during ``run()`` is ``test_reliability``'s kill -9 scenario with
-``mode="run"``.
+what labstream reports. Kill -9 during ``run()`` is one of the moments of ``test_reliability``'s
+kill -9 scenario.
 """
 
 from __future__ import annotations
