@@ -11,12 +11,13 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from labstream import AsyncTimeseriesStreamer, TimeseriesStreamer
+from labstream import AsyncTimeseriesStreamer, TimeseriesStreamer, spool
 from labstream.journal import Journal
 
 from .fakes import API_KEY, FakeAtomscale, Recorded
@@ -144,7 +145,7 @@ def test_a_bad_durability_option_is_refused_by_name(
 
 
 def test_a_recovered_stream_with_missing_chunk_indexes_is_not_complete(
-    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale, isolated_spool: Path
 ) -> None:
     """Chunks 5-7 never reached the journal (here: never pushed; after a crash: refused, or
     kept in memory while the disk failed). The recovering streamer cannot deliver them, and its
@@ -156,6 +157,9 @@ def test_a_recovered_stream_with_missing_chunk_indexes_is_not_complete(
         first.push(data_id, c, "T", *series(c))
     crash(first)
     fake.responders.clear()
+    rows = spool.status(isolated_spool)
+    assert [r.gaps for r in rows] == [(("T", 5, 7),)]
+    assert f"{data_id}: missing chunk indexes: T 5-7" in spool.format_status(rows, isolated_spool)
 
     second = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
     report = second.finalize(data_id, timeout=10)

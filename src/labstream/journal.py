@@ -221,6 +221,8 @@ class SpoolStatus:
     oldest_pending_age_s: float | None
     finalize_requested: bool
     closed: bool
+    # (channel, first, last): chunk indexes missing from the journal's record of the stream
+    gaps: tuple[tuple[str, int, int], ...] = ()
 
 
 class ChunkToBuild(Protocol):
@@ -1074,6 +1076,7 @@ class Journal:
         now = time.time()
         out = []
         for s in self.streams():
+            gaps = tuple(self.gaps(s.data_id))
             for dest in s.destinations:
                 pending = self._rows(
                     "SELECT COUNT(*), COALESCE(SUM(c.points), 0), MIN(c.created_at) "
@@ -1097,6 +1100,7 @@ class Journal:
                         None if pending[2] is None else now - float(pending[2]),
                         s.finalize_requested,
                         dest in s.closed,
+                        gaps,
                     )
                 )
         return out

@@ -51,6 +51,15 @@ def format_status(rows: list[SpoolStatus], directory: Path) -> str:
             f"{r.data_id:<38}{(r.stream_name or '-')[:19]:<20}{r.destination:<12}"
             f"{r.pending_chunks:>9}{r.pending_points:>10}{r.rejected_chunks:>9}{age:>9}  {state}"
         )
+    seen = set()
+    for r in rows:
+        if r.gaps and r.data_id not in seen:
+            seen.add(r.data_id)
+            missing = ", ".join(
+                f"{ch} {a}" if a == b else f"{ch} {a}-{b}" for ch, a, b in r.gaps[:10]
+            )
+            more = f" and {len(r.gaps) - 10} more" if len(r.gaps) > 10 else ""
+            lines.append(f"{r.data_id}: missing chunk indexes: {missing}{more}")
     return "\n".join(lines)
 
 
