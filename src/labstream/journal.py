@@ -546,8 +546,8 @@ class Journal:
             return True
         if self.committed_seq < self._given_up:
             return False
-        if seq > self._write_through:
-            self._write_through = seq
+        with self._bytes_lock:  # pushing threads may ask at once: keep the highest
+            self._write_through = max(self._write_through, seq)
         self._hurry.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
