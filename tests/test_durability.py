@@ -136,12 +136,20 @@ def test_against_a_slow_disk_push_waits_so_nothing_older_than_w_is_unwritten(
         ("spool_max_unwritten_s", "0.05", "spool_max_unwritten_s"),
         ("spool_max_unwritten_s", True, "spool_max_unwritten_s"),
     ],
+    ids=["sync", "None", "zero", "negative", "nan", "str", "bool"],
 )
 def test_a_bad_durability_option_is_refused_by_name(
     streamer_factory: Callable[..., TimeseriesStreamer], option: str, value: Any, message: str
 ) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         streamer_factory(**{option: value})
+
+
+def test_commit_durability_without_the_journal_is_refused(
+    streamer_factory: Callable[..., TimeseriesStreamer],
+) -> None:
+    with pytest.raises(ValueError, match="durability='commit' needs the journal"):
+        streamer_factory(durability="commit", spool=False)
 
 
 def test_a_recovered_stream_with_missing_chunk_indexes_is_not_complete(

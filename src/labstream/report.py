@@ -87,8 +87,9 @@ class StreamReport:
     ``journal_waits`` counts the pushes that waited for the journal's commit, and
     ``journal_wait_s`` the seconds they waited in all: with the default durability, when the
     journal fell behind the durability window (a burst, a slow disk); with
-    ``durability="commit"``, every push. ``journal_wait_timeouts`` of those waits gave up
-    after 2 s. ``gaps`` are (channel, first, last) ranges of chunk indexes a recovered stream
+    ``durability="commit"``, every push. ``journal_wait_timeouts`` of those returned before the
+    commit: the journal was more than 2 s behind (a wait gives up after 2 s, and pushes do not
+    wait again until it has caught up). ``gaps`` are (channel, first, last) ranges of chunk indexes a recovered stream
     misses between the lowest and highest index its journal recorded: such a stream is not
     ``ok``.
     """
@@ -152,7 +153,8 @@ class StreamReport:
             )
         if self.journal_waits:
             timeouts = (
-                f", {self.journal_wait_timeouts} gave up after 2 s"
+                f", {self.journal_wait_timeouts} returned before the commit (the journal was "
+                "more than 2 s behind)"
                 if self.journal_wait_timeouts
                 else ""
             )

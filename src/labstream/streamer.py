@@ -281,6 +281,8 @@ class AsyncTimeseriesStreamer:
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'window' or 'commit', not {durability!r}")
+        if durability == "commit" and not spool:
+            raise ValueError("durability='commit' needs the journal: it cannot go with spool=False")
         if (
             isinstance(spool_max_unwritten_s, bool)
             or not isinstance(spool_max_unwritten_s, int | float)
