@@ -89,9 +89,9 @@ class StreamReport:
     journal fell behind the durability window (a burst, a slow disk); with
     ``durability="commit"``, every push. ``journal_wait_timeouts`` of those returned before the
     commit: the journal was more than 2 s behind (a wait gives up after 2 s, and pushes do not
-    wait again until it has caught up). ``gaps`` are (channel, first, last) ranges of chunk indexes a recovered stream
-    misses between the lowest and highest index its journal recorded: such a stream is not
-    ``ok``.
+    wait again until it has caught up). ``gaps`` are (channel, first, last) ranges of chunk
+    indexes a recovered stream misses between the lowest and highest index its journal
+    recorded: such a stream is not ``ok``.
     """
 
     data_id: str
