@@ -10,8 +10,9 @@ commits whatever accumulated every few milliseconds in one transaction (group co
 costs microseconds. A chunk that every destination confirms within ``write_delay_s`` of being
 added is never written: on a healthy link that is nearly every paced chunk, which spares the disk
 a write and a delete per chunk. Any other chunk is on disk within about ``write_delay_s +
-commit_interval_s`` of being added, or later when the writer gets little CPU (docs/durability.md
-gives the measured window).
+commit_interval_s`` of being added. The writer gets little CPU while pushes come back to back, so
+a pushing thread asks :meth:`Journal.overdue` and waits for the commit when a chunk is about to be
+unwritten for longer than ``max_unwritten_s`` (the durability window of docs/durability.md).
 Delivery outcomes go through the same queue. Reads (recovery, spilled backlog, status) use their own
 connection. The API key is never written: destinations are recorded by name and address only.
 """

@@ -888,7 +888,9 @@ class AsyncTimeseriesStreamer:
         values: object,
         units: str | None = None,
     ) -> None:
-        """Queue one channel's chunk for every destination; returns without network I/O.
+        """Queue one channel's chunk for every destination; returns without network I/O. Waits
+        (bounded) for the local journal only when it falls behind ``spool_max_unwritten_s``, or
+        for this chunk's commit with ``durability="commit"``.
 
         A NaN value is a gap: Atomscale gets ``null``, ATLAS ``DATA_STATUS_MISSING``. The
         masked values of a numpy masked array are sent the same way.

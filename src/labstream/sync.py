@@ -166,7 +166,8 @@ class TimeseriesStreamer:
         values: object,
         units: str | None = None,
     ) -> None:
-        """Queue one channel's chunk; never waits on the network.
+        """Queue one channel's chunk; never waits on the network (only, bounded, for the local
+        journal when it falls behind the durability window, or with ``durability="commit"``).
 
         Raises:
             TypeError, ValueError, StreamStateError: see :meth:`AsyncTimeseriesStreamer.push`.
@@ -176,7 +177,7 @@ class TimeseriesStreamer:
         )
 
     def push_multi(self, data_id: str, chunk_index: int, channels: object) -> None:
-        """Queue a multi-channel chunk; never waits on the network.
+        """Queue a multi-channel chunk; never waits on the network (see :meth:`push`).
 
         Raises:
             TypeError, ValueError, StreamStateError: see :meth:`AsyncTimeseriesStreamer.push`.
