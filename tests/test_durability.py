@@ -193,3 +193,25 @@ def test_a_recovered_stream_without_holes_reports_none(
     fake.responders.clear()
     report = streamer_factory(clock_sync=False, retry=QUICK, sleep=None).finalize(data_id, 10)
     assert report.ok and report.gaps == (), str(report)
+
+
+def test_a_stream_resumed_and_pushed_to_keeps_the_record_of_the_first_process(
+    streamer_factory: Callable[..., TimeseriesStreamer], fake: FakeAtomscale
+) -> None:
+    """The second process's writer continues the journal's record of the stream instead of
+    starting it afresh: the hole between what each process took still shows."""
+    chunks_down(fake)
+    first = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
+    data_id = first.initialize(stream_name="two lives")
+    for c in range(5):
+        first.push(data_id, c, "T", *series(c))
+    crash(first)
+    second = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
+    assert second.recovered_streams() == [data_id]
+    for c in (8, 9):
+        second.push(data_id, c, "T", *series(c))
+    crash(second)
+    fake.responders.clear()
+    report = streamer_factory(clock_sync=False, retry=QUICK, sleep=None).finalize(data_id, 10)
+    assert report["atomscale"].chunks_delivered == 7
+    assert report.gaps == (("T", 5, 7),), str(report)

@@ -582,6 +582,15 @@ class Journal:
             )
         return out
 
+    def _stored_runs(self, key: tuple[str, str]) -> list[list[int]]:
+        try:
+            row = self._write.execute(
+                "SELECT runs FROM chunk_runs WHERE data_id=? AND channel=?", key
+            ).fetchone()
+        except sqlite3.Error:
+            return []
+        return [list(run) for run in orjson.loads(row[0])] if row else []
+
     def _note_taken(self, chunk: Chunk | ChunkToBuild) -> None:
         """Record the chunk's index among the runs of each of its channels (writer thread)."""
         index = chunk.chunk_index
@@ -592,7 +601,9 @@ class Journal:
         )
         for name in names:
             key = (chunk.data_id, name)
-            runs = self._runs.setdefault(key, [])
+            runs = self._runs.get(key)
+            if runs is None:  # a stream this process resumed: continue its record
+                runs = self._runs[key] = self._stored_runs(key)
             self._runs_dirty.add(key)
             if runs and runs[-1][0] <= index:  # the usual case: at or after the last run
                 last = runs[-1]
@@ -684,13 +695,7 @@ class Journal:
 
     def _commit(self, batch: list[tuple[Any, ...]]) -> None:
         now = time.monotonic()
-        # Write what is held when asked to, when closing, in a burst, or when memory is short.
-        write_all = (
-            self._write_all
-            or self._stopping
-            or self._queued_bytes > MAX_QUEUED_BYTES // 2
-            or len(self._held) + len(batch) > MAX_HELD
-        )
+        flushing = self._write_all
         self._write_all = False
         hold = self._write_delay - self._late
         oldest_written: float | None = None  # when the oldest chunk this commit writes was added
@@ -712,6 +717,13 @@ class Journal:
                 arrived.add(item[1].seq)
             elif kind == "rejected":
                 must_write.add(item[1])
+        # Write what is held when asked to, when closing, in a burst, or when memory is short.
+        write_all = (
+            flushing
+            or self._stopping
+            or self._queued_bytes > MAX_QUEUED_BYTES // 2
+            or len(arrived) > MAX_HELD
+        )
         # Chunks and confirmations go in a few executemany() calls per commit, not statements
         # per chunk: each statement takes the GIL back from the event loop.
         chunk_rows: list[tuple[Any, ...]] = []
