@@ -874,7 +874,7 @@ def check_kill_9(out: Outcome) -> None:
             problems.append(f"{name}: ATLAS checks failed: {t['atlas_failed_checks']}")
         if t["report_ok"] is False and not t["report_gaps"]:
             problems.append(f"{name}: the recovered stream's report is not ok")
-    assert not problems, "\n".join(problems)
+    assert not problems, f"seed {out.facts['seed']}:\n" + "\n".join(problems)
 
 
 def test_kill_9_at_random_moments_loses_nothing_older_than_the_window(tmp_path: Path) -> None:
