@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from labstream import Atlas, RetryPolicy, TimeseriesStreamer
-from labstream.emulators.atlas import AtlasEmulator, AtlasFaultPlan, run_in_thread
-from labstream.emulators.atlas_checker import SessionReport, check_session, format_report
-from labstream.timebase import seconds_to_ns
+from labstream._core.timebase import seconds_to_ns
+from labstream.testing.atlas import AtlasEmulator, AtlasFaultPlan, run_in_thread
+from labstream.testing.atlas_checker import SessionReport, check_session, format_report
 
 from .fakes import FakeAtomscale
 

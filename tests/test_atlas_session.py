@@ -16,10 +16,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from labstream._core.chunk import Chunk, make_chunk, validate_series
 from labstream._proto.ma.streaming.api.v1 import api_pb2
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2
-from labstream.atlas import encoding as enc
-from labstream.atlas.session import (
+from labstream.destinations.atlas import encoding as enc
+from labstream.destinations.atlas.session import (
     MAIN_STREAM,
     Action,
     Answer,
@@ -49,7 +50,6 @@ from labstream.atlas.session import (
     SessionState,
     WritePacket,
 )
-from labstream.chunk import Chunk, make_chunk, validate_series
 
 T0 = 1_700_000_000.25  # epoch seconds
 DS, STREAM = "Lab_MBE-1", "Stream1"

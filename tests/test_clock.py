@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from labstream import TimeseriesStreamer
-from labstream.clock import ClockCorrection, TimeSample
+from labstream._core.clock import ClockCorrection, TimeSample
 
 from .fakes import FakeAtomscale
 

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from labstream import DestinationReport, RetryPolicy, TimeseriesStreamer
-from labstream.chunk import Chunk
+from labstream._core.chunk import Chunk
 from labstream.errors import DestinationError
 
 from .fakes import FakeAtomscale, Recorded, RecordingSleep, fail_every
@@ -291,7 +291,7 @@ def test_finalize_returns_within_its_timeout_and_a_stated_grace_when_the_close_h
     it, not a whole request timeout."""
     import time
 
-    from labstream import delivery
+    from labstream._core import delivery
 
     monkeypatch.setattr(delivery, "CLOSE_GRACE_S", 0.2)
     released = anyio.Event()
@@ -356,9 +356,9 @@ class BatchingSink:
 
 
 def run_batches(sink: BatchingSink, chunks: int, policy: RetryPolicy) -> DestinationReport:
-    from labstream.chunk import make_chunk, validate_series
-    from labstream.delivery import DeliveryRunner
-    from labstream.sinks.base import StreamInfo
+    from labstream._core.chunk import make_chunk, validate_series
+    from labstream._core.delivery import DeliveryRunner
+    from labstream.destinations.base import StreamInfo
 
     sleeper = RecordingSleep()
     runner = DeliveryRunner(sink, policy, sleep=sleeper)

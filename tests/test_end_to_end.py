@@ -15,7 +15,7 @@ import pytest
 
 from labstream import RetryPolicy, TimeseriesStreamer
 from labstream.cli import main
-from labstream.emulators.atomscale import AtomscaleEmulator, FaultPlan, run_in_thread
+from labstream.testing.atomscale import AtomscaleEmulator, FaultPlan, run_in_thread
 
 from .fakes import API_KEY, RecordingSleep
 

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from labstream import RetryPolicy, TimeseriesStreamer, spool
-from labstream.emulators.atomscale import FaultPlan, run_in_thread
+from labstream import RetryPolicy, TimeseriesStreamer
+from labstream.cli import spool
+from labstream.testing.atomscale import FaultPlan, run_in_thread
 
 from .fakes import API_KEY
 

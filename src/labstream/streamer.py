@@ -29,8 +29,7 @@ import anyio
 import numpy as np
 from anyio.abc import TaskGroup
 
-from .atlas.config import Atlas
-from .chunk import (
+from ._core.chunk import (
     EARLIEST_S,
     LATEST_S,
     Chunk,
@@ -41,17 +40,18 @@ from .chunk import (
     validate_series,
     where,
 )
-from .clock import ClockCorrection, ClockStatus, skip_requested
-from .delivery import DeliveryRunner
+from ._core.clock import ClockCorrection, ClockStatus, skip_requested
+from ._core.delivery import DeliveryRunner
+from ._core.handoff import LoopHandoff
+from ._core.journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
+from ._core.timebase import seconds_to_ns_scalar
+from .destinations.atlas.config import Atlas
+from .destinations.atlas.sink import AtlasSink
+from .destinations.atomscale.sink import DEFAULT_ENDPOINT, AtomscaleSink
+from .destinations.base import Marker, Sink, StreamInfo
 from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
-from .handoff import LoopHandoff
-from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
-from .sinks.atlas import AtlasSink
-from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink
-from .sinks.base import Marker, Sink, StreamInfo
-from .timebase import seconds_to_ns_scalar
 
 if TYPE_CHECKING:
     import httpx
@@ -192,7 +192,7 @@ class AsyncTimeseriesStreamer:
         finalize_timeout: default seconds ``finalize()``/``run()`` wait for pending deliveries.
         max_concurrency: the most Atomscale uploads in flight. The window adapts below it: it
             grows while round trips stay flat and shrinks when the server is overloaded
-            (``labstream.window``).
+            (``labstream._core.window``).
         http_transport: an httpx async transport (tests use ``httpx.MockTransport``); Atomscale's
             requests then go through it instead of libcurl.
         proxy: proxy URL for Atomscale's requests (``""``: none); default: ``HTTPS_PROXY``,
@@ -478,7 +478,7 @@ class AsyncTimeseriesStreamer:
         return tuple(r.name for r in self._runners)
 
     def clock_status(self) -> ClockStatus:
-        """The clock correction in effect (see :class:`~labstream.clock.ClockStatus`)."""
+        """The clock correction in effect (see :class:`~labstream._core.clock.ClockStatus`)."""
         return self._clock.status
 
     # -- initialize ----------------------------------------------------------------------------

@@ -6,7 +6,7 @@ therefore "succeed" against it while ATLAS shows nothing. This emulator speaks t
 the same gRPC paths (generated from the published protocol), so any client written against the real
 server -- labstream's sink, the vendor's Python samples -- runs against it unchanged, and it keeps
 what the real server throws away: every packet exactly as received, every RPC, in arrival order.
-:mod:`labstream.emulators.atlas_checker` then judges that recording against ATLAS's rules.
+:mod:`labstream.testing.atlas_checker` then judges that recording against ATLAS's rules.
 
 Behaviour (see ``shared/specs/atlas-protocol.md``; choices of the emulator are marked so):
 
@@ -89,10 +89,9 @@ from google.protobuf import (
 )
 from google.protobuf.message import Message
 
-from labstream._proto.ma.streaming.api.v1 import api_pb2
-from labstream._proto.ma.streaming.key_generator.v1 import key_generator_pb2
-from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
-
+from .._proto.ma.streaming.api.v1 import api_pb2
+from .._proto.ma.streaming.key_generator.v1 import key_generator_pb2
+from .._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
 from ._spill import Spill as _Spill
 from ._threaded import started_in_thread
 from .atlas_checker import (
@@ -1612,8 +1611,8 @@ def serve(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m labstream.emulators.atlas [serve|check FILE]``."""
-    parser = argparse.ArgumentParser(prog="python -m labstream.emulators.atlas")
+    """``python -m labstream.testing.atlas [serve|check FILE]``."""
+    parser = argparse.ArgumentParser(prog="python -m labstream.testing.atlas")
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("serve", help="run the emulator until Ctrl-C (the default)")
     check = sub.add_parser("check", help="print the protocol report of a --record file")

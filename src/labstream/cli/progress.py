@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .report import DestinationReport, StreamReport
+from ..report import DestinationReport, StreamReport
 
 __all__ = [
     "Part",

@@ -35,10 +35,10 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
+from ..errors import JournalError
 from .chunk import ChannelSeries, Chunk
-from .errors import JournalError
 
-log = logging.getLogger("labstream.journal")
+log = logging.getLogger("labstream._core.journal")
 
 SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
 # Chunk data queued for the writer before push() waits for it: bounds memory when pushes outrun

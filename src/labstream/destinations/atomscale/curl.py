@@ -4,7 +4,7 @@ Why: in Python on the event loop (aiohttp, httpx) a request costs several times 
 here (docs/performance.md); one thread drives a ``CurlMulti`` (:class:`RequestMulti`), libcurl
 builds requests, parses responses and keeps connections alive in C with the GIL released, and the
 event loop only hands requests over and is woken once per batch of finished ones. Hundreds of
-uploads can be in flight at once (the adaptive window, ``labstream.window``).
+uploads can be in flight at once (the adaptive window, ``labstream._core.window``).
 
 What it does and does not do: the proxy is the one :mod:`.proxy` chose (libcurl's own reading of
 the environment is off); no redirect is followed (an upload is never re-posted, and the API key

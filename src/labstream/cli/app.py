@@ -2,9 +2,9 @@
 and run the demo, the local emulators and the ATLAS protocol report.
 
 argparse keeps the CLI dependency-free; each subcommand is a thin layer over the library and the
-CLI's own modules: :mod:`labstream.config` (what to connect to), :mod:`labstream.logfiles` (what
-to send), :mod:`labstream.progress` (what was achieved). Whatever goes wrong is said in a sentence
-with a distinct exit code, never as a traceback: 0 everything done, 1 a destination did not get
+CLI's own modules: :mod:`.config` (what to connect to), :mod:`.logfiles` (what to send),
+:mod:`.progress` (what was achieved). Whatever goes wrong is said in a sentence with a distinct
+exit code, never as a traceback: 0 everything done, 1 a destination did not get
 everything (or a check failed), 2 bad input or usage, 130 interrupted.
 """
 
@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from . import StreamReport, TimeseriesStreamer
+    from .. import StreamReport, TimeseriesStreamer
+    from ..report import DestinationReport
     from .config import Resolved
     from .logfiles import LogFile, ScanResult
     from .progress import Part, ProgressView, PushState
-    from .report import DestinationReport
 
 EXIT_OK = 0
 EXIT_INCOMPLETE = 1
@@ -127,7 +127,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _atomscale_serve(args: argparse.Namespace) -> int:
-    from .emulators.atomscale import FaultPlan, serve
+    from ..testing.atomscale import FaultPlan, serve
 
     faults = FaultPlan(
         fail_fraction=args.fail_fraction,
@@ -143,7 +143,7 @@ def _atomscale_serve(args: argparse.Namespace) -> int:
 
 
 def _atlas_serve(args: argparse.Namespace) -> int:
-    from .emulators.atlas import AtlasFaultPlan, serve
+    from ..testing.atlas import AtlasFaultPlan, serve
 
     faults = AtlasFaultPlan(
         unavailable_fraction=args.unavailable_fraction, latency_s=args.latency, seed=args.seed
@@ -155,8 +155,8 @@ def _atlas_serve(args: argparse.Namespace) -> int:
 def _atlas_report(args: argparse.Namespace) -> int:
     import json
 
-    from .emulators.atlas import load_record
-    from .emulators.atlas_checker import check_sessions, format_report
+    from ..testing.atlas import load_record
+    from ..testing.atlas_checker import check_sessions, format_report
 
     _require_plot(args.plot)
     reports = check_sessions(load_record(args.file))
@@ -249,7 +249,7 @@ def _select(args: argparse.Namespace, cfg: Resolved, *, required: bool = True) -
 
 
 def _atlas_settings(cfg: Resolved) -> Any:
-    from . import Atlas
+    from .. import Atlas
 
     try:
         return Atlas(
@@ -275,9 +275,9 @@ def _identities(cfg: Resolved, dests: _Destinations) -> dict[str, str]:
 
 
 def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
-    from . import TimeseriesStreamer
+    from .. import TimeseriesStreamer
+    from ..errors import JournalError
     from .config import ENV_VARS, hidden_env
-    from .errors import JournalError
 
     atlas = _atlas_settings(cfg) if dests.atlas else None
     try:
@@ -405,7 +405,7 @@ def _check_atomscale(
     the proxy the streamer would use."""
     import httpx
 
-    from .sinks.proxy import proxy_for, redact_proxy
+    from ..destinations.proxy import proxy_for, redact_proxy
 
     base = endpoint.rstrip("/")
     used = proxy_for(base, proxy)
@@ -482,8 +482,8 @@ def _check_atlas(settings: Any, timeout: float) -> bool:
     """The Stream API (GetCurrentSessions) and the key generator (GenerateUniqueKey)."""
     import grpc
 
-    from ._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
-    from ._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
+    from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
+    from .._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
 
     print(
         f"atlas      {settings.address} (key generator {settings.key_generator_address}, "
@@ -767,7 +767,7 @@ def _push_file(
     args: argparse.Namespace,
     identities: dict[str, str],
 ) -> int:
-    from .errors import LabstreamError, StreamStateError
+    from ..errors import LabstreamError, StreamStateError
     from .logfiles import LogFileError
     from .progress import Part, ProgressView
 
@@ -980,7 +980,7 @@ def _settle_adopted(
     to a new stream would duplicate them). Returns notes for the user, and the earlier stream's
     report when the journal still holds some of it (settled, but not delivered yet).
     """
-    from .errors import StreamStateError
+    from ..errors import StreamStateError
 
     if not state.parts:
         return [], None
@@ -1468,9 +1468,9 @@ def _event_text(event: dict[str, Any]) -> str:
 def _follow(args: argparse.Namespace) -> int:
     import json
 
-    from .errors import LabstreamError
+    from .._core.journal import default_spool_dir
+    from ..errors import LabstreamError
     from .follow import Checkpoint, Follower, FollowError, FollowSettings
-    from .journal import default_spool_dir
 
     cfg = _resolve(args)
     options = _read_options(args, cfg)
@@ -1625,7 +1625,7 @@ def _completion(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = argparse.ArgumentParser(
         prog="labstream",
@@ -1816,7 +1816,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .errors import JournalError
+    from ..errors import JournalError
 
     args = build_parser().parse_args(argv)
     try:

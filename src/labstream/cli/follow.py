@@ -33,11 +33,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .errors import StreamStateError
+from ..errors import StreamStateError
 from .logfiles import CsvRows, LogFile, LogFileError, open_log
 
 if TYPE_CHECKING:
-    from . import StreamReport, TimeseriesStreamer
+    from .. import StreamReport, TimeseriesStreamer
 
 __all__ = ["Checkpoint", "FollowError", "FollowSettings", "Follower", "Mark", "Tail"]
 

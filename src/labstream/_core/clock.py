@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from .timebase import seconds_to_ns_scalar
 
-log = logging.getLogger("labstream.clock")
+log = logging.getLogger("labstream._core.clock")
 
 SKIP_ENV = "ATOMSCALE_SKIP_CLOCK_SYNC"
 MAX_OFFSET_S = 24 * 3600.0  # beyond it, the answer is broken rather than the host clock wrong

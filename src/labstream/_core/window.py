@@ -38,7 +38,7 @@ from collections.abc import Callable
 
 import anyio
 
-from .errors import TransientDestinationError
+from ..errors import TransientDestinationError
 
 # The server is overloaded: shrink. Other failures (a refused connection, a 500) say nothing
 # about load.

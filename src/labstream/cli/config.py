@@ -149,7 +149,7 @@ KEYS: Final[tuple[Key, ...]] = (
 )
 _BY_NAME: Final = {k.name: k for k in KEYS}
 ENV_VARS: Final[tuple[str, ...]] = tuple(dict.fromkeys(v for k in KEYS for v in k.env))
-_FALSE_WORDS = ("", "0", "false", "no")  # as labstream.clock.skip_requested
+_FALSE_WORDS = ("", "0", "false", "no")  # as labstream._core.clock.skip_requested
 
 
 @contextlib.contextmanager

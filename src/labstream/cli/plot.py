@@ -26,7 +26,8 @@ received points line up with pushed ones. Inputs are built from the two emulator
 global state, no display needed) and writes PNG, SVG or PDF by the file's extension.
 
 matplotlib is an optional dependency (the ``plot`` extra): it is imported when a figure is drawn,
-so ``import labstream.plot`` works without it and fails only with a message saying what to install.
+so ``import labstream.cli.plot`` works without it and fails only with a message saying what to
+install.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from .timebase import ns_to_seconds
+from .._core.timebase import ns_to_seconds
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from .emulators.atlas_checker import SessionReport
-    from .emulators.atomscale import AtomscaleEmulator
+    from ..testing.atlas_checker import SessionReport
+    from ..testing.atomscale import AtomscaleEmulator
 
 __all__ = [
     "MarkerSpan",
@@ -187,7 +188,7 @@ def series_from_atomscale(
     """What the Atomscale emulator stored for a stream: every channel, ``null`` read as NaN.
 
     Args:
-        emulator: a running (or stopped) :class:`~labstream.emulators.atomscale.AtomscaleEmulator`.
+        emulator: a running (or stopped) :class:`~labstream.testing.atomscale.AtomscaleEmulator`.
         data_id: the stream.
         clock_offset_s: the streamer's clock offset; removed from the stored timestamps.
 
@@ -363,8 +364,8 @@ def plot_atlas_record(
         ValueError: no session (or not the one asked for) with data, or an unsupported extension.
         ModuleNotFoundError: see :func:`plot_receipts`.
     """
-    from .emulators.atlas import load_record
-    from .emulators.atlas_checker import check_sessions
+    from ..testing.atlas import load_record
+    from ..testing.atlas_checker import check_sessions
 
     _check_extension(Path(out_path))
     if reports is None:

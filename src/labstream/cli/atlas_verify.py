@@ -4,7 +4,7 @@ Why it exists: an OK from the real Stream API means only "queued"; the server va
 ATLAS silently ignores what breaks its rules. This asks the server itself -- the real one or
 labstream's emulator -- through its reader service (``ConnectionManagerService`` and
 ``PacketReaderService``, as ATLAS's own reader does), and runs the project's protocol checker
-(:mod:`labstream.emulators.atlas_checker`) on the packets it gives back.
+(:mod:`labstream.testing.atlas_checker`) on the packets it gives back.
 
 What the server keeps is the packets per stream, not the writer's RPCs: the checks that need the
 RPCs' order (``order_of_operations``) or the key generator's answers
@@ -24,8 +24,8 @@ from typing import Any, Final
 
 import grpc
 
-from ._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
-from .emulators.atlas_checker import (
+from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
+from ..testing.atlas_checker import (
     DATA_TYPES,
     MAIN_STREAM,
     FormatRecord,
@@ -418,8 +418,8 @@ def compare_with_log(
     """
     import numpy as np
 
+    from .._core.timebase import seconds_to_ns
     from .logfiles import LogFileError, ReadOptions, open_log
-    from .timebase import seconds_to_ns
 
     try:
         log = open_log(path, ReadOptions(time_unit=time_unit))  # type: ignore[arg-type]

@@ -27,15 +27,15 @@ import anyio
 from anyio.abc import TaskGroup, TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
+from ..destinations.base import BatchingSink, Marker, Sink, StreamInfo
+from ..errors import DestinationError, RejectedError, TransientDestinationError
+from ..report import DestinationReport, Rejection
+from ..retry import RetryPolicy, Sleep
 from .chunk import Chunk
-from .errors import DestinationError, RejectedError, TransientDestinationError
 from .journal import Journal
-from .report import DestinationReport, Rejection
-from .retry import RetryPolicy, Sleep
-from .sinks.base import BatchingSink, Marker, Sink, StreamInfo
 from .window import AdaptiveWindow, Slot
 
-log = logging.getLogger("labstream.delivery")
+log = logging.getLogger("labstream._core.delivery")
 
 # How long past finalize's deadline its close request may take: finalize(timeout=T) returns
 # within T plus this.

@@ -17,14 +17,14 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .atlas.config import Atlas
-from .emulators import atlas as atlas_emulator
-from .emulators.atlas_checker import check_session, format_report
-from .emulators.atomscale import FaultPlan, run_in_thread
-from .report import StreamReport
-from .retry import RetryPolicy
-from .sync import TimeseriesStreamer
-from .timebase import ns_to_seconds
+from .._core.timebase import ns_to_seconds
+from ..destinations.atlas.config import Atlas
+from ..report import StreamReport
+from ..retry import RetryPolicy
+from ..sync import TimeseriesStreamer
+from ..testing import atlas as atlas_emulator
+from ..testing.atlas_checker import check_session, format_report
+from ..testing.atomscale import FaultPlan, run_in_thread
 
 FloatArray = npt.NDArray[np.float64]
 DEMO_KEY = "demo-key"  # the emulator accepts any key; this one is not a secret

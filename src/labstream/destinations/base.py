@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..chunk import Chunk
+from .._core.chunk import Chunk
 from ..errors import DestinationError
 
 

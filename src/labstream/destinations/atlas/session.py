@@ -45,10 +45,9 @@ from typing import Any, Literal
 
 import numpy as np
 
-from labstream.chunk import ChannelSeries, Chunk
-from labstream.errors import LabstreamError
-from labstream.timebase import NS_PER_S, Float64Array, Int64Array
-
+from ..._core.chunk import ChannelSeries, Chunk
+from ..._core.timebase import NS_PER_S, Float64Array, Int64Array
+from ...errors import LabstreamError
 from . import encoding as enc
 
 __all__ = [

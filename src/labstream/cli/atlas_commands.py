@@ -1,7 +1,7 @@
 """``labstream atlas verify`` and ``labstream atlas sessions``: ask a Stream API what it holds.
 
 Only the argument parsing lives here (imported whenever the CLI starts); the reading and checking
-are in :mod:`labstream.atlas_verify`, imported when one of these commands runs.
+are in :mod:`labstream.cli.atlas_verify`, imported when one of these commands runs.
 """
 
 from __future__ import annotations

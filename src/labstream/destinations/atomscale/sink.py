@@ -19,15 +19,15 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from ..chunk import Chunk, RawSeries, as_float_array
-from ..clock import TimeSample
-from ..errors import DestinationError, RejectedError, TransientDestinationError
-from ..retry import RetryPolicy, Sleep
-from ..timebase import Float64Array
-from .base import StreamInfo
+from ..._core.chunk import Chunk, RawSeries, as_float_array
+from ..._core.clock import TimeSample
+from ..._core.timebase import Float64Array
+from ...errors import DestinationError, RejectedError, TransientDestinationError
+from ...retry import RetryPolicy, Sleep
+from ..base import StreamInfo
+from ..proxy import proxy_for
 from .curl import CurlClient
 from .http import HttpAnswer, HttpClient, TransportError
-from .proxy import proxy_for
 
 if TYPE_CHECKING:
     import httpx
@@ -169,7 +169,7 @@ class AtomscaleSink:
             uploads are retried by the delivery runner with the same policy.
         sleep: injected sleep for those retries.
         transport: an httpx transport (tests pass ``httpx.MockTransport``); requests then go
-            through it instead of libcurl (:mod:`labstream.sinks.curl`).
+            through it instead of libcurl (:mod:`labstream.destinations.atomscale.curl`).
         max_concurrency: the most chunk uploads in flight (the adaptive window's ceiling).
         proxy: the proxy URL for every request, ``""`` for none; None: from the environment.
         timeout_s: per-request timeout (the SDK uses 30 s).

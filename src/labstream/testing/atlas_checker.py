@@ -5,13 +5,13 @@ GroupDefinition, data before its configuration, a marker outside the data, times
 milliseconds: all are accepted with status OK and silently useless in ATLAS (see
 ``shared/specs/atlas-protocol.md`` and the pitfall tables of the vendor's getting-started guide).
 A test that only asserts "the server said OK" proves nothing, so the local emulator
-(:mod:`labstream.emulators.atlas`) records every packet and RPC exactly as received, and this module
+(:mod:`labstream.testing.atlas`) records every packet and RPC exactly as received, and this module
 replays the rules ATLAS applies downstream, one named check per rule, each failure pointing at the
 packet id, stream and parameter concerned. It also reconstructs the data per parameter, so a test
 can compare "what ATLAS got" with what was streamed.
 
 Everything here is pure: functions over the recorded dataclasses defined below (the emulator
-produces them; :func:`labstream.emulators.atlas.load_record` rebuilds them from a ``--record``
+produces them; :func:`labstream.testing.atlas.load_record` rebuilds them from a ``--record``
 file). It judges any client independently: nothing of labstream's own ATLAS session is imported.
 
 Use::
@@ -35,7 +35,7 @@ from google.protobuf import unknown_fields
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import DecodeError, Message
 
-from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
+from .._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
 
 __all__ = [
     "CHECKS",

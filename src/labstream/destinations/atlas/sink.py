@@ -1,10 +1,10 @@
 """The ATLAS destination: performs what the session state machine decides, over grpc.aio.
 
-All protocol rules live in :mod:`labstream.atlas.session`; this sink only turns its actions into
-RPCs and feeds the answers back. Every operation is resumable: an event is fed to the session once,
-and the actions it produced are performed in order and removed only once done, so when the runner
-retries after a transient failure the sink continues where it stopped, never writing a packet twice
-and never reordering. gRPC errors are translated here: UNAVAILABLE, DEADLINE_EXCEEDED,
+All protocol rules live in :mod:`.session`; this sink only turns its actions into RPCs and feeds
+the answers back. Every operation is resumable: an event is fed to the session once, and the
+actions it produced are performed in order and removed only once done, so when the runner retries
+after a transient failure the sink continues where it stopped, never writing a packet twice and
+never reordering. gRPC errors are translated here: UNAVAILABLE, DEADLINE_EXCEEDED,
 RESOURCE_EXHAUSTED and CANCELLED (a server stopping mid-call) are transient; anything else is final.
 
 Packets are written with unary ``WriteDataPacket``: each call's OK is an acknowledgement, order is
@@ -26,9 +26,14 @@ import anyio
 import grpc
 import grpc.aio
 
-from ..atlas import encoding as enc
-from ..atlas.config import Atlas
-from ..atlas.session import (
+from ..._core.chunk import Chunk, concatenate, continues
+from ..._core.journal import Journal
+from ..._core.timebase import seconds_to_ns_scalar
+from ...errors import DestinationError, RejectedError, TransientDestinationError
+from ..base import Marker, StreamInfo
+from . import encoding as enc
+from .config import Atlas
+from .session import (
     Action,
     Answer,
     AtlasSession,
@@ -52,13 +57,8 @@ from ..atlas.session import (
     SessionState,
     WritePacket,
 )
-from ..chunk import Chunk, concatenate, continues
-from ..errors import DestinationError, RejectedError, TransientDestinationError
-from ..journal import Journal
-from ..timebase import seconds_to_ns_scalar
-from .base import Marker, StreamInfo
 
-log = logging.getLogger("labstream.atlas")
+log = logging.getLogger("labstream.destinations.atlas")
 
 NAME = "atlas"
 # A resumed session's packet ids start this far past the saved state's. The state is journaled
@@ -122,8 +122,11 @@ class AtlasSink:
         now: Callable[[], float] = time.time,
     ) -> None:
         # Deferred import: generated code is only loaded when ATLAS is configured.
-        from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
-        from .._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
+        from ..._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
+        from ..._proto.ma.streaming.key_generator.v1 import (
+            key_generator_pb2,
+            key_generator_pb2_grpc,
+        )
 
         self._api = api_pb2
         self._keys = key_generator_pb2

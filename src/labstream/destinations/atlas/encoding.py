@@ -35,7 +35,7 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 
-from labstream.timebase import NS_PER_S, Float64Array, Int64Array
+from ..._core.timebase import NS_PER_S, Float64Array, Int64Array
 
 __all__ = [
     "DEFAULT_MAX_CONTENT_BYTES",

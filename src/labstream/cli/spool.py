@@ -13,13 +13,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .atlas.config import ENV_ADDRESS
+from .._core.journal import Journal, SpoolStatus, default_spool_dir
+from ..destinations.atlas.config import ENV_ADDRESS
+from ..report import StreamReport
+from ..streamer import API_KEY_ENV, resolve_api_key
+from ..sync import TimeseriesStreamer
 from .config import hidden_env
-from .journal import Journal, SpoolStatus, default_spool_dir
 from .progress import ProgressView
-from .report import StreamReport
-from .streamer import API_KEY_ENV, resolve_api_key
-from .sync import TimeseriesStreamer
 
 Out = Callable[[str], None]
 
