@@ -25,7 +25,6 @@ from labstream.destinations.atlas.session import (
     Action,
     Answer,
     AtlasOptions,
-    AtlasProtocolError,
     AtlasSession,
     Call,
     CallFailed,
@@ -50,6 +49,7 @@ from labstream.destinations.atlas.session import (
     SessionState,
     WritePacket,
 )
+from labstream.errors import AtlasProtocolError
 
 T0 = 1_700_000_000.25  # epoch seconds
 DS, STREAM = "Lab_MBE-1", "Stream1"

@@ -43,13 +43,19 @@ from ._core.chunk import (
 from ._core.clock import ClockCorrection, ClockStatus, skip_requested
 from ._core.delivery import DeliveryRunner
 from ._core.handoff import LoopHandoff
-from ._core.journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
+from ._core.journal import LIVE_OWNERS, Journal, chunk_size, default_spool_dir
 from ._core.timebase import seconds_to_ns_scalar
+from .destinations import atlas as atlas_destination
 from .destinations.atlas.config import Atlas
-from .destinations.atlas.sink import AtlasSink
 from .destinations.atomscale.sink import DEFAULT_ENDPOINT, AtomscaleSink
 from .destinations.base import Marker, Sink, StreamInfo
-from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
+from .errors import (
+    DeliveryError,
+    DeliveryTimeoutError,
+    JournalError,
+    JournalFull,
+    StreamStateError,
+)
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
 
@@ -159,8 +165,8 @@ def split_run_item(
     ts, vals = item
     try:
         n_ts, n_vals = len(ts), len(vals)
-    except TypeError:
-        raise TypeError(f"{ctx}: timestamps and values must be sequences") from None
+    except TypeError as exc:
+        raise TypeError(f"{ctx}: timestamps and values must be sequences") from exc
     if n_ts != n_vals:
         raise ValueError(f"{ctx}: {n_ts} timestamps but {n_vals} values; they must match")
     if n_ts <= max_points:
@@ -251,6 +257,8 @@ class AsyncTimeseriesStreamer:
         configure_verbosity(verbosity)
         self._api_key = resolve_api_key(api_key)
         self._atlas_settings = Atlas.resolve(atlas)
+        if self._atlas_settings is not None:
+            atlas_destination.require_extra()
         if self._api_key is None and self._atlas_settings is None:
             raise ValueError(
                 "no destination configured: give api_key= (or set AS_API_KEY / "
@@ -330,6 +338,8 @@ class AsyncTimeseriesStreamer:
             )
             sinks.append(self._atomscale)
         if self._atlas_settings is not None:
+            from .destinations.atlas.sink import AtlasSink  # grpc: only for users of ATLAS
+
             sinks.append(AtlasSink(self._atlas_settings, journal=self._journal))
         self._runners = [
             DeliveryRunner(
@@ -784,11 +794,11 @@ class AsyncTimeseriesStreamer:
             with anyio.fail_after(self.finalize_timeout if timeout is None else timeout):
                 for runner in self._runners:
                     await runner.wait_pending_at_most(data_id, limit // 2)
-        except TimeoutError:
+        except TimeoutError as exc:
             raise DeliveryTimeoutError(
                 f"data_id={data_id}: destinations stopped taking chunks; "
                 f"{self._pending_text(data_id)} (still held, not lost)"
-            ) from None
+            ) from exc
 
     def _pending_text(self, data_id: str) -> str:
         return ", ".join(f"{r.name}: {r.pending_chunks(data_id)} pending" for r in self._runners)
@@ -873,11 +883,11 @@ class AsyncTimeseriesStreamer:
             with anyio.fail_after(self.finalize_timeout if timeout is None else timeout):
                 for runner in self._runners:
                     await runner.wait_pending_at_most(data_id, 0)
-        except TimeoutError:
+        except TimeoutError as exc:
             raise DeliveryTimeoutError(
                 f"data_id={data_id}: not delivered in time; {self._pending_text(data_id)} "
                 "(still held and retried, not lost)"
-            ) from None
+            ) from exc
 
     def _rejected(self, data_id: str) -> dict[str, int]:
         return {r.name: r.report(data_id).chunks_rejected for r in self._runners}

@@ -139,11 +139,11 @@ def check_chunk_index(data_id: str, chunk_index: object) -> int:
         )
     try:
         index = operator.index(chunk_index)  # type: ignore[arg-type]
-    except TypeError:
+    except TypeError as exc:
         raise TypeError(
             f"{where(data_id, None, chunk_index)}: chunk_index must be an int, "
             f"not {type(chunk_index).__name__}"
-        ) from None
+        ) from exc
     if index < 0:
         raise ValueError(f"{where(data_id, None, index)}: chunk_index must be >= 0")
     if index > MAX_CHUNK_INDEX:
@@ -160,7 +160,7 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
     try:
         arr = np.asarray(obj)
     except (TypeError, ValueError) as exc:
-        raise TypeError(f"{ctx}: {what} must be a sequence of numbers ({exc})") from None
+        raise TypeError(f"{ctx}: {what} must be a sequence of numbers ({exc})") from exc
     if arr.ndim != 1:
         raise TypeError(
             f"{ctx}: {what} must be a one-dimensional sequence of numbers, got shape {arr.shape}"
@@ -175,11 +175,11 @@ def _as_float_array(obj: object, what: str, ctx: str) -> Float64Array:
                 # An object array of plain numbers (a pandas object column, say): fine as floats.
                 try:
                     return np.array(items, dtype=np.float64)
-                except OverflowError:
+                except OverflowError as exc:
                     big = next(v for v in items if isinstance(v, int) and abs(v) > 2**1023)
                     raise ValueError(
                         f"{ctx}: {what} contains {str(big)[:20]}..., too large for a float"
-                    ) from None
+                    ) from exc
             bad = items[0] if items else arr.dtype
         raise TypeError(f"{ctx}: {what} must be numbers; found {bad!r} ({type(bad).__name__})")
     if arr.dtype == np.float64 and arr is not obj and arr.base is None:
@@ -246,7 +246,7 @@ def _check_text(ctx: str, what: str, text: str) -> None:
         raise ValueError(
             f"{ctx}: {what} {text!r} is not valid Unicode (character {exc.start}); "
             "it cannot be sent or stored"
-        ) from None
+        ) from exc
 
 
 def _check_timestamps(ts: Float64Array, ctx: str) -> None:

@@ -35,8 +35,9 @@ from typing import Any, Protocol
 import numpy as np
 import orjson
 
-from ..errors import JournalError
+from ..errors import JournalError, JournalFull
 from .chunk import ChannelSeries, Chunk
+from .process import process_alive
 
 log = logging.getLogger("labstream._core.journal")
 
@@ -179,13 +180,7 @@ class StoredStream:
         pid = int(pid_text)
         if pid == os.getpid():
             return self.owner in LIVE_OWNERS  # the whole "<pid>:<token>", as added
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except OSError:  # exists, but not ours to signal
-            return True
-        return True
+        return process_alive(pid)
 
 
 # Owners ("<pid>:<token>") of the streamers alive in this process.
@@ -217,10 +212,6 @@ class ChunkToBuild(Protocol):
     def points(self) -> int: ...
 
     def build(self) -> Chunk: ...
-
-
-class JournalFull(Exception):  # noqa: N818 - an outcome, not an error the caller handles
-    """The byte cap or the free-disk floor is reached; the message says which."""
 
 
 class Journal:

@@ -25,6 +25,7 @@ from typing import Any, Final
 import grpc
 
 from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
+from ..errors import LabstreamError
 from ..testing.atlas_checker import (
     DATA_TYPES,
     MAIN_STREAM,
@@ -52,7 +53,7 @@ __all__ = [
 NOT_FROM_SERVER: Final = frozenset({"order_of_operations", "config_id_from_key_generator"})
 
 
-class VerifyError(Exception):
+class VerifyError(LabstreamError):
     """The server could not be asked, or does not have the session: said in a sentence."""
 
 

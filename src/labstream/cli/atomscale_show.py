@@ -14,6 +14,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from ..errors import LabstreamError
+
 DEFAULT_URL = "http://127.0.0.1:8790"
 # Chunk-index runs printed per channel; the rest are counted.
 _RUNS_SHOWN = 6
@@ -21,7 +23,7 @@ _RUNS_SHOWN = 6
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-class ShowError(Exception):
+class ShowError(LabstreamError):
     """The emulator could not be asked, or does not hold what was asked for."""
 
 

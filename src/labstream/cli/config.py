@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ..errors import ConfigError
+
 __all__ = [
     "CONFIG_NAME",
     "ENV_VARS",
@@ -43,10 +45,6 @@ CONFIG_NAME: Final = "labstream.toml"
 ENV_CONFIG: Final = "LABSTREAM_CONFIG"
 ENV_STATE_DIR: Final = "LABSTREAM_STATE_DIR"
 DEFAULT_ENDPOINT: Final = "https://api.atomscale.ai"
-
-
-class ConfigError(Exception):
-    """A configuration file or value that cannot be used; the message names file and key."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import StreamStateError
+from ..errors import LabstreamError, StreamStateError
 from .logfiles import CsvRows, LogFile, LogFileError, open_log
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ OnBadRow = Literal["skip", "stop"]
 Emit = Callable[[dict[str, Any]], None]
 
 
-class FollowError(Exception):
+class FollowError(LabstreamError):
     """Following cannot go on (a bad row with ``--on-bad-row stop``, an unreadable log...)."""
 
 

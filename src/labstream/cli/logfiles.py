@@ -32,6 +32,8 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from ..errors import LogFileError
+
 __all__ = [
     "TIME_FORMATS",
     "TIME_UNITS",
@@ -84,34 +86,6 @@ _UNITS_SUFFIX = re.compile(r"^(?P<name>.*?\S)\s*(?:\[(?P<b>[^\]]*)\]|\((?P<p>[^)
 _SAMPLE_ROWS = 1000  # rows read up front to decide which columns are numeric
 _CSV_BLOCK_ROWS = 4096  # rows parsed into one block of arrays
 _SNIFF_BYTES = 64 * 1024
-
-
-class LogFileError(Exception):
-    """A log that cannot be read as asked: names the file, the line or row, and the column."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike[str],
-        message: str,
-        *,
-        line: int | None = None,
-        column: str | None = None,
-        row_word: str = "line",
-    ) -> None:
-        self.path = str(path)
-        self.message = message
-        self.line = line
-        self.column = column
-        self.row_word = row_word
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = [self.path]
-        if self.line is not None:
-            where.append(f"{self.row_word} {self.line}")
-        if self.column is not None:
-            where.append(f"column {self.column!r}")
-        return f"{', '.join(where)}: {self.message}"
 
 
 @dataclass(frozen=True, slots=True)

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..._core.chunk import ChannelSeries, Chunk
 from ..._core.timebase import NS_PER_S, Float64Array, Int64Array
-from ...errors import LabstreamError
+from ...errors import AtlasProtocolError
 from . import encoding as enc
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "Action",
     "Answer",
     "AtlasOptions",
-    "AtlasProtocolError",
     "AtlasSession",
     "Call",
     "CallFailed",
@@ -92,10 +91,6 @@ _MAX_NAME = 100  # data source and stream end up in Kafka topic names (max 249 c
 _IDENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
 _KEY_SEP = "\n"  # joins parameter identifiers into a dict key; never inside an identifier
 _MAX_KEY_ATTEMPTS = 3
-
-
-class AtlasProtocolError(LabstreamError, RuntimeError):
-    """The sink drove the session out of order (an answer with no call, an event after Finalize)."""
 
 
 # ---------------------------------------------------------------------------------------------

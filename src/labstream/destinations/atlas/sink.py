@@ -473,7 +473,7 @@ class AtlasSink:
             raise kind(
                 f"{what} failed", destination=NAME, data_id=data_id, status=code.name,
                 detail=exc.details() or None,
-            ) from None  # fmt: skip
+            ) from exc  # fmt: skip
 
 
 def _merged(chunks: list[Chunk]) -> ChunkReady:

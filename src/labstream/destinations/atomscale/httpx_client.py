@@ -30,9 +30,9 @@ class HttpxClient:
         try:
             resp = await self._client.request(method, path, content=content, headers=dict(headers))
         except httpx.TimeoutException as exc:
-            raise TransportError(f"timed out ({type(exc).__name__})", timed_out=True) from None
+            raise TransportError(f"timed out ({type(exc).__name__})", timed_out=True) from exc
         except (httpx.HTTPError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}", timed_out=False) from None
+            raise TransportError(f"{type(exc).__name__}: {exc}", timed_out=False) from exc
         return HttpAnswer(resp.status_code, resp.headers, resp.content)
 
     async def aclose(self) -> None:

@@ -22,7 +22,12 @@ import orjson
 from ..._core.chunk import Chunk, RawSeries, as_float_array
 from ..._core.clock import TimeSample
 from ..._core.timebase import Float64Array
-from ...errors import DestinationError, RejectedError, TransientDestinationError
+from ...errors import (
+    DestinationError,
+    MalformedAnswerError,
+    RejectedError,
+    TransientDestinationError,
+)
 from ...retry import RetryPolicy, Sleep
 from ..base import StreamInfo
 from ..proxy import proxy_for
@@ -279,12 +284,14 @@ class AtomscaleSink:
         what = f"{method} {path}"
         ctx: dict[str, Any] = {"destination": NAME, "data_id": data_id, "chunk_index": chunk_index}
         if isinstance(answer, TransportError):
-            return TransientDestinationError(
+            error = TransientDestinationError(
                 f"{what} {'timed out' if answer.timed_out else 'failed'}",
                 detail=self._scrub(str(answer)),
                 timed_out=answer.timed_out,
                 **ctx,
             )
+            error.__cause__ = answer  # raised later, by the caller or the delivery runner
+            return error
         status = answer.status
         detail = self._scrub(answer.text[:_MAX_DETAIL])
         if status >= 500 or status in _TRANSIENT_STATUSES:
@@ -308,13 +315,13 @@ class AtomscaleSink:
     def _json(resp: HttpAnswer, what: str) -> Any:
         try:
             return orjson.loads(resp.body)
-        except orjson.JSONDecodeError:
-            raise RejectedError(
+        except orjson.JSONDecodeError as exc:
+            raise MalformedAnswerError(
                 f"{what} answered something that is not JSON",
                 destination=NAME,
                 status=resp.status,
                 detail=resp.text[:200],
-            ) from None
+            ) from exc
 
     # -- stream lifecycle ----------------------------------------------------------------------
 
@@ -348,7 +355,7 @@ class AtomscaleSink:
         answer = self._json(resp, "initialize")
         data_id = answer.get("data_id") if isinstance(answer, dict) else None
         if not isinstance(data_id, str) or not data_id:
-            raise RejectedError(
+            raise MalformedAnswerError(
                 "initialize answered without a data_id", destination=NAME, detail=resp.text[:200]
             )
         try:
