@@ -68,9 +68,9 @@ CLOCK_MAX_AGE_S = 600.0  # re-measure the clock at initialize when the last roun
 # Reuse of a (channel, chunk_index) is detected among this many most recent ones per stream, so a
 # days-long stream does not grow memory; older indexes are far behind any live acquisition.
 DIGEST_WINDOW = 100_000
-# Pushes from other threads reach the loop in groups of up to this many seconds (handoff.py): at
-# one push per ms, 25-40% less CPU per chunk. Delivery starts that much later; the journal does
-# not wait for it (chunks go to it from push()).
+# Pushes from other threads reach the loop in groups of up to this many seconds (handoff.py), which
+# costs less CPU per chunk than a wake-up per push (docs/performance.md). Delivery starts that much
+# later; the journal does not wait for it (chunks go to it from push()).
 HANDOFF_COALESCE_S = 0.005
 
 

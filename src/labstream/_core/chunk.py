@@ -223,7 +223,7 @@ def _list_of_floats(obj: object) -> bytes | None:
     then converts it, or names what is wrong. Validating without numpy keeps ``push()`` short;
     numpy's per-call cost is most of a 100-point push, and more so when the caller's loop sleeps
     between pushes and its caches go cold. ``struct`` takes what ``float()`` takes, as
-    ``array('d', ...)`` does, for less (a 100-point push's two lists: 1.8 µs against 3.0).
+    ``array('d', ...)`` does, for less.
     """
     if type(obj) is list or type(obj) is tuple:
         try:
@@ -262,14 +262,13 @@ def _check_timestamps(ts: Float64Array, ctx: str) -> None:
 def _check_timestamp_list(numbers: Sequence[Any], ts: bytes, ctx: str) -> None:
     """:func:`_check_timestamps` for a list's numbers and their float64 bytes ``ts`` (same
     rules): without numpy up to ``_PYTHON_CHECK_MAX`` points, where a comparison per point costs
-    less than numpy's calls (100 points after a sleep: 9 µs against 24), and with it above
-    (10,000 points: 4 µs against 450).
+    less than numpy's calls, and with it above.
 
-    The caller's numbers are compared, not their floats, which would have to be made first
-    (100 points: 1.9 µs against 3.1). It is the same check: rounding to the nearest float keeps
-    order, so numbers in order and inside the range give floats in order and inside it. Numbers
-    that fail it (or cannot be compared: a Decimal NaN) go to the explanation, which looks at
-    the floats themselves and raises only for what is wrong with those.
+    The caller's numbers are compared, not their floats, which would have to be made first. It
+    is the same check: rounding to the nearest float keeps order, so numbers in order and inside
+    the range give floats in order and inside it. Numbers that fail it (or cannot be compared: a
+    Decimal NaN) go to the explanation, which looks at the floats themselves and raises only for
+    what is wrong with those.
     """
     if len(numbers) <= _PYTHON_CHECK_MAX:
         # A NaN fails every comparison, so it falls to the explanation, as in numpy.

@@ -1,10 +1,10 @@
 """Hand chunks pushed on another thread to the event loop, without holding up the pusher.
 
 Waking an asyncio loop from another thread (``call_soon_threadsafe``) writes to the loop's
-self-pipe, and that syscall lets go of the GIL: the loop thread, or any thread waiting, takes it
-and runs until it blocks, and only then does ``push()`` get it back. That added ~50-100 µs to a
-paced ``push()``. Here the pushing thread only releases a lock, which never lets go of the GIL; a
-small thread of ours, woken by that lock, makes the self-pipe call.
+self-pipe, and that syscall lets go of the GIL: the loop thread, or any thread waiting, takes it and
+runs until it blocks, and only then does ``push()`` get it back, which made a paced ``push()`` slow
+(docs/performance.md). Here the pushing thread only releases a lock, which never lets go of the GIL;
+a small thread of ours, woken by that lock, makes the self-pipe call.
 
 That thread waits ``coalesce_s`` before it wakes the loop, so that the pushes of those few ms reach
 the loop together. Every wake-up of a thread costs far more than its work when the caller paces

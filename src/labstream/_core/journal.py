@@ -43,7 +43,7 @@ log = logging.getLogger("labstream._core.journal")
 
 SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
 # Chunk data queued for the writer before push() waits for it: bounds memory when pushes outrun
-# the disk, while a burst of a million points (16 MB of data) still goes through without a wait.
+# the disk, while an ordinary burst still goes through without a wait.
 MAX_QUEUED_BYTES = 32 * 1024**2
 MAX_OWED = 65_536  # chunks whose owing destinations the writer keeps in memory
 WRITER_WAIT_S = 2.0
