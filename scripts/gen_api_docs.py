@@ -54,6 +54,12 @@ SECTIONS: list[tuple[str, str, str, list[str] | None]] = [
         ["verify", "list_sessions", "read_session", "Verified", "ServerSession", "VerifyError"],
     ),
     (
+        "labstream.testing.fake",
+        "labstream.testing.fake",
+        "An in-memory Atomscale for your own tests: no socket, no emulator process.",
+        None,
+    ),
+    (
         "labstream.testing.atomscale",
         "labstream.testing.atomscale",
         "A local Atomscale API for tests, demos and the examples.",

@@ -16,8 +16,7 @@ from labstream import Atlas, RetryPolicy, TimeseriesStreamer
 from labstream._core.timebase import seconds_to_ns
 from labstream.testing.atlas import AtlasEmulator, AtlasFaultPlan, run_in_thread
 from labstream.testing.atlas_checker import SessionReport, check_session, format_report
-
-from .fakes import FakeAtomscale
+from labstream.testing.fake import FakeAtomscale
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, jitter_s=0, cooldown_s=0.05)

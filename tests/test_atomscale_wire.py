@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labstream import DestinationError, TimeseriesStreamer
+from labstream.testing.fake import FakeAtomscale, Recorded
 
-from .fakes import API_KEY, FakeAtomscale, Recorded
+from . import API_KEY
 
 T0 = 1_760_000_000.25
 TS = [T0 + i * 0.5 for i in range(4)]

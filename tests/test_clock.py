@@ -11,8 +11,7 @@ import pytest
 
 from labstream import TimeseriesStreamer
 from labstream._core.clock import ClockCorrection, TimeSample
-
-from .fakes import FakeAtomscale
+from labstream.testing.fake import FakeAtomscale
 
 NOW = 1_760_000_000.0  # the host's clock in these tests
 HOUR = 3600.0

@@ -14,8 +14,7 @@ import pytest
 from labstream import DestinationReport, RetryPolicy, TimeseriesStreamer
 from labstream._core.chunk import Chunk
 from labstream.errors import DestinationError
-
-from .fakes import FakeAtomscale, Recorded, RecordingSleep, fail_every
+from labstream.testing.fake import FakeAtomscale, Recorded, RecordingSleep, fail_every
 
 T0 = 1_760_000_000.0
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.5, multiplier=2, max_backoff_s=4, jitter_s=0)

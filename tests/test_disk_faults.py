@@ -23,8 +23,7 @@ import pytest
 
 from labstream import JournalError, LabstreamError, RetryPolicy, TimeseriesStreamer
 from labstream._core.journal import FILE_NAME, Journal, chunk_size
-
-from .fakes import FakeAtomscale, Recorded
+from labstream.testing.fake import FakeAtomscale, Recorded
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0, cooldown_s=0.02)

@@ -19,8 +19,9 @@ from labstream._core.chunk import ChannelSeries, Chunk
 from labstream._core.journal import FILE_NAME, LIVE_OWNERS, Journal, decode_body, encode_body
 from labstream.testing.atlas import run_in_thread as atlas_in_thread
 from labstream.testing.atlas_checker import SessionReport, check_session, format_report
+from labstream.testing.fake import FakeAtomscale, Recorded
 
-from .fakes import API_KEY, FakeAtomscale, Recorded
+from . import API_KEY
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0, cooldown_s=0.02)

@@ -16,8 +16,7 @@ from hypothesis import strategies as st
 
 from labstream import StreamStateError, TimeseriesStreamer
 from labstream._core.chunk import EARLIEST_S, LATEST_S, validate_series
-
-from .fakes import FakeAtomscale
+from labstream.testing.fake import FakeAtomscale
 
 T0 = 1_760_000_000.0
 TS = [T0 + i * 0.1 for i in range(10)]

@@ -1,5 +1,15 @@
-"""Fakes at the seams: an in-memory Atomscale behind ``httpx.MockTransport``, and a sleep that
-records how long labstream wanted to wait without waiting."""
+"""Fakes at the seams, for your own tests: an in-memory Atomscale behind ``httpx.MockTransport``,
+and a sleep that records how long labstream wanted to wait without waiting.
+
+    fake = FakeAtomscale()
+    streamer = TimeseriesStreamer(api_key="any", http_transport=fake.transport(), spool=False,
+                                  sleep=RecordingSleep())
+    ...
+    assert fake.points(data_id, "temperature") == (timestamps, values)
+
+``responders`` answer instead of the fake, one request at a time: a 503 every n-th chunk
+(:func:`fail_every`), a slow server, a refusal. No socket is opened.
+"""
 
 from __future__ import annotations
 
@@ -15,8 +25,6 @@ import anyio
 import anyio.lowlevel
 import httpx
 
-API_KEY = "sk-test-NEVER-PRINT-ME-4242"
-
 
 class RecordingSleep:
     """Injected instead of ``anyio.sleep``: records each wait, then just yields to the loop."""
@@ -29,8 +37,13 @@ class RecordingSleep:
         await anyio.lowlevel.checkpoint()
 
 
+__all__ = ["FakeAtomscale", "Recorded", "RecordingSleep", "Responder", "fail_every"]
+
+
 @dataclass
 class Recorded:
+    """One request as the fake received it (``body`` parsed from JSON)."""
+
     method: str
     path: str
     headers: dict[str, str]
