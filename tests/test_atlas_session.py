@@ -20,15 +20,11 @@ from labstream._core.chunk import Chunk, make_chunk, validate_series
 from labstream._proto.ma.streaming.api.v1 import api_pb2
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2
 from labstream.destinations.atlas import encoding as enc
-from labstream.destinations.atlas.session import (
-    MAIN_STREAM,
+from labstream.destinations.atlas.events import (
     Action,
     Answer,
-    AtlasOptions,
-    AtlasSession,
     Call,
     CallFailed,
-    ChannelOptions,
     ChannelSeen,
     ChunkDone,
     ChunkReady,
@@ -46,9 +42,10 @@ from labstream.destinations.atlas.session import (
     Rejected,
     SessionCreated,
     SessionEnded,
-    SessionState,
     WritePacket,
 )
+from labstream.destinations.atlas.machine import AtlasSession, SessionState
+from labstream.destinations.atlas.options import MAIN_STREAM, AtlasOptions, ChannelOptions
 from labstream.errors import AtlasProtocolError
 
 T0 = 1_700_000_000.25  # epoch seconds

@@ -7,7 +7,7 @@ A drop-in for the official Atomscale SDK's ``TimeseriesStreamer``::
 
 from ._core.clock import ClockStatus
 from .destinations.atlas.config import Atlas
-from .destinations.atlas.session import ChannelOptions
+from .destinations.atlas.options import ChannelOptions
 from .errors import (
     DeliveryError,
     DeliveryTimeoutError,

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from .session import AtlasOptions, ChannelOptions
+from .options import AtlasOptions, ChannelOptions
 
 STREAM_API_PORT = 13579
 KEY_GENERATOR_PORT = 15379

@@ -33,10 +33,9 @@ from ...errors import DestinationError, RejectedError, TransientDestinationError
 from ..base import Marker, StreamInfo
 from . import encoding as enc
 from .config import Atlas
-from .session import (
+from .events import (
     Action,
     Answer,
-    AtlasSession,
     CallFailed,
     ChunkDone,
     ChunkReady,
@@ -54,9 +53,9 @@ from .session import (
     Rejected,
     SessionCreated,
     SessionEnded,
-    SessionState,
     WritePacket,
 )
+from .machine import AtlasSession, SessionState
 
 log = logging.getLogger("labstream.destinations.atlas")
 

@@ -30,18 +30,17 @@ EndSession. A channel first seen later gets its own Configuration on both stream
 
 :class:`SessionState` is a plain dataclass of JSON-friendly values (session key, config ids,
 format ids, packet id counter, periodic timelines, held markers) so a durable journal can persist it
-between events (:meth:`AtlasSession.snapshot`) and resume (``AtlasSession(options, state=...)``).
-"""
+between events (:meth:`AtlasSession.snapshot`) and resume (``AtlasSession(options, state=...)``)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -49,345 +48,44 @@ from ..._core.chunk import ChannelSeries, Chunk
 from ..._core.timebase import NS_PER_S, Float64Array, Int64Array
 from ...errors import AtlasProtocolError
 from . import encoding as enc
+from .events import (
+    Action,
+    Answer,
+    Call,
+    CallFailed,
+    ChannelSeen,
+    ChunkDone,
+    ChunkReady,
+    Closed,
+    CreateSessionCall,
+    EndSessionCall,
+    Event,
+    Finalize,
+    FormatIdReceived,
+    GenerateKeyCall,
+    GetFormatIdCall,
+    KeyGenerated,
+    MarkerAdded,
+    Opened,
+    Rejected,
+    SessionCreated,
+    SessionEnded,
+    WritePacket,
+)
+from .options import (
+    IDENT_UNSAFE,
+    KEY_SEP,
+    MAIN_STREAM,
+    MAX_NAME,
+    NAME_RE,
+    AtlasOptions,
+    ChannelOptions,
+)
+from .timeline import Timeline, choose_layout
 
-__all__ = [
-    "MAIN_STREAM",
-    "Action",
-    "Answer",
-    "AtlasOptions",
-    "AtlasSession",
-    "Call",
-    "CallFailed",
-    "ChannelOptions",
-    "ChannelSeen",
-    "ChannelState",
-    "ChunkDone",
-    "ChunkReady",
-    "Closed",
-    "CreateSessionCall",
-    "EndSessionCall",
-    "Event",
-    "Finalize",
-    "FormatIdReceived",
-    "GenerateKeyCall",
-    "GetFormatIdCall",
-    "HeldMarker",
-    "KeyGenerated",
-    "MarkerAdded",
-    "Opened",
-    "Rejected",
-    "SessionCreated",
-    "SessionEnded",
-    "SessionState",
-    "Timeline",
-    "WritePacket",
-]
+__all__ = ["TRANSITIONS", "AtlasSession", "ChannelState", "HeldMarker", "Phase", "SessionState"]
 
-MAIN_STREAM = ""
-"""The main stream: ATLAS discovers sessions there."""
-
-_NAME_RE = re.compile(r"[A-Za-z0-9_-]+")
-_MAX_NAME = 100  # data source and stream end up in Kafka topic names (max 249 chars in all)
-_IDENT_UNSAFE = re.compile(r"[^A-Za-z0-9_.\-]")
-_KEY_SEP = "\n"  # joins parameter identifiers into a dict key; never inside an identifier
 _MAX_KEY_ATTEMPTS = 3
-
-
-# ---------------------------------------------------------------------------------------------
-# Options
-
-
-def _check_free_text(what: str, value: str) -> None:
-    if "," in value or _KEY_SEP in value or not value.strip():
-        raise ValueError(f"{what}={value!r} must be non-empty, without ',' or newlines")
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelOptions:
-    """Per-channel overrides of the ATLAS parameter definition. ``None`` means "use the default".
-
-    Attributes:
-        identifier: full parameter identifier; default ``"<name>:<application>"`` with characters
-            outside ``[A-Za-z0-9_.-]`` replaced by ``_`` (a ``,`` would collide in the server's
-            format cache).
-        name: display name; default the channel name.
-        description: parameter description.
-        units: units; default the units the channel was pushed with.
-        format_string: display format; default :attr:`AtlasOptions.format_string`.
-        min_value, max_value: display range; default the first chunk's finite range, padded 10 %
-            (0..1 when the channel has no finite value yet).
-        warning_min_value, warning_max_value: default the display range.
-        frequency_hz: nominal rate; default the rate detected in the channel's first chunk.
-    """
-
-    identifier: str | None = None
-    name: str | None = None
-    description: str = ""
-    units: str | None = None
-    format_string: str | None = None
-    min_value: float | None = None
-    max_value: float | None = None
-    warning_min_value: float | None = None
-    warning_max_value: float | None = None
-    frequency_hz: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.identifier is not None:
-            _check_free_text("identifier", self.identifier)
-        if self.frequency_hz is not None and not (
-            math.isfinite(self.frequency_hz) and self.frequency_hz > 0
-        ):
-            raise ValueError(f"frequency_hz={self.frequency_hz!r} must be a positive number")
-
-
-@dataclass(frozen=True, slots=True)
-class AtlasOptions:
-    """How labstream channels become ATLAS parameters.
-
-    Attributes:
-        application_name: ``application_name`` of every parameter and of the group, and the
-            suffix of default identifiers (``Name:Application`` convention).
-        group_description: description of the one GroupDefinition.
-        format_string: default display format of every parameter.
-        channels: per-channel overrides, by channel name.
-        max_packet_bytes: byte budget of one packet's content; long chunks are split under it.
-        marker_source: ``MarkerPacket.source``.
-    """
-
-    application_name: str = "labstream"
-    group_description: str = "Instrument time series streamed by labstream"
-    format_string: str = "%.6g"
-    channels: Mapping[str, ChannelOptions] = field(default_factory=dict)
-    max_packet_bytes: int = enc.DEFAULT_MAX_CONTENT_BYTES
-    marker_source: str = "labstream"
-
-    def __post_init__(self) -> None:
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", self.application_name):
-            raise ValueError(
-                f"application_name={self.application_name!r} must match [A-Za-z0-9_.-]+"
-            )
-        if self.max_packet_bytes > enc.DEFAULT_MAX_CONTENT_BYTES:
-            raise ValueError(
-                f"max_packet_bytes={self.max_packet_bytes} leaves no room under the server's "
-                f"{enc.MAX_REQUEST_BYTES}-byte request limit "
-                f"(max {enc.DEFAULT_MAX_CONTENT_BYTES})"
-            )
-        enc.max_rows(1, self.max_packet_bytes)  # raises when too small for one row
-
-
-# ---------------------------------------------------------------------------------------------
-# Events fed to the session
-
-
-@dataclass(frozen=True, slots=True)
-class Opened:
-    """The stream started: create the ATLAS session.
-
-    Attributes:
-        data_source: ATLAS data source (``[A-Za-z0-9_-]``; a Kafka topic name part).
-        stream: the data stream the packets go to (``[A-Za-z0-9_-]``; not the main stream "").
-        identifier: session identifier shown in ATLAS's session browser (the stream's name).
-        details: session details (physical sample, project, tags, ...), strings only.
-        creation_time_ns: session creation time, epoch ns.
-        utc_offset_ns: local standard time minus UTC, ns.
-    """
-
-    data_source: str
-    stream: str
-    identifier: str
-    details: Mapping[str, str]
-    creation_time_ns: int
-    utc_offset_ns: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChannelSeen:
-    """A channel exists (optional: a chunk declares its channels too)."""
-
-    name: str
-    units: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkReady:
-    """A validated chunk to send."""
-
-    chunk: Chunk
-
-
-@dataclass(frozen=True, slots=True)
-class MarkerAdded:
-    """A marker (lap, growth step...). Held until data covers it; end_time None = a point."""
-
-    label: str
-    timestamp_ns: int
-    end_time_ns: int | None = None
-    marker_type: str = ""
-    description: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Finalize:
-    """No more events: end the session."""
-
-    termination_time_ns: int
-
-
-Event = Opened | ChannelSeen | ChunkReady | MarkerAdded | Finalize
-
-
-# Answers to calls
-
-
-@dataclass(frozen=True, slots=True)
-class SessionCreated:
-    """CreateSession answered ``success=true`` with this key."""
-
-    session_key: str
-
-
-@dataclass(frozen=True, slots=True)
-class KeyGenerated:
-    """GenerateUniqueKey (KEY_TYPE_STRING) answered ``string_key``."""
-
-    key: str
-
-
-@dataclass(frozen=True, slots=True)
-class FormatIdReceived:
-    """GetParameterDataFormatId answered ``data_format_identifier``."""
-
-    format_id: int
-
-
-@dataclass(frozen=True, slots=True)
-class SessionEnded:
-    """EndSession answered (``success`` as the server said)."""
-
-    success: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class CallFailed:
-    """The outstanding call failed for good (after the sink's retries), or said success=false."""
-
-    reason: str
-
-
-Answer = SessionCreated | KeyGenerated | FormatIdReceived | SessionEnded | CallFailed
-
-
-# ---------------------------------------------------------------------------------------------
-# Actions returned to the sink
-
-
-@dataclass(frozen=True, slots=True)
-class CreateSessionCall:
-    """Call ``SessionManagementService.CreateSession``; answer SessionCreated or CallFailed.
-
-    A reply with ``success=false`` or an empty ``session_key`` is a failure.
-    """
-
-    data_source: str
-    identifier: str
-    details: Mapping[str, str]
-    creation_time_ns: int
-    utc_offset_ns: int
-    session_type: str = "Session"
-    version: int = 1
-
-
-@dataclass(frozen=True, slots=True)
-class GenerateKeyCall:
-    """Call ``UniqueKeyGeneratorService.GenerateUniqueKey(KEY_TYPE_STRING)``; answer KeyGenerated.
-
-    Attributes:
-        parameters: identifiers the configuration being built will define (for logs).
-    """
-
-    parameters: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class GetFormatIdCall:
-    """Call ``DataFormatManagerService.GetParameterDataFormatId``; answer FormatIdReceived."""
-
-    data_source: str
-    parameters: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class EndSessionCall:
-    """Call ``SessionManagementService.EndSession``; answer SessionEnded or CallFailed."""
-
-    data_source: str
-    session_key: str
-    termination_time_ns: int
-
-
-Call = CreateSessionCall | GenerateKeyCall | GetFormatIdCall | EndSessionCall
-
-
-@dataclass(frozen=True, slots=True)
-class WritePacket:
-    """Write one packet (``PacketWriterService``), in the order given.
-
-    Attributes:
-        data_source, stream, session_key: the ``DataPacketDetails`` fields; ``session_key`` is
-            also the ``Packet.session_key`` (they must be equal).
-        packet_type, is_essential, content, packet_id: the ``Packet`` fields.
-        chunk_index: the chunk whose data this packet carries, or None.
-    """
-
-    data_source: str
-    stream: str
-    session_key: str
-    packet_type: str
-    is_essential: bool
-    content: bytes
-    packet_id: int
-    chunk_index: int | None = None
-
-    def request_bytes(self) -> bytes:
-        """The serialised unary ``WriteDataPacketRequest`` carrying this packet."""
-        return enc.encode_write_request(
-            self.packet_type,
-            self.session_key,
-            self.is_essential,
-            self.content,
-            self.packet_id,
-            self.data_source,
-            self.stream,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class ChunkDone:
-    """Every packet of the chunk has been returned (they precede this action)."""
-
-    chunk_index: int
-    packets: int
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """A chunk or marker that will never be written to ATLAS, and why. The sink reports it."""
-
-    reason: str
-    chunk_index: int | None = None
-    marker_label: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """The session is over; ``ended`` is False when no EndSession succeeded (``reason``: why)."""
-
-    ended: bool
-    reason: str = ""
-
-
-Action = Call | WritePacket | ChunkDone | Rejected | Closed
-
 
 # ---------------------------------------------------------------------------------------------
 # Serialisable state
@@ -403,23 +101,6 @@ class ChannelState:
 
 
 @dataclass
-class Timeline:
-    """An arithmetic periodic timeline of one channel (or channel group).
-
-    Attributes:
-        anchor_ns: the real time of the timeline's first sample.
-        samples: samples sent on it so far.
-        next_start_ns: where the next contiguous packet starts, exactly.
-        interval_ns: the interval of the last packet.
-    """
-
-    anchor_ns: int
-    samples: int
-    next_start_ns: int
-    interval_ns: int
-
-
-@dataclass
 class HeldMarker:
     """A marker waiting for data to cover its time range."""
 
@@ -430,7 +111,26 @@ class HeldMarker:
     description: str
 
 
-Phase = Literal["new", "creating", "open", "failed", "ending", "closed"]
+class Phase(StrEnum):
+    """Where a session is in its life; a ``str``, so the journaled state stays plain JSON."""
+
+    NEW = "new"
+    CREATING = "creating"  # CreateSession sent, no answer yet
+    OPEN = "open"
+    FAILED = "failed"  # CreateSession failed for good: chunks are rejected, Finalize closes
+    ENDING = "ending"  # EndOfSession written, EndSession sent
+    CLOSED = "closed"
+
+
+# Every phase change the machine may make; any other is a bug (AtlasProtocolError).
+TRANSITIONS: Mapping[Phase, frozenset[Phase]] = {
+    Phase.NEW: frozenset({Phase.CREATING, Phase.CLOSED}),  # closed: finalized before opening
+    Phase.CREATING: frozenset({Phase.OPEN, Phase.FAILED}),
+    Phase.OPEN: frozenset({Phase.ENDING}),
+    Phase.FAILED: frozenset({Phase.CLOSED}),
+    Phase.ENDING: frozenset({Phase.CLOSED}),
+    Phase.CLOSED: frozenset(),
+}
 
 
 @dataclass
@@ -450,7 +150,7 @@ class SessionState:
         held_markers: markers waiting for data to cover them.
     """
 
-    phase: Phase = "new"
+    phase: Phase = Phase.NEW
     data_source: str = ""
     stream: str = ""
     identifier: str = ""
@@ -473,6 +173,7 @@ class SessionState:
     def from_dict(cls, data: Mapping[str, Any]) -> SessionState:
         """Rebuild a state saved with :meth:`to_dict`."""
         d = dict(data)
+        d["phase"] = Phase(d.get("phase", Phase.NEW))
         d["channels"] = {k: ChannelState(**v) for k, v in d.get("channels", {}).items()}
         d["configs"] = {k: list(v) for k, v in d.get("configs", {}).items()}
         d["timelines"] = {k: Timeline(**v) for k, v in d.get("timelines", {}).items()}
@@ -502,7 +203,7 @@ class _Group:
 
     @property
     def key(self) -> str:
-        return _KEY_SEP.join(self.identifiers)
+        return KEY_SEP.join(self.identifiers)
 
 
 @dataclass(slots=True)
@@ -523,14 +224,14 @@ class AtlasSession:
             ValueError: ``state`` was taken mid-call (only idle snapshots can resume).
         """
         self.options = options or AtlasOptions()
-        if state is not None and state.phase in ("creating", "ending"):
+        if state is not None and state.phase in (Phase.CREATING, Phase.ENDING):
             raise ValueError(f"cannot resume a session snapshot in phase {state.phase!r}")
         self._state = state if state is not None else SessionState()
         self._queue: deque[Event] = deque()
         self._awaiting: Call | None = None
         self._plan: _Plan | None = None
         self._key_attempts = 0
-        self._finalize_queued = self._state.phase == "closed"
+        self._finalize_queued = self._state.phase is Phase.CLOSED
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -551,7 +252,7 @@ class AtlasSession:
 
     @property
     def closed(self) -> bool:
-        return self._state.phase == "closed"
+        return self._state.phase is Phase.CLOSED
 
     def snapshot(self) -> SessionState:
         """A deep copy of the state, for a durable journal.
@@ -562,6 +263,11 @@ class AtlasSession:
         if not self.idle:
             raise AtlasProtocolError("snapshot() needs an idle session (no call, nothing queued)")
         return SessionState.from_dict(self._state.to_dict())
+
+    def _enter(self, phase: Phase) -> None:
+        if phase not in TRANSITIONS[self._state.phase]:
+            raise AtlasProtocolError(f"session phase {self._state.phase} cannot become {phase}")
+        self._state.phase = phase
 
     # -- the one entry point -----------------------------------------------------------------
 
@@ -584,7 +290,7 @@ class AtlasSession:
         else:
             if self._finalize_queued:
                 raise AtlasProtocolError(f"{type(event).__name__} after Finalize")
-            if self._state.phase == "new" and not isinstance(event, Finalize):
+            if self._state.phase is Phase.NEW and not isinstance(event, Finalize):
                 raise AtlasProtocolError(f"{type(event).__name__} before Opened")
             if isinstance(event, MarkerAdded):
                 _check_marker(event)
@@ -597,16 +303,16 @@ class AtlasSession:
     # -- opening -----------------------------------------------------------------------------
 
     def _open(self, ev: Opened, out: list[Action]) -> None:
-        if self._state.phase != "new":
+        if self._state.phase is not Phase.NEW:
             raise AtlasProtocolError(f"Opened twice (session phase {self._state.phase!r})")
         for what, name in (("data_source", ev.data_source), ("stream", ev.stream)):
-            if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+            if not isinstance(name, str) or not NAME_RE.fullmatch(name):
                 raise ValueError(
                     f"ATLAS {what}={name!r} must be non-empty and only letters, digits, '_' or "
                     "'-' (it becomes part of a Kafka topic name; no dots or spaces)"
                 )
-            if len(name) > _MAX_NAME:
-                raise ValueError(f"ATLAS {what} is {len(name)} characters; at most {_MAX_NAME}")
+            if len(name) > MAX_NAME:
+                raise ValueError(f"ATLAS {what} is {len(name)} characters; at most {MAX_NAME}")
         if not isinstance(ev.identifier, str) or not ev.identifier.strip():
             raise ValueError("the ATLAS session identifier must be a non-empty string")
         for k, v in ev.details.items():
@@ -614,7 +320,7 @@ class AtlasSession:
                 raise TypeError(f"session details must map str to str; got {k!r}: {v!r}")
         s = self._state
         s.data_source, s.stream, s.identifier = ev.data_source, ev.stream, ev.identifier
-        s.phase = "creating"
+        self._enter(Phase.CREATING)
         self._call(
             CreateSessionCall(
                 data_source=ev.data_source,
@@ -645,7 +351,7 @@ class AtlasSession:
         if isinstance(call, CreateSessionCall):
             if isinstance(ans, SessionCreated) and ans.session_key:
                 s.session_key = ans.session_key
-                s.phase = "open"
+                self._enter(Phase.OPEN)
                 content = enc.encode_new_session(
                     s.data_source, call.creation_time_ns, call.utc_offset_ns
                 )
@@ -653,7 +359,7 @@ class AtlasSession:
             else:
                 reason = ans.reason if isinstance(ans, CallFailed) else "empty session_key"
                 s.session_key = None
-                s.phase = "failed"
+                self._enter(Phase.FAILED)
                 s.failure = f"CreateSession failed: {reason}"
         elif isinstance(call, GenerateKeyCall):
             self._on_key(ans, out)
@@ -661,14 +367,14 @@ class AtlasSession:
             if isinstance(ans, FormatIdReceived):
                 if not 0 <= ans.format_id < 2**64:
                     raise AtlasProtocolError(f"format id {ans.format_id} is not a uint64")
-                s.format_ids[_KEY_SEP.join(call.parameters)] = ans.format_id
+                s.format_ids[KEY_SEP.join(call.parameters)] = ans.format_id
             else:
                 assert isinstance(ans, CallFailed)
                 self._reject_head(
                     f"no data format id for {list(call.parameters)}: {ans.reason}", out
                 )
         else:  # EndSessionCall
-            s.phase = "closed"
+            self._enter(Phase.CLOSED)
             if isinstance(ans, SessionEnded) and ans.success:
                 out.append(Closed(ended=True))
             else:
@@ -777,7 +483,7 @@ class AtlasSession:
         if opts.identifier is not None:
             ident = opts.identifier
         else:
-            base = _IDENT_UNSAFE.sub("_", name.strip()) or "channel"
+            base = IDENT_UNSAFE.sub("_", name.strip()) or "channel"
             ident = f"{base}:{self.options.application_name}"
         taken = {c.identifier for c in s.channels.values()}
         if ident in taken:  # two names that sanitise alike: keep both, distinctly
@@ -841,7 +547,7 @@ class AtlasSession:
 
     def _chunk(self, chunk: Chunk, out: list[Action]) -> bool:
         s = self._state
-        if s.phase == "failed":
+        if s.phase is Phase.FAILED:
             out.append(Rejected(f"no ATLAS session: {s.failure}", chunk_index=chunk.chunk_index))
             return True
         if self._plan is None or self._plan.chunk is not chunk:
@@ -890,7 +596,7 @@ class AtlasSession:
             interval_ns=0,
             timeline=None,
         )
-        layout = _choose_layout(t, s.timelines.get(g.key))
+        layout = choose_layout(t, s.timelines.get(g.key))
         if layout is not None:
             g.start_ns, g.interval_ns, g.timeline = layout
         return g
@@ -917,7 +623,7 @@ class AtlasSession:
 
     def _marker(self, ev: MarkerAdded, out: list[Action]) -> None:
         s = self._state
-        if s.phase == "failed":
+        if s.phase is Phase.FAILED:
             out.append(Rejected(f"no ATLAS session: {s.failure}", marker_label=ev.label))
             return
         m = HeldMarker(
@@ -980,13 +686,13 @@ class AtlasSession:
             )
         s.held_markers = []
         if s.session_key is None:
-            s.phase = "closed"
+            self._enter(Phase.CLOSED)
             why = s.failure or "the session was never opened"
             out.append(Closed(ended=False, reason=f"nothing to end: no session key ({why})"))
             return
         content = enc.encode_end_of_session(s.data_source, ev.termination_time_ns)
         self._write_both("EndOfSession", False, content, out)
-        s.phase = "ending"
+        self._enter(Phase.ENDING)
         self._call(EndSessionCall(s.data_source, s.session_key, ev.termination_time_ns), out)
 
 
@@ -1003,47 +709,6 @@ def _check_marker(ev: MarkerAdded) -> None:
         not isinstance(ev.end_time_ns, int) or ev.end_time_ns < ev.timestamp_ns
     ):
         raise ValueError(f"marker {ev.label!r}: end_time_ns must be an int >= timestamp_ns")
-
-
-def _choose_layout(t: Int64Array, tl: Timeline | None) -> tuple[int, int, Timeline] | None:
-    """``(start_ns, interval_ns, timeline after the packet)`` for periodic data; None for RowData.
-
-    A chunk continues ``tl`` when its points sit on the timeline's grid (within twice the noise
-    tolerance: the grid and the sample both carry float noise). It then starts exactly at
-    ``tl.next_start_ns`` -- never re-derived from the wall clock -- and its interval is the long-run
-    mean step since the timeline began, rounded so the *next* start lands nearest to where the
-    next sample is due (error feedback). That keeps integer-ns rounding (60 Hz is 16 666 666.67 ns)
-    and short-chunk noise from accumulating, while each interval differs from the last by a
-    nanosecond or so. Anything else (a gap, an overlap, another rate) starts a new timeline at the
-    chunk's first point when the chunk is evenly spaced, else goes as RowData. A single point can
-    only continue a timeline.
-    """
-    n = int(t.shape[0])
-    t0, t_last = int(t[0]), int(t[-1])
-    tol = enc.noise_tolerance_ns(t)
-    if tl is not None:
-        s = tl.next_start_ns
-        total = tl.samples + n
-        # relative to the anchor: float64 is exact to far below 1 ns there (absolute ns are not)
-        mean = (t_last - tl.anchor_ns) / (total - 1)
-        iv = round((total * mean - (s - tl.anchor_ns)) / n)
-        # The chunk's own mean step against the timeline's: each is known to within 2 * tol over
-        # its span (plus rounding), so a short chunk or a short timeline is judged loosely and a
-        # long one tightly. Packets of any size follow each other (chunks queued behind a write
-        # go as one), so comparing with the last packet's interval alone, as before, took the
-        # noise of a short first packet for a change of rate.
-        kept = (s - tl.anchor_ns) / tl.samples
-        own = (t_last - t0) / (n - 1) if n > 1 else kept
-        same_rate = abs(own - kept) <= 1 + 2 * tol / max(n - 1, 1) + 2 * tol / max(
-            tl.samples - 1, 1
-        )
-        if 0 < iv <= enc.UINT32_MAX and same_rate and enc.fits_grid(t, s, iv, 2 * tol):
-            return s, iv, Timeline(tl.anchor_ns, total, s + n * iv, iv)
-    sp = enc.detect_spacing(t)
-    if sp.periodic:
-        iv = sp.interval_ns
-        return t0, iv, Timeline(t0, n, t0 + n * iv, iv)
-    return None
 
 
 def _first_stats(plan: _Plan | None) -> dict[str, tuple[float | None, Float64Array]]:
