@@ -243,7 +243,7 @@ def test_run_bodies_made_before_the_chunk_is_built_are_the_same_bytes(
     """run()'s lane writes a body from the validated seconds without building the chunk; the
     bytes must be those of a pushed chunk's body (what a retry from the journal sends)."""
     from labstream._core.chunk import make_chunk, validate_series
-    from labstream.destinations.atomscale.sink import chunk_content, series_content
+    from labstream.destinations.atomscale.protocol import chunk_content, series_content
 
     n = len(timestamps)
     values = data.draw(st.lists(st.floats(), min_size=n, max_size=n))  # NaN and inf too

@@ -164,3 +164,22 @@ def test_windows_liveness_asks_for_the_exit_code_and_never_signals() -> None:
     assert process.windows_process_alive(12, kernel32)
     assert not process.windows_process_alive(13, kernel32)  # no such process
     assert kernel32.open_handles == set()  # every handle opened was closed
+
+
+def test_a_clock_answer_without_its_times_is_named_and_the_stream_still_starts() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/gateway/time":
+            return httpx.Response(200, json={"now": "soon"})
+        return httpx.Response(200, json={"data_id": "d-1"})
+
+    streamer = TimeseriesStreamer(
+        api_key="k", http_transport=httpx.MockTransport(answer), spool=False
+    )
+    try:
+        assert streamer.initialize("run") == "d-1"
+        status = streamer.clock_status()
+    finally:
+        streamer.close()
+    assert status.error is not None
+    assert "MalformedAnswerError" in status.error
+    assert "receivedAtUnixMs" in status.error

@@ -232,7 +232,7 @@ def test_push_multi_channels_sharing_one_timestamps_object_are_checked_and_conve
     chunk, not one per channel; channels with their own timestamps keep their own."""
     from labstream._core.chunk import make_chunk, validate_multi
     from labstream._core.timebase import ns_to_seconds, seconds_to_ns
-    from labstream.destinations.atomscale.sink import chunk_body
+    from labstream.destinations.atomscale.protocol import chunk_body
 
     ts = [1_760_000_000.0 + i * 0.1 for i in range(5)]
     own = [1_760_000_000.05 + i * 0.1 for i in range(5)]

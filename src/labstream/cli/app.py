@@ -16,7 +16,7 @@ import logging
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from .. import StreamReport, TimeseriesStreamer
+    from ..destinations.base import Finding
     from ..report import DestinationReport
     from .config import Resolved
     from .logfiles import LogFile, ScanResult
@@ -335,24 +336,25 @@ def _config_show(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    import io
     import json
 
+    import anyio
+
     cfg = _resolve(args)
-    checks = _probes(cfg, _select(args, cfg), args.timeout)
     ok = True
     results: dict[str, Any] = {}
-    for name, run in checks:
-        _CHECK_RESULTS.clear()
-        if args.json:  # the sentences are collected, not printed
-            with contextlib.redirect_stdout(io.StringIO()):
-                passed = run()
-        else:
-            passed = run()
+    for name, heading, probe in _probes(cfg, _select(args, cfg), args.timeout):
+        if not args.json:
+            print(heading, flush=True)
+        findings = anyio.run(probe)
+        if not args.json:
+            for finding in findings:
+                print(f"  {'ok  ' if finding.ok else 'FAIL'} {finding.text}", flush=True)
+        passed = all(f.ok for f in findings)
         ok &= passed
         results[name] = {
             "ok": passed,
-            "checks": [{"ok": good, "message": text} for good, text in _CHECK_RESULTS],
+            "checks": [{"ok": f.ok, "message": f.text} for f in findings],
         }
     if args.json:
         print(json.dumps({"ok": ok, "destinations": results}, indent=1))
@@ -361,176 +363,7 @@ def _check(args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_INCOMPLETE
 
 
-#: What the checks found, in order, for ``check --json``.
-_CHECK_RESULTS: list[tuple[bool, str]] = []
 _PREFLIGHT_S = 3.0  # a push's quick look at each destination before it starts
-
-
-def _result(ok: bool, text: str) -> bool:
-    _CHECK_RESULTS.append((ok, text))
-    print(f"  {'ok  ' if ok else 'FAIL'} {text}", flush=True)
-    return ok
-
-
-def _key_refused(status: int, key_source: str) -> str:
-    if status == 401:
-        return "the server asked for an API key and did not get one (401)"
-    return (
-        f"the API key ({key_source}) was refused (403 Forbidden): check that it is current and "
-        "belongs to this endpoint's account"
-    )
-
-
-def _http_problem(base: str, exc: Exception, timeout: float) -> str:
-    import httpx
-
-    if isinstance(exc, httpx.TimeoutException):
-        return f"no answer from {base} within {timeout:g} s (network, proxy or firewall?)"
-    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
-        return f"{base!r} is not a usable URL ({exc}); e.g. https://api.atomscale.ai"
-    if isinstance(exc, httpx.ConnectError):
-        text = str(exc)
-        if "CERTIFICATE" in text.upper() or "SSL" in text.upper():
-            return f"TLS problem talking to {base}: {text}"
-        if "refused" in text.lower():
-            return f"cannot connect to {base}: connection refused (wrong port, or not running?)"
-        return f"cannot connect to {base}: {text or type(exc).__name__} (is the host name right?)"
-    return f"request to {base} failed: {exc or type(exc).__name__}"
-
-
-def _check_atomscale(
-    endpoint: str, api_key: str, key_source: str, timeout: float, proxy: str | None
-) -> bool:
-    """Reachability and clock (GET /gateway/time), then the key (an authenticated GET), through
-    the proxy the streamer would use."""
-    import httpx
-
-    from ..destinations.proxy import proxy_for, redact_proxy
-
-    base = endpoint.rstrip("/")
-    used = proxy_for(base, proxy)
-    print(f"atomscale  {base} (proxy: {redact_proxy(used) if used else 'none'})")
-    with httpx.Client(
-        timeout=timeout, headers={"X-API-KEY": api_key}, proxy=used or None, trust_env=False
-    ) as client:
-        sent = time.time()
-        try:
-            answer = client.get(f"{base}/gateway/time", headers={"Cache-Control": "no-store"})
-        except httpx.HTTPError as exc:
-            return _result(False, _http_problem(base, exc, timeout))
-        received = time.time()
-        if answer.status_code in (401, 403):
-            return _result(False, _key_refused(answer.status_code, key_source))
-        if answer.status_code != 200:
-            return _result(
-                False,
-                f"GET /gateway/time answered {answer.status_code}: is {base} the Atomscale API "
-                "(e.g. https://api.atomscale.ai)?"
-                + (" The service may be down; try later." if answer.status_code >= 500 else ""),
-            )
-        try:
-            body = answer.json()
-            server_rx = float(body["receivedAtUnixMs"]) / 1000.0
-            server_tx = float(body["transmittedAtUnixMs"]) / 1000.0
-        except (ValueError, KeyError, TypeError):
-            return _result(
-                False,
-                f"GET /gateway/time did not answer like Atomscale: is {base} the API URL?",
-            )
-        offset = ((server_rx - sent) + (server_tx - received)) / 2.0
-        rtt_ms = (received - sent) * 1000.0
-        side = "behind" if offset > 0 else "ahead of"
-        _result(
-            True,
-            f"reachable: GET /gateway/time answered in {rtt_ms:.0f} ms; this host's clock is "
-            f"{abs(offset):.3f} s {side} the gateway's (labstream corrects it)",
-        )
-        try:
-            answer = client.get(f"{base}/instruments/synthesis")
-        except httpx.HTTPError as exc:
-            return _result(False, _http_problem(base, exc, timeout))
-        if answer.status_code in (401, 403):
-            return _result(False, _key_refused(answer.status_code, key_source))
-        if answer.status_code != 200:
-            return _result(
-                False, f"GET /instruments/synthesis answered {answer.status_code}: {answer.text}"
-            )
-        return _result(True, f"API key accepted ({key_source})")
-
-
-def _grpc_problem(what: str, address: str, exc: Any, timeout: float) -> str:
-    import grpc
-
-    code = exc.code()
-    details = exc.details() or ""
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return (
-            f"cannot reach the {what} at {address} ({details}): is it running, and are host "
-            "and port right?"
-        )
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return (
-            f"no answer from the {what} at {address} within {timeout:g} s "
-            "(a firewall, a wrong port, or a stalled server?)"
-        )
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return f"{address} speaks gRPC but is not an ATLAS {what} (UNIMPLEMENTED): wrong port?"
-    return f"the {what} at {address} answered {code.name}: {details}"
-
-
-def _check_atlas(settings: Any, timeout: float) -> bool:
-    """The Stream API (GetCurrentSessions) and the key generator (GenerateUniqueKey)."""
-    import grpc
-
-    from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
-    from .._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
-
-    print(
-        f"atlas      {settings.address} (key generator {settings.key_generator_address}, "
-        f"data source {settings.data_source})"
-    )
-
-    def channel(address: str) -> Any:
-        if settings.tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=settings.root_certificates)
-            return grpc.secure_channel(address, creds)
-        return grpc.insecure_channel(address)
-
-    ok = True
-    with channel(settings.address) as api:
-        stub = api_pb2_grpc.SessionManagementServiceStub(api)
-        request = api_pb2.GetCurrentSessionsRequest(data_source=settings.data_source)
-        try:
-            reply = stub.GetCurrentSessions(request, timeout=timeout)
-        except grpc.RpcError as exc:
-            ok = _result(False, _grpc_problem("Stream API", settings.address, exc, timeout))
-        else:
-            if reply.success:
-                _result(
-                    True,
-                    f"Stream API answers: {len(reply.session_keys)} current session(s) in data "
-                    f"source {settings.data_source!r}",
-                )
-            else:
-                ok = _result(False, "the Stream API answered GetCurrentSessions with success=false")
-    with channel(settings.key_generator_address) as keys:
-        key_stub = key_generator_pb2_grpc.UniqueKeyGeneratorServiceStub(keys)
-        key_request = key_generator_pb2.GenerateUniqueKeyRequest(
-            type=key_generator_pb2.KEY_TYPE_STRING
-        )
-        try:
-            key_reply = key_stub.GenerateUniqueKey(key_request, timeout=timeout)
-        except grpc.RpcError as exc:
-            ok = _result(
-                False,
-                _grpc_problem("key generator", settings.key_generator_address, exc, timeout),
-            )
-        else:
-            if key_reply.string_key:
-                _result(True, "key generator answers")
-            else:
-                ok = _result(False, "the key generator answered without a key")
-    return ok
 
 
 # --------------------------------------------------------------------------------------------------
@@ -655,18 +488,37 @@ def _push(args: argparse.Namespace) -> int:
 
 def _probes(
     cfg: Resolved, dests: _Destinations, timeout: float
-) -> list[tuple[str, Callable[[], bool]]]:
-    """The checks of `labstream check` for the selected destinations, by destination name."""
-    probes: list[tuple[str, Callable[[], bool]]] = []
+) -> list[tuple[str, str, Callable[[], Awaitable[list[Finding]]]]]:
+    """The library's probes for the selected destinations: (name, heading, probe)."""
+    from ..destinations.proxy import proxy_for, redact_proxy
+
+    probes: list[tuple[str, str, Callable[[], Awaitable[list[Finding]]]]] = []
     if dests.atomscale:
-        endpoint, key = str(cfg["atomscale.endpoint"]), str(cfg["atomscale.api_key"])
-        source, proxy = cfg.source("atomscale.api_key"), cfg["atomscale.proxy"]
+        from ..destinations.atomscale.probe import probe as probe_atomscale
+
+        endpoint = str(cfg["atomscale.endpoint"]).rstrip("/")
+        key, key_source = str(cfg["atomscale.api_key"]), cfg.source("atomscale.api_key")
+        proxy = cfg["atomscale.proxy"]
+        used = proxy_for(endpoint, proxy)
+        heading = f"atomscale  {endpoint} (proxy: {redact_proxy(used) if used else 'none'})"
         probes.append(
-            ("atomscale", lambda: _check_atomscale(endpoint, key, source, timeout, proxy))
+            (
+                "atomscale",
+                heading,
+                lambda: probe_atomscale(
+                    endpoint, key, key_source=key_source, timeout_s=timeout, proxy=proxy
+                ),
+            )
         )
     if dests.atlas:
+        from ..destinations.atlas.probe import probe as probe_atlas
+
         settings = _atlas_settings(cfg)
-        probes.append(("atlas", lambda: _check_atlas(settings, timeout)))
+        heading = (
+            f"atlas      {settings.address} (key generator {settings.key_generator_address}, "
+            f"data source {settings.data_source})"
+        )
+        probes.append(("atlas", heading, lambda: probe_atlas(settings, timeout)))
     return probes
 
 
@@ -677,14 +529,12 @@ def _preflight(cfg: Resolved, dests: _Destinations) -> None:
     """Say at once, on stderr, which destination cannot be reached (the checks of `labstream
     check`, a few seconds at most): the push still goes on, and that destination's rows wait in
     the journal, rather than a stall timeout saying so minutes later."""
-    import io
+    import anyio
 
-    for name, probe in _probes(cfg, dests, _PREFLIGHT_S):
-        _CHECK_RESULTS.clear()
-        with contextlib.redirect_stdout(io.StringIO()):
-            if probe():
-                continue
-        problem = next((text for ok, text in _CHECK_RESULTS if not ok), "no answer")
+    for name, _, probe in _probes(cfg, dests, _PREFLIGHT_S):
+        problem = next((f.text for f in anyio.run(probe) if not f.ok), None)
+        if problem is None:
+            continue
         end = "" if problem.endswith(("?", ".")) else "."
         shown = _SHOWN_NAMES[name]
         _say(

@@ -17,6 +17,15 @@ from ..errors import DestinationError
 
 
 @dataclass(frozen=True, slots=True)
+class Finding:
+    """One result of looking at a destination before streaming (``labstream check``): what
+    answered, or what is wrong and what to look at, in a sentence."""
+
+    ok: bool
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class StreamInfo:
     """Everything known about a stream when it is initialized."""
 

@@ -31,7 +31,7 @@ from ..._core.journal import Journal
 from ..._core.timebase import seconds_to_ns_scalar
 from ...errors import DestinationError, RejectedError, TransientDestinationError
 from ..base import Marker, StreamInfo
-from . import encoding as enc
+from . import rpc
 from .config import Atlas
 from .events import (
     Action,
@@ -56,29 +56,16 @@ from .events import (
     WritePacket,
 )
 from .machine import AtlasSession, SessionState
+from .rpc import NAME
 
 log = logging.getLogger("labstream.destinations.atlas")
 
-NAME = "atlas"
 # A resumed session's packet ids start this far past the saved state's. The state is journaled
 # after each write, so a crash between a write and that commit leaves ids in ATLAS the state does
 # not know of; ids must keep increasing (a million packets is far more than one commit's lag).
 RESUME_PACKET_ID_GAP = 1 << 20
-_TRANSIENT = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        # what a call in flight gets when the Stream API stops or restarts
-        grpc.StatusCode.CANCELLED,
-    }
-)
 _WRITE_PATH = "/ma.streaming.api.v1.PacketWriterService/WriteDataPacket"
 _MAX_WRITE_TIMEOUT_S = 120.0
-_CHANNEL_OPTIONS = [
-    ("grpc.max_send_message_length", enc.MAX_REQUEST_BYTES),
-    ("grpc.max_receive_message_length", enc.MAX_REQUEST_BYTES),
-]
 T = TypeVar("T")
 
 
@@ -153,10 +140,7 @@ class AtlasSink:
         return f"AtlasSink(address={self.settings.address!r})"
 
     def _open_channel(self, address: str) -> grpc.aio.Channel:
-        if self.settings.tls:
-            creds = grpc.ssl_channel_credentials(root_certificates=self.settings.root_certificates)
-            return grpc.aio.secure_channel(address, creds, options=_CHANNEL_OPTIONS)
-        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
+        return rpc.open_channel(self.settings, address)
 
     # -- Sink ----------------------------------------------------------------------------------
 
@@ -458,21 +442,8 @@ class AtlasSink:
         *,
         timeout: float | None = None,
     ) -> T:
-        """Run one RPC with a deadline, translating gRPC errors into labstream's.
-
-        Raises:
-            TransientDestinationError: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED.
-            RejectedError: any other gRPC status.
-        """
-        try:
-            return await invoke(timeout or self.settings.rpc_timeout_s)
-        except grpc.aio.AioRpcError as exc:
-            code = exc.code()
-            kind = TransientDestinationError if code in _TRANSIENT else RejectedError
-            raise kind(
-                f"{what} failed", destination=NAME, data_id=data_id, status=code.name,
-                detail=exc.details() or None,
-            ) from exc  # fmt: skip
+        """Run one RPC with a deadline (:func:`.rpc.call`: errors translated there)."""
+        return await rpc.call(invoke, what, timeout or self.settings.rpc_timeout_s, data_id)
 
 
 def _merged(chunks: list[Chunk]) -> ChunkReady:

@@ -31,7 +31,7 @@ from typing import Generic, TypeVar
 import anyio
 import pycurl
 
-from .http import HttpAnswer, TransportError
+from .http import HttpAnswer, TransportError, TransportKind
 
 log = logging.getLogger("labstream.http")
 
@@ -66,12 +66,32 @@ def trust_store() -> tuple[str | None, str | None]:
     return paths.cafile, paths.capath
 
 
+# libcurl's error numbers (curl/curl.h) by what the person running labstream must look at.
+_KINDS: dict[int, TransportKind] = {
+    1: "url",  # UNSUPPORTED_PROTOCOL
+    3: "url",  # URL_MALFORMAT
+    5: "dns",  # COULDNT_RESOLVE_PROXY
+    6: "dns",  # COULDNT_RESOLVE_HOST
+    7: "refused",  # COULDNT_CONNECT
+    35: "tls",  # SSL_CONNECT_ERROR
+    53: "tls",  # SSL_ENGINE_NOTFOUND
+    58: "tls",  # SSL_CERTPROBLEM
+    59: "tls",  # SSL_CIPHER
+    60: "tls",  # PEER_FAILED_VERIFICATION
+    77: "tls",  # SSL_CACERT_BADFILE
+    83: "tls",  # SSL_ISSUER_ERROR
+    90: "tls",  # SSL_PINNEDPUBKEYNOTMATCH
+    91: "tls",  # SSL_INVALIDCERTSTATUS
+}
+
+
 def answer_of(outcome: Outcome) -> HttpAnswer | TransportError:
     """A finished request as the sink reads it: an HTTP answer, or why there was none."""
     status, headers, body, errno, message, resent = outcome
     if errno:
         timed_out = errno == pycurl.E_OPERATION_TIMEDOUT
-        return TransportError(message, timed_out=timed_out, resent=resent)
+        kind = _KINDS.get(errno, "other")
+        return TransportError(message, timed_out=timed_out, resent=resent, kind=kind)
     return HttpAnswer(status, headers, body, resent)
 
 

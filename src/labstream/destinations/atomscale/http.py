@@ -1,18 +1,17 @@
 """The one seam between the Atomscale sink and an HTTP library.
 
-Three clients stand behind it: libcurl (:mod:`.curl`, the default: the least CPU per request,
-docs/performance.md), aiohttp on the event loop (:mod:`.aiohttp_client`, ``http_engine="aiohttp"``)
-and httpx over an injected transport (:mod:`.httpx_client`, ``http_transport=``: tests use
-``httpx.MockTransport``/respx, and users who need httpx's proxy or auth features keep them). Each
-answers the same small :class:`HttpAnswer` and raises :class:`TransportError` for anything that is
-not an HTTP answer, so the sink translates errors in one place.
+Two clients stand behind it: libcurl (:mod:`.curl`, the default: the least CPU per request,
+docs/performance.md) and httpx over an injected transport (:mod:`.httpx_client`,
+``http_transport=``: tests use ``httpx.MockTransport``/respx). Each answers the same small
+:class:`HttpAnswer` and raises :class:`TransportError` for anything that is not an HTTP answer, so
+:func:`.protocol.error_of` translates errors in one place.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,13 +26,20 @@ class HttpAnswer:
         return self.body.decode("utf-8", "replace")
 
 
+# Why there was no answer, as far as the HTTP library tells: what a person must fix differs.
+TransportKind = Literal["timeout", "refused", "dns", "tls", "url", "other"]
+
+
 class TransportError(Exception):
     """No HTTP answer: refused, reset, DNS, TLS, timeout…"""
 
-    def __init__(self, message: str, *, timed_out: bool, resent: int = 0) -> None:
+    def __init__(
+        self, message: str, *, timed_out: bool, resent: int = 0, kind: TransportKind = "other"
+    ) -> None:
         super().__init__(message)
         self.timed_out = timed_out
         self.resent = resent  # times the HTTP library sent the request again on its own
+        self.kind: TransportKind = "timeout" if timed_out else kind
 
 
 class HttpClient(Protocol):

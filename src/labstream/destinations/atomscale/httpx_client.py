@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import httpx
 
-from .http import HttpAnswer, TransportError
+from .http import HttpAnswer, TransportError, TransportKind
 
 
 class HttpxClient:
@@ -32,8 +32,23 @@ class HttpxClient:
         except httpx.TimeoutException as exc:
             raise TransportError(f"timed out ({type(exc).__name__})", timed_out=True) from exc
         except (httpx.HTTPError, OSError) as exc:
-            raise TransportError(f"{type(exc).__name__}: {exc}", timed_out=False) from exc
+            raise TransportError(
+                f"{type(exc).__name__}: {exc}", timed_out=False, kind=_kind(exc)
+            ) from exc
         return HttpAnswer(resp.status_code, resp.headers, resp.content)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+def _kind(exc: Exception) -> TransportKind:
+    if isinstance(exc, httpx.UnsupportedProtocol | httpx.InvalidURL):
+        return "url"
+    text = str(exc).lower()
+    if "certificate" in text or "ssl" in text:
+        return "tls"
+    if "refused" in text:
+        return "refused"
+    if "name or service" in text or "getaddrinfo" in text or "nodename" in text:
+        return "dns"
+    return "other"

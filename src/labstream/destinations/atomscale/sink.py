@@ -1,134 +1,32 @@
-"""The Atomscale destination: the same HTTP requests the official SDK sends.
-
-Every path, header and JSON key here follows ``specs/atomscale-http-api.md`` so labstream can be
-pointed at the real service. Bodies are serialised with orjson straight from numpy arrays (NaN/inf
-become ``null``, as the SDK writes them). Whichever HTTP client sent the request
-(``sinks/http.py``), its :class:`TransportError` and the HTTP status are translated here into
-labstream's errors, with the response body as the reason and the API key scrubbed from anything
-that could echo it.
+"""The Atomscale destination: sends what :mod:`.protocol` builds, over libcurl (:mod:`.curl`) or
+an injected httpx transport, and reads the answers with it. The API key is kept out of every repr,
+log line and error.
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
 import time
-import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from ..._core.chunk import Chunk, RawSeries, as_float_array
+from ..._core.chunk import Chunk
 from ..._core.clock import TimeSample
-from ..._core.timebase import Float64Array
-from ...errors import (
-    DestinationError,
-    MalformedAnswerError,
-    RejectedError,
-    TransientDestinationError,
-)
+from ...errors import DestinationError
 from ...retry import RetryPolicy, Sleep
 from ..base import StreamInfo
 from ..proxy import proxy_for
+from . import protocol
 from .curl import CurlClient
 from .http import HttpAnswer, HttpClient, TransportError
+from .protocol import DEFAULT_ENDPOINT, NAME, Request
 
 if TYPE_CHECKING:
     import httpx
 
+__all__ = ["DEFAULT_ENDPOINT", "AtomscaleSink"]
+
 log = logging.getLogger("labstream.atomscale")
-
-DEFAULT_ENDPOINT = "https://api.atomscale.ai"
-NAME = "atomscale"
-_TRANSIENT_STATUSES = frozenset({408, 429})
-_MAX_DETAIL = 2000
-CHUNK_PATH = "/tool-state/stream/chunk"
-MULTI_CHUNK_PATH = "/tool-state/stream/chunk/multi"
-
-
-def _retry_after(value: str | None) -> float | None:
-    """Parse ``Retry-After`` (delta seconds or an HTTP date) into seconds from now."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
-
-
-def chunk_body(chunk: Chunk) -> dict[str, Any]:
-    """The JSON body of a chunk upload, keys as the SDK writes them (``units`` left out if None)."""
-    if chunk.multi:
-        channels: dict[str, dict[str, Any]] = {}
-        # Channels sharing timestamps (one instrument clock) share their conversion and their
-        # JSON: formatting the same floats once per channel was most of a channel's cost.
-        seconds: dict[int, orjson.Fragment] = {}
-        for ch in chunk.channels:
-            ts = seconds.get(id(ch.timestamps_ns))
-            if ts is None:
-                ts = seconds[id(ch.timestamps_ns)] = orjson.Fragment(
-                    orjson.dumps(ch.timestamps_s(), option=orjson.OPT_SERIALIZE_NUMPY)
-                )
-            spec: dict[str, Any] = {"timestamps": ts, "values": ch.values}
-            if ch.units is not None:
-                spec["units"] = ch.units
-            channels[ch.name] = spec
-        return {"data_id": chunk.data_id, "chunk_index": chunk.chunk_index, "channels": channels}
-    (ch,) = chunk.channels
-    return _one_channel(
-        chunk.data_id, chunk.chunk_index, ch.name, ch.units, ch.timestamps_s(), ch.values
-    )
-
-
-def _one_channel(
-    data_id: str,
-    chunk_index: int,
-    name: str,
-    units: str | None,
-    timestamps_s: Float64Array,
-    values: Float64Array,
-) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "data_id": data_id,
-        "chunk_index": chunk_index,
-        "channel_name": name,
-        "timestamps": timestamps_s,
-        "values": values,
-    }
-    if units is not None:
-        body["units"] = units
-    return body
-
-
-def chunk_path(chunk: Chunk) -> str:
-    return MULTI_CHUNK_PATH if chunk.multi else CHUNK_PATH
-
-
-def chunk_content(chunk: Chunk) -> bytes:
-    """The request body of a chunk upload, as bytes."""
-    return orjson.dumps(chunk_body(chunk), option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-def series_content(data_id: str, chunk_index: int, series: RawSeries) -> bytes:
-    """The body of a one-channel chunk straight from its validated input, for a chunk with no
-    clock offset: the bytes :func:`chunk_content` makes once it is built, since seconds -> ns ->
-    seconds gives back every timestamp validation lets through (``timebase.py``). It skips the
-    build and the two conversions, a large share of ``run()``'s time per chunk."""
-    body = _one_channel(
-        data_id,
-        chunk_index,
-        series.name,
-        series.units,
-        as_float_array(series.timestamps_s),
-        as_float_array(series.values),
-    )
-    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _within_descriptors(wanted: int) -> int:
@@ -142,26 +40,6 @@ def _within_descriptors(wanted: int) -> int:
     if soft == resource.RLIM_INFINITY:
         return wanted
     return max(8, min(wanted, soft // 2))
-
-
-def _is_uuid(text: str) -> bool:
-    try:
-        uuid.UUID(text)
-    except ValueError:
-        return False
-    return True
-
-
-def normalise_tags(tags: Iterable[str]) -> list[str]:
-    """Trim, drop empties, drop case-insensitive duplicates (keeping the first spelling)."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for tag in tags:
-        name = tag.strip()
-        if name and name.casefold() not in seen:
-            seen.add(name.casefold())
-            out.append(name)
-    return out
 
 
 class AtomscaleSink:
@@ -231,97 +109,51 @@ class AtomscaleSink:
     def _scrub(self, text: str) -> str:
         return text.replace(self._api_key, "***") if self._api_key else text
 
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: object = None,
-        data_id: str | None = None,
-        chunk_index: int | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> HttpAnswer:
+    async def _request(self, request: Request) -> HttpAnswer:
         """Send one request; raise labstream errors for anything but a 2xx.
 
         Raises:
             TransientDestinationError: transport error, timeout, 5xx, 408, 429.
             RejectedError: any other non-2xx answer.
         """
-        req_headers = dict(headers or {})
-        content = None
-        if body is not None:
-            content = orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
-            req_headers["Content-Type"] = "application/json"
+        headers = dict(request.headers)
+        content = request.content
+        if content is not None:
+            headers["Content-Type"] = "application/json"
         try:
             answer: HttpAnswer | TransportError = await self._client.request(
-                method, path, content, req_headers
+                request.method, request.path, content, headers
             )
         except TransportError as exc:
             answer = exc
-        if answer.resent and data_id is not None:
-            self._resent[data_id] = self._resent.get(data_id, 0) + answer.resent
-        error = self.error_of(answer, method, path, data_id, chunk_index)
+        if answer.resent and request.data_id is not None:
+            self._resent[request.data_id] = self._resent.get(request.data_id, 0) + answer.resent
+        error = protocol.error_of(answer, request, self._scrub)
         if error is not None:
             raise error
         assert isinstance(answer, HttpAnswer)
         return answer
 
-    def error_of(
-        self,
-        answer: HttpAnswer | TransportError,
-        method: str,
-        path: str,
-        data_id: str | None = None,
-        chunk_index: int | None = None,
-    ) -> DestinationError | None:
-        """The labstream error a request's answer means; None for a 2xx.
-
-        A transport error, timeout, 5xx, 408 or 429 is transient; any other non-2xx is a
-        rejection, with the response body (API key scrubbed) as the reason.
-        """
-        if isinstance(answer, HttpAnswer) and answer.status < 300:
-            return None  # first: most answers, and nothing below is needed for them
-        what = f"{method} {path}"
-        ctx: dict[str, Any] = {"destination": NAME, "data_id": data_id, "chunk_index": chunk_index}
-        if isinstance(answer, TransportError):
-            error = TransientDestinationError(
-                f"{what} {'timed out' if answer.timed_out else 'failed'}",
-                detail=self._scrub(str(answer)),
-                timed_out=answer.timed_out,
-                **ctx,
-            )
-            error.__cause__ = answer  # raised later, by the caller or the delivery runner
-            return error
-        status = answer.status
-        detail = self._scrub(answer.text[:_MAX_DETAIL])
-        if status >= 500 or status in _TRANSIENT_STATUSES:
-            return TransientDestinationError(
-                f"{what} answered {status}",
-                status=status,
-                detail=detail,
-                retry_after=_retry_after(answer.headers.get("Retry-After")),
-                **ctx,
-            )
-        return RejectedError(f"{what} was refused", status=status, detail=detail, **ctx)
-
-    async def _call(self, method: str, path: str, **kw: Any) -> HttpAnswer:
+    async def _call(self, request: Request) -> HttpAnswer:
         """A control request, retried with the policy (chunks are retried by the runner)."""
         async for attempt in self._policy.retrying(sleep=self._sleep):
             with attempt:
-                return await self._request(method, path, **kw)
+                return await self._request(request)
         raise AssertionError("unreachable: tenacity re-raises the last error")  # pragma: no cover
 
-    @staticmethod
-    def _json(resp: HttpAnswer, what: str) -> Any:
+    async def _exchange(self, exchange: Generator[Request, HttpAnswer, Any]) -> Any:
+        """Perform a :mod:`.protocol` generator's requests in turn; return what it returns."""
         try:
-            return orjson.loads(resp.body)
-        except orjson.JSONDecodeError as exc:
-            raise MalformedAnswerError(
-                f"{what} answered something that is not JSON",
-                destination=NAME,
-                status=resp.status,
-                detail=resp.text[:200],
-            ) from exc
+            request = next(exchange)
+            while True:
+                try:
+                    answer = await self._call(request)
+                except DestinationError as exc:
+                    request = exchange.throw(exc)
+                else:
+                    request = exchange.send(answer)
+        except StopIteration as done:
+            return done.value
 
     # -- stream lifecycle ----------------------------------------------------------------------
 
@@ -335,125 +167,36 @@ class AtomscaleSink:
         physical_sample: str | None,
         tags: Sequence[str],
     ) -> str:
-        """Create the stream and make its links; return its data_id.
-
-        The sample and tags are resolved (and created if new) before the stream exists, so a bad one
-        creates nothing. If a link fails after creation, the new stream is finalized and the error
-        names its data_id, as the SDK does.
+        """Create the stream and make its links (:func:`.protocol.create_stream`); return its
+        data_id.
 
         Raises:
             DestinationError: the stream could not be created or linked.
         """
-        sample_id = await self._resolve_sample(physical_sample) if physical_sample else None
-        tag_ids = await self._resolve_tags(tags) if tags else []
-        body: dict[str, Any] = {"stream_name": stream_name}
-        if synth_source_id is not None:
-            body["synth_source_id"] = synth_source_id
-        body["points_per_chunk"] = points_per_chunk
-        body["project_id"] = project_id
-        resp = await self._call("POST", "/tool-state/stream/initialize", body=body)
-        answer = self._json(resp, "initialize")
-        data_id = answer.get("data_id") if isinstance(answer, dict) else None
-        if not isinstance(data_id, str) or not data_id:
-            raise MalformedAnswerError(
-                "initialize answered without a data_id", destination=NAME, detail=resp.text[:200]
+        data_id: str = await self._exchange(
+            protocol.create_stream(
+                stream_name=stream_name,
+                synth_source_id=synth_source_id,
+                points_per_chunk=points_per_chunk,
+                project_id=project_id,
+                physical_sample=physical_sample,
+                tags=tags,
             )
-        try:
-            if sample_id is not None:
-                await self._call(
-                    "POST",
-                    "/data_entries/physical_sample",
-                    body={"data_ids": [data_id], "physical_sample_id": sample_id},
-                    data_id=data_id,
-                )
-                if project_id:
-                    await self._call(
-                        "POST",
-                        f"/projects/{project_id}/configuration/tracking_samples",
-                        body={"physical_sample_id": sample_id, "set_active": True},
-                        data_id=data_id,
-                    )
-            if tag_ids:
-                await self._call(
-                    "POST",
-                    "/tags/data-items/",
-                    body={"data_ids": [data_id], "tag_ids": tag_ids},
-                    data_id=data_id,
-                )
-        except DestinationError as exc:
-            try:
-                await self._call("POST", f"/tool-state/stream/{data_id}/finalize", data_id=data_id)
-            except DestinationError as fin_exc:
-                log.error("could not finalize stream %s after a failed link: %s", data_id, fin_exc)
-            raise DestinationError(
-                f"stream {data_id} was created but linking failed, so it was finalized",
-                destination=NAME,
-                data_id=data_id,
-                detail=str(exc),
-            ) from exc
+        )
         return data_id
-
-    async def _resolve_sample(self, sample: str) -> str:
-        wanted = sample.strip()
-        listing = self._json(await self._call("GET", "/physical_samples/"), "list physical samples")
-        known = listing if isinstance(listing, list) else []
-        if _is_uuid(wanted):
-            for item in known:
-                if str(item.get("id", "")).lower() == wanted.lower():
-                    return str(item["id"])
-            raise RejectedError(
-                f"physical sample {wanted} does not exist", destination=NAME, status=404
-            )
-        for item in known:
-            if str(item.get("name", "")).strip().casefold() == wanted.casefold():
-                return str(item["id"])
-        try:
-            resp = await self._call("POST", "/physical_samples/", body={"name": wanted})
-        except RejectedError as exc:
-            if exc.status == 409 and exc.detail:
-                existing = orjson.loads(exc.detail).get("detail", {})
-                if isinstance(existing, dict) and existing.get("physical_sample_id"):
-                    return str(existing["physical_sample_id"])
-            raise
-        created = self._json(resp, "create physical sample")
-        sample_id = created.get("physical_sample_id") or created.get("id")
-        if not sample_id:
-            raise RejectedError("physical sample created without an id", destination=NAME)
-        return str(sample_id)
-
-    async def _resolve_tags(self, tags: Sequence[str]) -> list[str]:
-        names = normalise_tags(tags)
-        if not names:
-            return []
-        listing = self._json(await self._call("GET", "/tags/"), "list tags")
-        known = listing if isinstance(listing, list) else []
-        by_id = {str(t.get("id", "")).lower(): str(t.get("id")) for t in known}
-        by_name = {str(t.get("name", "")).strip().casefold(): str(t.get("id")) for t in known}
-        ids: list[str] = []
-        for name in names:
-            if _is_uuid(name):
-                if name.lower() not in by_id:
-                    raise RejectedError(f"tag {name} does not exist", destination=NAME, status=404)
-                ids.append(by_id[name.lower()])
-            elif name.casefold() in by_name:
-                ids.append(by_name[name.casefold()])
-            else:
-                created = self._json(
-                    await self._call("POST", "/tags/", body={"name": name}), "create tag"
-                )
-                ids.append(str(created["id"]))
-        return ids
 
     async def open_stream(self, stream: StreamInfo) -> None:
         """Nothing to do: the stream was created by :meth:`create_stream` in ``initialize``."""
 
     async def send_chunk(self, chunk: Chunk) -> None:
         await self._request(
-            "POST",
-            chunk_path(chunk),
-            body=chunk_body(chunk),
-            data_id=chunk.data_id,
-            chunk_index=chunk.chunk_index,
+            Request(
+                "POST",
+                protocol.chunk_path(chunk),
+                body=protocol.chunk_body(chunk),
+                data_id=chunk.data_id,
+                chunk_index=chunk.chunk_index,
+            )
         )
 
     def resent(self, data_id: str) -> int:
@@ -461,26 +204,19 @@ class AtomscaleSink:
         return self._resent.get(data_id, 0)
 
     async def close_stream(self, stream: StreamInfo) -> None:
-        await self._request(
-            "POST", f"/tool-state/stream/{stream.data_id}/finalize", data_id=stream.data_id
-        )
+        await self._request(protocol.finalize_request(stream.data_id))
 
     async def time_exchange(self) -> TimeSample:
         """One NTP-style exchange with ``GET /gateway/time`` (seconds)."""
         sent = self._now()
-        resp = await self._request("GET", "/gateway/time", headers={"Cache-Control": "no-store"})
-        received = self._now()
-        answer = self._json(resp, "gateway time")
-        return (
-            sent,
-            float(answer["receivedAtUnixMs"]) / 1000.0,
-            float(answer["transmittedAtUnixMs"]) / 1000.0,
-            received,
-        )
+        answer = await self._request(protocol.CLOCK_REQUEST)
+        return protocol.clock_sample(answer, sent, self._now())
 
     async def list_growth_instruments(self) -> list[dict[str, Any]]:
         """``GET /instruments/synthesis``: the instruments a stream's synth_source_id can name."""
-        answer = self._json(await self._call("GET", "/instruments/synthesis"), "list instruments")
+        answer = protocol.json_of(
+            await self._call(Request("GET", "/instruments/synthesis")), "list instruments"
+        )
         return list(answer) if isinstance(answer, list) else []
 
     async def aclose(self) -> None:
