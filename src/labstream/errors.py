@@ -27,6 +27,23 @@ from __future__ import annotations
 
 import os
 
+__all__ = [
+    "AtlasProtocolError",
+    "ConfigError",
+    "DeliveryError",
+    "DeliveryTimeoutError",
+    "DestinationError",
+    "JournalError",
+    "JournalFull",
+    "LabstreamError",
+    "LogFileError",
+    "MalformedAnswerError",
+    "MissingExtraError",
+    "RejectedError",
+    "StreamStateError",
+    "TransientDestinationError",
+]
+
 
 class LabstreamError(Exception):
     """Base of every error labstream raises on purpose."""

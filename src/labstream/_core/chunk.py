@@ -23,6 +23,22 @@ import numpy as np
 
 from .timebase import Float64Array, Int64Array, ns_to_seconds, seconds_to_ns
 
+__all__ = [
+    "EARLIEST_S",
+    "LATEST_S",
+    "ChannelSeries",
+    "Chunk",
+    "RawSeries",
+    "as_float_array",
+    "check_chunk_index",
+    "concatenate",
+    "continues",
+    "make_chunk",
+    "validate_multi",
+    "validate_series",
+    "where",
+]
+
 # Plausible epoch-second range: anything outside is almost always a unit mistake.
 EARLIEST_S = 631_152_000.0  # 1990-01-01T00:00:00Z
 LATEST_S = 4_102_444_800.0  # 2100-01-01T00:00:00Z

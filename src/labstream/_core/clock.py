@@ -22,6 +22,8 @@ from dataclasses import dataclass
 
 from .timebase import seconds_to_ns_scalar
 
+__all__ = ["ClockCorrection", "ClockStatus", "TimeSample", "implausible", "skip_requested"]
+
 log = logging.getLogger("labstream._core.clock")
 
 SKIP_ENV = "ATOMSCALE_SKIP_CLOCK_SYNC"

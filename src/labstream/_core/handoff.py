@@ -22,6 +22,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+__all__ = ["LoopHandoff"]
+
 T = TypeVar("T")
 
 

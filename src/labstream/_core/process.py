@@ -11,6 +11,8 @@ import os
 import sys
 from typing import Any, Protocol
 
+__all__ = ["Kernel32", "process_alive", "windows_process_alive"]
+
 _PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
 _STILL_ACTIVE = 259
 _ERROR_ACCESS_DENIED = 5

@@ -12,6 +12,15 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "NS_PER_S",
+    "Float64Array",
+    "Int64Array",
+    "ns_to_seconds",
+    "seconds_to_ns",
+    "seconds_to_ns_scalar",
+]
+
 NS_PER_S = 1_000_000_000
 
 Int64Array = npt.NDArray[np.int64]

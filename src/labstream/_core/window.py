@@ -40,6 +40,8 @@ import anyio
 
 from ..errors import TransientDestinationError
 
+__all__ = ["AdaptiveWindow", "Slot"]
+
 # The server is overloaded: shrink. Other failures (a refused connection, a 500) say nothing
 # about load.
 CONGESTION_STATUSES = frozenset({429, 503, 504, "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})

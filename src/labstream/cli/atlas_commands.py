@@ -11,6 +11,8 @@ import json
 import sys
 from typing import Any
 
+__all__ = ["add_commands"]
+
 _SERVER_HELP = "Stream API HOST:PORT (default localhost:13579, the emulator's)"
 
 

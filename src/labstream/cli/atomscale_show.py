@@ -16,6 +16,8 @@ from typing import Any
 
 from ..errors import LabstreamError
 
+__all__ = ["ShowError", "add_commands", "format_stored", "stored"]
+
 DEFAULT_URL = "http://127.0.0.1:8790"
 # Chunk-index runs printed per channel; the rest are counted.
 _RUNS_SHOWN = 6

@@ -15,6 +15,8 @@ from typing import Protocol
 from .._core.chunk import Chunk
 from ..errors import DestinationError
 
+__all__ = ["BatchingSink", "Finding", "Marker", "Sink", "StreamInfo"]
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import urllib.parse
 import urllib.request
 
+__all__ = ["proxy_for", "redact_proxy"]
+
 
 def proxy_for(url: str, explicit: str | None = None) -> str:
     """The proxy URL for requests to ``url``; ``""`` for a direct connection.

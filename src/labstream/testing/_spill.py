@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import tempfile
 
+__all__ = ["Spill"]
+
 
 class Spill:
     """Append-only bytes in an unlinked temporary file, read back by (offset, length)."""

@@ -12,6 +12,8 @@ import threading
 from collections.abc import Awaitable, Iterator
 from typing import Protocol, TypeVar
 
+__all__ = ["started_in_thread"]
+
 
 class _Startable(Protocol):
     def start(self) -> Awaitable[None]: ...

@@ -33,6 +33,8 @@ import pycurl
 
 from .http import HttpAnswer, TransportError, TransportKind
 
+__all__ = ["MAX_ANSWER_BYTES", "CurlClient", "RequestMulti", "answer_of", "failure", "trust_store"]
+
 log = logging.getLogger("labstream.http")
 
 _POLL_S = 0.001  # how long the thread waits on sockets before taking new requests

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+__all__ = ["HttpAnswer", "HttpClient", "TransportError", "TransportKind"]
+
 
 @dataclass(frozen=True, slots=True)
 class HttpAnswer:

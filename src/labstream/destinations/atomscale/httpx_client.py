@@ -8,6 +8,8 @@ import httpx
 
 from .http import HttpAnswer, TransportError, TransportKind
 
+__all__ = ["HttpxClient"]
+
 
 class HttpxClient:
     """httpx over the given transport (tests: ``httpx.MockTransport``)."""
