@@ -36,7 +36,7 @@ MODES = ("nojournal", "window", "commit")
 
 def child(endpoint: str, pattern: str, mode: str, scale: float) -> None:
     from labstream import TimeseriesStreamer
-    from labstream.journal import Journal
+    from labstream._core.journal import Journal
 
     commits: list[tuple[float, int]] = []  # (end of a commit, every seq up to it committed)
     original = Journal._commit

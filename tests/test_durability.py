@@ -17,10 +17,12 @@ from typing import Any
 import anyio
 import pytest
 
-from labstream import AsyncTimeseriesStreamer, TimeseriesStreamer, spool
-from labstream.journal import Journal
+from labstream import AsyncTimeseriesStreamer, TimeseriesStreamer
+from labstream._core.journal import Journal
+from labstream.cli import spool
+from labstream.testing.fake import FakeAtomscale, Recorded
 
-from .fakes import API_KEY, FakeAtomscale, Recorded
+from . import API_KEY
 from .test_journal import QUICK, chunks_down, crash, series
 
 
