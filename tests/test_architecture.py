@@ -122,3 +122,38 @@ def test_no_layer_imports_a_layer_below_it(layer: str, forbidden: list[str]) -> 
         if any(name == f or name.startswith(f + ".") for f in forbidden)
     ]
     assert not crossings, "\n".join(crossings)
+
+
+def test_the_sync_streamer_takes_exactly_the_async_streamers_typed_options() -> None:
+    import inspect
+
+    def options(cls: type) -> dict[str, tuple[object, str]]:
+        params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+        return {
+            name: (p.default, str(p.annotation))
+            for name, p in params.items()
+            if name not in ("self", "handle_sigterm")
+        }
+
+    sync_params = inspect.signature(labstream.TimeseriesStreamer.__init__).parameters
+    assert not any(p.kind is p.VAR_KEYWORD for p in sync_params.values())  # no **options
+    assert options(labstream.TimeseriesStreamer) == options(labstream.AsyncTimeseriesStreamer)
+
+
+def test_only_the_settings_module_and_the_command_read_the_environment() -> None:
+    readers = []
+    for path in SRC.rglob("*.py"):
+        module = _module_name(path)
+        if module == "labstream.settings" or module.startswith(
+            ("labstream.cli", "labstream.testing", "labstream._proto")
+        ):
+            continue
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and node.attr in (
+                "environ",
+                "getenv",
+                "getproxies_environment",
+            ):
+                readers.append(f"{module}:{node.lineno} {ast.unparse(node)}")
+    assert not readers, "\n".join(readers)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from labstream import Atlas, TimeseriesStreamer
+from labstream.settings import resolve
 
 
 @pytest.fixture(autouse=True)
@@ -27,16 +28,19 @@ def test_defaults_and_ports() -> None:
     b = Atlas(address="10.0.0.5:2000", key_generator_address="keys:1234")
     assert (b.address, b.key_generator_address) == ("10.0.0.5:2000", "keys:1234")
     assert Atlas(address="[::1]").address == "[::1]:13579"
-    assert Atlas.resolve("h:1") == Atlas(address="h:1")
-    assert Atlas.resolve(None) is None
+    assert resolve(atlas="h:1", environ={}).atlas == Atlas(address="h:1")
+    assert resolve(environ={}).atlas is None
+    assert resolve(atlas=None, environ={"LABSTREAM_ATLAS": "h:1"}).atlas is None  # said: none
 
 
-def test_environment_fills_what_the_caller_left_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("LABSTREAM_ATLAS", "atlas-pc:13580")
-    monkeypatch.setenv("LABSTREAM_ATLAS_DATA_SOURCE", "MBE1")
-    monkeypatch.setenv("LABSTREAM_ATLAS_STREAM", "Chamber")
-    monkeypatch.setenv("LABSTREAM_ATLAS_KEY_GENERATOR", "keys:15000")
-    a = Atlas.resolve(None)
+def test_environment_fills_what_the_caller_left_out() -> None:
+    environ = {
+        "LABSTREAM_ATLAS": "atlas-pc:13580",
+        "LABSTREAM_ATLAS_DATA_SOURCE": "MBE1",
+        "LABSTREAM_ATLAS_STREAM": "Chamber",
+        "LABSTREAM_ATLAS_KEY_GENERATOR": "keys:15000",
+    }
+    a = resolve(environ=environ).atlas
     assert a is not None
     assert (a.address, a.key_generator_address, a.data_source, a.stream) == (
         "atlas-pc:13580",
@@ -44,9 +48,11 @@ def test_environment_fills_what_the_caller_left_out(monkeypatch: pytest.MonkeyPa
         "MBE1",
         "Chamber",
     )
-    explicit = Atlas.resolve(Atlas(address="x", data_source="Mine"))
-    assert explicit is not None
-    assert explicit.data_source == "Mine"  # an explicit setting wins over the environment
+    explicit = resolve(atlas=Atlas(address="x", data_source="Mine"), environ=environ).atlas
+    assert explicit == Atlas(address="x", data_source="Mine")  # taken as given: "Stream1" stays
+    address = resolve(atlas="other-pc", environ=environ).atlas
+    assert address is not None
+    assert (address.address, address.data_source) == ("other-pc:13579", "MBE1")
 
 
 @pytest.mark.parametrize(

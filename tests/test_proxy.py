@@ -15,7 +15,8 @@ import pytest
 from aiohttp import web
 
 from labstream import TimeseriesStreamer
-from labstream.destinations.proxy import proxy_for, redact_proxy
+from labstream.destinations.proxy import redact_proxy
+from labstream.settings import proxy_for
 from labstream.testing.atomscale import run_in_thread as atomscale_in_thread
 
 KEY = "proxy-test-key"

@@ -19,10 +19,9 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -40,21 +39,14 @@ from ._core.chunk import (
     validate_series,
     where,
 )
-from ._core.clock import ClockCorrection, ClockStatus, skip_requested
+from ._core.clock import ClockCorrection, ClockStatus
 from ._core.delivery import DeliveryRunner
 from ._core.handoff import LoopHandoff
-from ._core.journal import (
-    LIVE_OWNERS,
-    MAX_UNWRITTEN_S,
-    WRITER_WAIT_S,
-    Journal,
-    chunk_size,
-    default_spool_dir,
-)
+from ._core.journal import LIVE_OWNERS, MAX_UNWRITTEN_S, WRITER_WAIT_S, Journal, chunk_size
 from ._core.timebase import seconds_to_ns_scalar
 from .destinations import atlas as atlas_destination
 from .destinations.atlas.config import Atlas
-from .destinations.atomscale.sink import DEFAULT_ENDPOINT, AtomscaleSink
+from .destinations.atomscale.sink import AtomscaleSink
 from .destinations.base import Marker, Sink, StreamInfo
 from .errors import (
     DeliveryError,
@@ -65,6 +57,7 @@ from .errors import (
 )
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
+from .settings import NOT_GIVEN, NotGiven, resolve
 
 if TYPE_CHECKING:
     import httpx
@@ -80,18 +73,6 @@ DIGEST_WINDOW = 100_000
 # later; the journal does not wait for it (chunks go to it from push()).
 HANDOFF_COALESCE_S = 0.005
 DURABILITY = ("window", "commit")
-
-
-API_KEY_ENV = ("AS_API_KEY", "ATOMSCALE_API_KEY")
-
-
-def resolve_api_key(api_key: str | None) -> str | None:
-    """The key from the argument, else ``AS_API_KEY``, else ``ATOMSCALE_API_KEY``."""
-    return api_key or next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
-
-
-def resolve_endpoint(endpoint: str | None) -> str:
-    return endpoint or os.environ.get("AS_API_ENDPOINT") or DEFAULT_ENDPOINT
 
 
 def configure_verbosity(verbosity: int | None) -> None:
@@ -227,7 +208,8 @@ class AsyncTimeseriesStreamer:
             requests then go through it instead of libcurl.
         proxy: proxy URL for Atomscale's requests (``""``: none); default: ``HTTPS_PROXY``,
             ``HTTP_PROXY``, ``ALL_PROXY`` and ``NO_PROXY`` from the environment, as the SDK.
-        clock_sync: False turns clock correction off (so does ``ATOMSCALE_SKIP_CLOCK_SYNC``).
+        clock_sync: False turns clock correction off (so does ``ATOMSCALE_SKIP_CLOCK_SYNC``
+            when left out).
         sleep: injected async sleep for back-off (tests pass one that returns at once).
         max_pending_chunks: ``run()`` waits while a destination has more chunks pending than this.
         spool: keep every accepted chunk in a durable journal until each destination confirmed
@@ -252,8 +234,11 @@ class AsyncTimeseriesStreamer:
             ``push_multi()`` return only once the journal committed the chunk (a few ms more
             per push), so a crash loses nothing that was pushed.
         atlas: ``"host:port"`` of an ATLAS Stream API, or :class:`~labstream.Atlas` settings, to
-            stream to ATLAS too (default ``LABSTREAM_ATLAS``). With ``api_key=None`` and no key in
-            the environment, the streamer streams to ATLAS alone.
+            stream to ATLAS too. Left out: ``LABSTREAM_ATLAS`` (and an address, given or from
+            there, takes the other ``LABSTREAM_ATLAS_*`` variables); ``None``: no ATLAS. With
+            ``api_key=None`` and no key in the environment, the streamer streams to ATLAS alone.
+        environ: where every default above is read from, once, here (default ``os.environ``).
+            A program that resolved its settings itself passes ``{}``.
 
     Raises:
         ValueError: no destination configured, or a bad option.
@@ -271,10 +256,10 @@ class AsyncTimeseriesStreamer:
         max_concurrency: int = 2048,
         http_transport: httpx.AsyncBaseTransport | None = None,
         proxy: str | None = None,
-        clock_sync: bool | None = None,
+        clock_sync: bool | NotGiven = NOT_GIVEN,
         sleep: Sleep | None = None,
         max_pending_chunks: int = 1024,
-        atlas: str | Atlas | None = None,
+        atlas: str | Atlas | NotGiven | None = NOT_GIVEN,
         spool: bool = True,
         spool_dir: str | os.PathLike[str] | None = None,
         spool_max_bytes: int = 2 * 1024**3,
@@ -283,6 +268,7 @@ class AsyncTimeseriesStreamer:
         memory_window_chunks: int = 1024,
         spool_max_unwritten_s: float = MAX_UNWRITTEN_S,
         durability: str = "window",
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         if durability not in DURABILITY:
             raise ValueError(f"durability must be 'window' or 'commit', not {durability!r}")
@@ -302,8 +288,17 @@ class AsyncTimeseriesStreamer:
         if points_per_chunk < 1:
             raise ValueError("points_per_chunk must be >= 1")
         configure_verbosity(verbosity)
-        self._api_key = resolve_api_key(api_key)
-        self._atlas_settings = Atlas.resolve(atlas)
+        settings = resolve(
+            api_key=api_key,
+            endpoint=endpoint,
+            proxy=proxy,
+            clock_sync=clock_sync,
+            atlas=atlas,
+            spool_dir=spool_dir,
+            environ=environ,
+        )
+        self._api_key = settings.api_key
+        self._atlas_settings = settings.atlas
         if self._atlas_settings is not None:
             atlas_destination.require_extra()
         if self._api_key is None and self._atlas_settings is None:
@@ -311,20 +306,18 @@ class AsyncTimeseriesStreamer:
                 "no destination configured: give api_key= (or set AS_API_KEY / "
                 "ATOMSCALE_API_KEY) for Atomscale, and/or atlas= (or LABSTREAM_ATLAS) for ATLAS"
             )
-        self.endpoint = resolve_endpoint(endpoint)
+        self.endpoint = settings.endpoint
         self.points_per_chunk = points_per_chunk
         self.finalize_timeout = finalize_timeout
         self._policy = retry or RetryPolicy()
         self._sleep: Sleep = sleep or anyio.sleep
         self._max_concurrency = max_concurrency
         self._http_transport = http_transport
-        self._proxy = proxy
+        self._proxy = settings.proxy
         self._max_pending_chunks = max_pending_chunks
         self._memory_window = memory_window_chunks
         # The reference clock is Atomscale's gateway; without Atomscale there is nothing to correct.
-        self._clock = ClockCorrection(
-            enabled=self._api_key is not None and clock_sync is not False and not skip_requested()
-        )
+        self._clock = ClockCorrection(enabled=settings.clock_sync)
         self._lock = threading.Lock()
         self._streams: dict[str, _Stream] = {}
         self._atomscale: AtomscaleSink | None = None
@@ -344,7 +337,7 @@ class AsyncTimeseriesStreamer:
         self._loop_wait: tuple[_Stream, int] | None = None
         if spool:
             self._journal = Journal(
-                Path(spool_dir).expanduser() if spool_dir is not None else default_spool_dir(),
+                settings.spool_dir,
                 max_bytes=spool_max_bytes,
                 min_free_bytes=spool_min_free_bytes,
                 retention_s=spool_retention_s,

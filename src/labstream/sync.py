@@ -15,20 +15,28 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import os
 import signal
 import threading
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from types import FrameType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 from anyio.from_thread import BlockingPortal
 
 from ._core.clock import ClockStatus
+from ._core.journal import MAX_UNWRITTEN_S
+from .destinations.atlas.config import Atlas
 from .report import StreamReport
+from .retry import RetryPolicy, Sleep
+from .settings import NOT_GIVEN, NotGiven
 from .streamer import AsyncTimeseriesStreamer, split_run_item
+
+if TYPE_CHECKING:
+    import httpx
 
 log = logging.getLogger("labstream")
 T = TypeVar("T")
@@ -100,8 +108,8 @@ class TimeseriesStreamer:
     """Drop-in for Atomscale's ``TimeseriesStreamer``, that does not lose data.
 
     Takes the official SDK's arguments (``api_key``, ``endpoint``, ``points_per_chunk``,
-    ``verbosity``) plus the keyword options of :class:`AsyncTimeseriesStreamer`, and
-    ``handle_sigterm`` (default True: SIGTERM finalizes open streams before the process exits).
+    ``verbosity``) plus the keyword options of :class:`AsyncTimeseriesStreamer` (documented there),
+    and ``handle_sigterm`` (default True: SIGTERM finalizes open streams before the process exits).
 
     Raises:
         ValueError: no destination configured, or a bad option.
@@ -115,10 +123,50 @@ class TimeseriesStreamer:
         verbosity: int | None = None,
         *,
         handle_sigterm: bool = True,
-        **options: Any,
+        retry: RetryPolicy | None = None,
+        finalize_timeout: float = 60.0,
+        max_concurrency: int = 2048,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        proxy: str | None = None,
+        clock_sync: bool | NotGiven = NOT_GIVEN,
+        sleep: Sleep | None = None,
+        max_pending_chunks: int = 1024,
+        atlas: str | Atlas | NotGiven | None = NOT_GIVEN,
+        spool: bool = True,
+        spool_dir: str | os.PathLike[str] | None = None,
+        spool_max_bytes: int = 2 * 1024**3,
+        spool_min_free_bytes: int = 256 * 1024**2,
+        spool_retention_s: float = 7 * 24 * 3600.0,
+        memory_window_chunks: int = 1024,
+        spool_max_unwritten_s: float = MAX_UNWRITTEN_S,
+        durability: str = "window",
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         # Validate arguments on the caller's thread before starting any thread.
-        core = AsyncTimeseriesStreamer(api_key, endpoint, points_per_chunk, verbosity, **options)
+        core = AsyncTimeseriesStreamer(
+            api_key,
+            endpoint,
+            points_per_chunk,
+            verbosity,
+            retry=retry,
+            finalize_timeout=finalize_timeout,
+            max_concurrency=max_concurrency,
+            http_transport=http_transport,
+            proxy=proxy,
+            clock_sync=clock_sync,
+            sleep=sleep,
+            max_pending_chunks=max_pending_chunks,
+            atlas=atlas,
+            spool=spool,
+            spool_dir=spool_dir,
+            spool_max_bytes=spool_max_bytes,
+            spool_min_free_bytes=spool_min_free_bytes,
+            spool_retention_s=spool_retention_s,
+            memory_window_chunks=memory_window_chunks,
+            spool_max_unwritten_s=spool_max_unwritten_s,
+            durability=durability,
+            environ=environ,
+        )
         self._core = core
         self._thread = _LoopThread()
         self._closed = False

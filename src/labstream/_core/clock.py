@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from .timebase import seconds_to_ns_scalar
 
-__all__ = ["ClockCorrection", "ClockStatus", "TimeSample", "implausible", "skip_requested"]
+__all__ = ["ClockCorrection", "ClockStatus", "TimeSample", "implausible"]
 
 log = logging.getLogger("labstream._core.clock")
 
-SKIP_ENV = "ATOMSCALE_SKIP_CLOCK_SYNC"
 MAX_OFFSET_S = 24 * 3600.0  # beyond it, the answer is broken rather than the host clock wrong
 LOUD_OFFSET_S = 60.0  # an offset this large is applied with a warning
 REFERENCE_EARLIEST_S = 946_684_800.0  # 2000-01-01T00:00:00Z
@@ -70,10 +68,6 @@ def implausible(sample: TimeSample, offset: float) -> str | None:
     if abs(offset) > MAX_OFFSET_S:
         return f"an offset of {offset:+.0f} s, beyond the {MAX_OFFSET_S / 3600:.0f} h bound"
     return None
-
-
-def skip_requested() -> bool:
-    return os.environ.get(SKIP_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
 
 class ClockCorrection:

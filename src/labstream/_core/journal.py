@@ -43,7 +43,6 @@ from .process import process_alive
 
 log = logging.getLogger("labstream._core.journal")
 
-SPOOL_ENV = "LABSTREAM_SPOOL_DIR"
 # Chunk data queued for the writer before push() waits for it: bounds memory when pushes outrun
 # the disk, while an ordinary burst still goes through without a wait.
 MAX_QUEUED_BYTES = 32 * 1024**2
@@ -110,20 +109,6 @@ CREATE TABLE IF NOT EXISTS atlas_sessions (
     last_seq INTEGER NOT NULL      -- the last chunk that state includes
 );
 """
-
-
-def default_spool_dir() -> Path:
-    """``LABSTREAM_SPOOL_DIR``, else the per-user cache directory."""
-    env = os.environ.get(SPOOL_ENV)
-    if env:
-        return Path(env).expanduser()
-    if os.name == "nt":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
-        return base / "labstream" / "spool"
-    if os.uname().sysname == "Darwin":
-        return Path.home() / "Library" / "Caches" / "labstream" / "spool"
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "labstream" / "spool"
 
 
 # -- chunk bodies ------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -278,20 +279,22 @@ def _identities(cfg: Resolved, dests: _Destinations) -> dict[str, str]:
 def _make_streamer(cfg: Resolved, dests: _Destinations) -> TimeseriesStreamer:
     from .. import TimeseriesStreamer
     from ..errors import JournalError
-    from .config import ENV_VARS, hidden_env
+    from ..settings import without_destinations
 
     atlas = _atlas_settings(cfg) if dests.atlas else None
     try:
-        with hidden_env(ENV_VARS):
-            return TimeseriesStreamer(
-                api_key=cfg["atomscale.api_key"] if dests.atomscale else None,
-                endpoint=cfg["atomscale.endpoint"],
-                points_per_chunk=cfg["push.points_per_chunk"],
-                atlas=atlas,
-                finalize_timeout=cfg["push.finalize_timeout"],
-                clock_sync=bool(cfg["atomscale.clock_sync"]),
-                proxy=cfg["atomscale.proxy"],
-            )
+        # The destinations as resolved here (flags, files, environment): a destination the user
+        # did not choose is not added from the environment.
+        return TimeseriesStreamer(
+            api_key=cfg["atomscale.api_key"] if dests.atomscale else None,
+            endpoint=cfg["atomscale.endpoint"],
+            points_per_chunk=cfg["push.points_per_chunk"],
+            atlas=atlas,
+            finalize_timeout=cfg["push.finalize_timeout"],
+            clock_sync=bool(cfg["atomscale.clock_sync"]),
+            proxy=cfg["atomscale.proxy"],
+            environ=without_destinations(os.environ),
+        )
     except (ValueError, TypeError, JournalError) as exc:
         raise _UsageError(f"cannot start streaming: {exc}") from None
 
@@ -490,7 +493,8 @@ def _probes(
     cfg: Resolved, dests: _Destinations, timeout: float
 ) -> list[tuple[str, str, Callable[[], Awaitable[list[Finding]]]]]:
     """The library's probes for the selected destinations: (name, heading, probe)."""
-    from ..destinations.proxy import proxy_for, redact_proxy
+    from ..destinations.proxy import redact_proxy
+    from ..settings import proxy_for
 
     probes: list[tuple[str, str, Callable[[], Awaitable[list[Finding]]]]] = []
     if dests.atomscale:
@@ -499,14 +503,14 @@ def _probes(
         endpoint = str(cfg["atomscale.endpoint"]).rstrip("/")
         key, key_source = str(cfg["atomscale.api_key"]), cfg.source("atomscale.api_key")
         proxy = cfg["atomscale.proxy"]
-        used = proxy_for(endpoint, proxy)
+        used = str(proxy) if proxy is not None else proxy_for(endpoint)
         heading = f"atomscale  {endpoint} (proxy: {redact_proxy(used) if used else 'none'})"
         probes.append(
             (
                 "atomscale",
                 heading,
                 lambda: probe_atomscale(
-                    endpoint, key, key_source=key_source, timeout_s=timeout, proxy=proxy
+                    endpoint, key, key_source=key_source, timeout_s=timeout, proxy=used
                 ),
             )
         )
@@ -1318,8 +1322,8 @@ def _event_text(event: dict[str, Any]) -> str:
 def _follow(args: argparse.Namespace) -> int:
     import json
 
-    from .._core.journal import default_spool_dir
     from ..errors import LabstreamError
+    from ..settings import default_spool_dir
     from .follow import Checkpoint, Follower, FollowError, FollowSettings
 
     cfg = _resolve(args)

@@ -14,12 +14,11 @@ usual conventions (XDG on Linux, ``~/Library/Application Support`` on macOS, ``%
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 import sys
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -34,7 +33,6 @@ __all__ = [
     "Key",
     "Resolved",
     "config_files",
-    "hidden_env",
     "mask_secret",
     "resolve",
     "user_config_dir",
@@ -147,21 +145,7 @@ KEYS: Final[tuple[Key, ...]] = (
 )
 _BY_NAME: Final = {k.name: k for k in KEYS}
 ENV_VARS: Final[tuple[str, ...]] = tuple(dict.fromkeys(v for k in KEYS for v in k.env))
-_FALSE_WORDS = ("", "0", "false", "no")  # as labstream._core.clock.skip_requested
-
-
-@contextlib.contextmanager
-def hidden_env(names: Sequence[str]) -> Iterator[None]:
-    """Hide environment variables while a streamer reads its defaults.
-
-    The CLI resolves destinations itself (flags, env, files); the library would otherwise add
-    Atomscale from AS_API_KEY, or ATLAS from LABSTREAM_ATLAS, when the user chose the other one.
-    """
-    saved = {n: os.environ.pop(n) for n in names if n in os.environ}
-    try:
-        yield
-    finally:
-        os.environ.update(saved)
+_FALSE_WORDS = ("", "0", "false", "no")  # as labstream.settings reads ATOMSCALE_SKIP_CLOCK_SYNC
 
 
 def mask_secret(secret: str | None) -> str:

@@ -7,18 +7,17 @@ an outage, delivering it without starting an acquisition script, and dropping a 
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._core.journal import Journal, SpoolStatus, default_spool_dir
-from ..destinations.atlas.config import ENV_ADDRESS
+from .._core.journal import Journal, SpoolStatus
 from ..report import StreamReport
-from ..streamer import API_KEY_ENV, resolve_api_key
+from ..settings import API_KEY_ENV, default_spool_dir, without_destinations
 from ..sync import TimeseriesStreamer
-from .config import hidden_env
 from .progress import ProgressView
 
 Out = Callable[[str], None]
@@ -106,7 +105,7 @@ def resume(
         pending = {(r.data_id, r.destination): r.pending_chunks for r in journal.status()}
     finally:
         journal.close()
-    key = resolve_api_key(api_key)
+    key = api_key or next((os.environ[n] for n in API_KEY_ENV if os.environ.get(n)), None)
     done = Resumed()
     groups: set[tuple[tuple[str, str], ...]] = set()  # the destinations streams still need
     need_key = []
@@ -134,18 +133,15 @@ def resume(
         groups.add(tuple(sorted(needed.items())))
     for dests in sorted(groups):
         where = dict(dests)
-        # Only the destinations the streams need: none taken from the environment.
-        hide = [*API_KEY_ENV] if "atomscale" not in where else []
-        if "atlas" not in where:
-            hide.append(ENV_ADDRESS)
-        with hidden_env(hide):
-            streamer = TimeseriesStreamer(
-                api_key=key if "atomscale" in where else None,
-                endpoint=where.get("atomscale"),
-                atlas=where.get("atlas"),
-                spool_dir=directory,
-                handle_sigterm=False,
-            )
+        # Only the destinations the streams need: none chosen by the environment.
+        streamer = TimeseriesStreamer(
+            api_key=key if "atomscale" in where else None,
+            endpoint=where.get("atomscale"),
+            atlas=where.get("atlas"),
+            spool_dir=directory,
+            handle_sigterm=False,
+            environ=without_destinations(os.environ),
+        )
         with streamer:
             for data_id in streamer.recovered_streams():
                 done.reports.append(_deliver(streamer, data_id, timeout_s, out))

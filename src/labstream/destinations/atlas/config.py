@@ -2,26 +2,21 @@
 
 A user passes ``atlas="host:port"`` or ``atlas=Atlas(...)`` to a streamer; everything about the
 connection (addresses, TLS, deadlines) and about how channels become ATLAS parameters lives here.
-Environment variables fill what the caller leaves out, so a lab can configure ATLAS once for every
-acquisition script.
+The environment fills what the caller leaves out (:mod:`labstream.settings`), so a lab can
+configure ATLAS once for every acquisition script.
 """
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .options import AtlasOptions, ChannelOptions
 
 STREAM_API_PORT = 13579
 KEY_GENERATOR_PORT = 15379
 
-ENV_ADDRESS = "LABSTREAM_ATLAS"
-ENV_KEY_GENERATOR = "LABSTREAM_ATLAS_KEY_GENERATOR"
-ENV_DATA_SOURCE = "LABSTREAM_ATLAS_DATA_SOURCE"
-ENV_STREAM = "LABSTREAM_ATLAS_STREAM"
 
 _TOPIC_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -101,36 +96,3 @@ class Atlas:
     @property
     def protocol_options(self) -> AtlasOptions:
         return AtlasOptions(application_name=self.application_name, channels=self.channels)
-
-    @classmethod
-    def resolve(cls, value: str | Atlas | None) -> Atlas | None:
-        """An ``atlas=`` argument (or, when None, ``LABSTREAM_ATLAS``) as settings, or None.
-
-        Raises:
-            TypeError: neither a string nor ``Atlas``.
-            ValueError: a malformed address or name.
-        """
-        if value is None:
-            value = os.environ.get(ENV_ADDRESS) or None
-            if value is None:
-                return None
-        if isinstance(value, str):
-            value = cls(address=value)
-        if not isinstance(value, Atlas):
-            raise TypeError(f'atlas= takes "host:port" or Atlas(...), not {type(value).__name__}')
-        env = os.environ
-        changes: dict[str, str] = {}
-        if value.key_generator_address == _default_key_generator(value) and env.get(
-            ENV_KEY_GENERATOR
-        ):
-            changes["key_generator_address"] = env[ENV_KEY_GENERATOR]
-        if value.data_source == "Default" and env.get(ENV_DATA_SOURCE):
-            changes["data_source"] = env[ENV_DATA_SOURCE]
-        if value.stream == "Stream1" and env.get(ENV_STREAM):
-            changes["stream"] = env[ENV_STREAM]
-        return replace(value, **changes) if changes else value  # type: ignore[arg-type]
-
-
-def _default_key_generator(settings: Atlas) -> str:
-    host, _ = _split_address(settings.address, STREAM_API_PORT)
-    return _join(host, KEY_GENERATOR_PORT)

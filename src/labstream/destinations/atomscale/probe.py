@@ -20,11 +20,12 @@ _EXAMPLE = "https://api.atomscale.ai"
 
 
 async def probe(
-    endpoint: str, api_key: str, *, key_source: str, timeout_s: float, proxy: str | None
+    endpoint: str, api_key: str, *, key_source: str, timeout_s: float, proxy: str
 ) -> list[Finding]:
     """Reachability and clock (``GET /gateway/time``), then the key (an authenticated GET).
 
-    ``key_source`` says where the key came from, for the sentence that says it was refused.
+    ``key_source`` says where the key came from, for the sentence that says it was refused;
+    ``proxy`` is the proxy URL to go through, ``""`` for none.
     """
     base = endpoint.rstrip("/")
     sink = AtomscaleSink(

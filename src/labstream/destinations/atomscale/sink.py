@@ -15,7 +15,6 @@ from ..._core.clock import TimeSample
 from ...errors import DestinationError
 from ...retry import RetryPolicy, Sleep
 from ..base import StreamInfo
-from ..proxy import proxy_for
 from . import protocol
 from .curl import CurlClient
 from .http import HttpAnswer, HttpClient, TransportError
@@ -54,7 +53,8 @@ class AtomscaleSink:
         transport: an httpx transport (tests pass ``httpx.MockTransport``); requests then go
             through it instead of libcurl (:mod:`labstream.destinations.atomscale.curl`).
         max_concurrency: the most chunk uploads in flight (the adaptive window's ceiling).
-        proxy: the proxy URL for every request, ``""`` for none; None: from the environment.
+        proxy: the proxy URL for every request, ``""`` for none (settled with the other
+            settings, :func:`labstream.settings.proxy_for`).
         timeout_s: per-request timeout (the SDK uses 30 s).
         now: wall clock, injected for the clock-exchange tests.
     """
@@ -73,7 +73,7 @@ class AtomscaleSink:
         max_concurrency: int = 2048,
         timeout_s: float = 30.0,
         now: Callable[[], float] = time.time,
-        proxy: str | None = None,
+        proxy: str = "",
     ) -> None:
         self._api_key = api_key
         self.endpoint = endpoint.rstrip("/")
@@ -82,7 +82,7 @@ class AtomscaleSink:
         self.max_concurrency = _within_descriptors(max_concurrency)
         self._now = now
         headers = {"X-API-KEY": api_key}
-        self.proxy = proxy_for(self.endpoint, proxy)
+        self.proxy = proxy
         self._resent: dict[str, int] = {}  # data_id -> requests the HTTP client sent again
         self._client: HttpClient
         if transport is not None:
