@@ -973,6 +973,13 @@ class AsyncTimeseriesStreamer:
         """data_ids this streamer took over from a process that died (see ``spool``)."""
         return [data_id for data_id, s in self._streams.items() if s.recovered]
 
+    def held_chunk_indexes(self, data_id: str) -> set[int]:
+        """Chunk indexes of a stream the journal holds: a destination still owes each (and
+        recovery delivers it), every other one confirmed it. Empty without a journal."""
+        if self._journal is None:
+            return set()
+        return self._journal.chunk_indexes(data_id)
+
     @asynccontextmanager
     async def stream(
         self,

@@ -254,6 +254,10 @@ class TimeseriesStreamer:
         """
         return self._core.recovered_streams()
 
+    def held_chunk_indexes(self, data_id: str) -> set[int]:
+        """See :meth:`AsyncTimeseriesStreamer.held_chunk_indexes`."""
+        return self._core.held_chunk_indexes(data_id)
+
     @contextmanager
     def stream(
         self,
