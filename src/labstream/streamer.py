@@ -19,7 +19,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +51,7 @@ from .chunk import (
 from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
 from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
+from .frames import frame_channels
 from .handoff import LoopHandoff
 from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
 from .report import StreamReport
@@ -829,6 +837,54 @@ class AsyncTimeseriesStreamer:
         if accepted is not None:
             self._dispatch_accepted(accepted)
 
+    def accept_push_frame(
+        self,
+        data_id: str,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+        handoff: bool = False,
+    ) -> Accepted | None:
+        """Like :meth:`accept_push_multi` for a DataFrame (see :meth:`push_frame`)."""
+        self._open_stream(data_id)
+        channels = frame_channels(data_id, chunk_index, frame, time_column, units)
+        return self.accept_push_multi(data_id, chunk_index, channels, handoff=handoff)
+
+    async def push_frame(
+        self,
+        data_id: str,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue a pandas or polars DataFrame as one multi-channel chunk: every column but
+        ``time_column`` is a channel, named after the column.
+
+        The time column holds Unix epoch seconds or datetimes (naive ones are taken as UTC);
+        ``time_column=None`` takes a pandas frame's index. Missing values (NaN, None, null) are
+        gaps, as in :meth:`push`. Columns become numpy arrays as a whole, with no Python per
+        row, then go through :meth:`push_multi`'s validation. Needs pandas or polars
+        (``pip install 'labstream[pandas]'`` or ``'labstream[polars]'``).
+
+        Args:
+            units: units per column, e.g. ``{"temp": "C"}``.
+
+        Raises:
+            TypeError: not a pandas or polars DataFrame; a column that is not numeric (named).
+            ValueError: no such time column, a missing time, and whatever :meth:`push_multi`
+                refuses, naming the column and the chunk.
+            StreamStateError: unknown data_id, or the stream is finalized.
+        """
+        accepted = self.accept_push_frame(
+            data_id, chunk_index, frame, time_column=time_column, units=units
+        )
+        if accepted is not None:
+            self._dispatch_accepted(accepted)
+
     async def run(
         self,
         data_id: str,
@@ -1022,6 +1078,18 @@ class AsyncStreamHandle:
 
     async def push_multi(self, chunk_index: int, channels: object) -> None:
         await self.streamer.push_multi(self.data_id, chunk_index, channels)
+
+    async def push_frame(
+        self,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        await self.streamer.push_frame(
+            self.data_id, chunk_index, frame, time_column=time_column, units=units
+        )
 
     async def mark(
         self,
