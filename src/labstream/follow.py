@@ -192,6 +192,7 @@ class Checkpoint:
     stream_name: str | None = None
     stream_first_line: int = 0
     finalized: bool = True
+    finalize_requested: bool = False  # the stream is being closed: a restart cannot continue it
     pushed: Mark = field(default_factory=Mark)
     confirmed: Mark = field(default_factory=Mark)  # by every destination
     by_destination: dict[str, Mark] = field(default_factory=dict)  # each one's confirmed mark
@@ -564,6 +565,7 @@ class Follower:
             tags=list(self.s.tags) or None,
         )
         cp.data_id, cp.stream_name, cp.finalized = data_id, name, False
+        cp.finalize_requested = False
         cp.stream_first_line = cp.confirmed.line + 1
         cp.pushed.chunks = cp.confirmed.chunks = 0
         cp.by_destination = {d: _copy(cp.pushed) for d in self.streamer.destinations}
@@ -727,6 +729,8 @@ class Follower:
         cp = self.cp
         if cp.data_id is None or cp.finalized:
             return None
+        cp.finalize_requested = True
+        cp.save()
         report = self.streamer.finalize(cp.data_id, timeout)
         cp.finalized = all(d.closed for d in report.destinations.values())
         self.all_ok = self.all_ok and report.ok
@@ -794,7 +798,9 @@ class Follower:
 
     def stop(self) -> None:
         """Send the complete rows held, finalize the stream; the checkpoint stays for a restart."""
-        if self.rows is not None and len(self.rows):
+        # Rows held while the earlier run's chunks are read again belong to one of them: they
+        # are not sent as a chunk of their own (a restart reads them again).
+        if self.rows is not None and len(self.rows) and not self.replay:
             with contextlib.suppress(FollowError):
                 self._push()
         self._finalize(self.s.finalize_timeout)
@@ -862,7 +868,11 @@ class Follower:
         destinations, chunk ends not known): the caller then starts a new stream."""
         cp = self.cp
         data_id = cp.data_id
-        if data_id is None or data_id not in self.streamer.recovered_streams():
+        if (
+            data_id is None
+            or cp.finalize_requested
+            or data_id not in self.streamer.recovered_streams()
+        ):
             return False
         start = cp.confirmed
         ends = [m for m in cp.chunk_ends if m.chunks > start.chunks]
