@@ -593,20 +593,26 @@ def test_killed_while_a_destination_is_down_the_journal_delivers_the_rest(
 
 
 # ``labstream follow`` that kills itself (SIGKILL) right after handing chunk KILL_AT to the
-# streamer, DELAY seconds later: the checkpoint names the chunk as pushed, not as confirmed, and
-# with a delay both destinations have it while the journal, which they confirmed it to at once,
-# does not. The worst moment for a restart, chosen instead of hoped for.
+# streamer: the checkpoint names the chunk as pushed, not as confirmed. With WAIT=1 it first waits
+# until both destinations confirmed it and the journal let it go: they have it, and labstream's
+# journal no longer does. The worst moments for a restart, chosen instead of hoped for.
 KILLED_CHILD = """
 import os, signal, sys, time
 from labstream import cli, follow
 
-kill_at, delay = int(sys.argv[1]), float(sys.argv[2])
+kill_at, wait = int(sys.argv[1]), sys.argv[2] == "1"
 send = follow.Follower._send
 
 def send_then_die(self, data_id, index, batch):
     send(self, data_id, index, batch)
     if index == kill_at:
-        time.sleep(delay)
+        deadline = time.monotonic() + 20
+        while wait and time.monotonic() < deadline and any(
+            d.chunks_pending for d in self.streamer.report(data_id).destinations.values()
+        ):
+            time.sleep(0.005)
+        if wait:
+            time.sleep(0.3)  # the journal commits that both confirmed it
         os.kill(os.getpid(), signal.SIGKILL)
 
 follow.Follower._send = send_then_die
@@ -647,9 +653,9 @@ class Writer:
         return self.written
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3], ids=["in-flight", "delivered-not-confirmed"])
+@pytest.mark.parametrize("delivered", [False, True], ids=["in-flight", "delivered-not-confirmed"])
 def test_killed_with_a_chunk_in_flight_every_row_stored_once(
-    follow_cmd: Callable[..., Child], stored: Stored, tmp_path: Path, delay: float
+    follow_cmd: Callable[..., Child], stored: Stored, tmp_path: Path, delivered: bool
 ) -> None:
     """A 10 Hz log (written at 500 rows/s), rotated before and after a kill -9 that catches a
     chunk on its way: the restart continues the same stream, cuts the log into the same chunks,
@@ -658,7 +664,7 @@ def test_killed_with_a_chunk_in_flight_every_row_stored_once(
     log.write_text(HEADER + "".join(row(i) for i in range(10)))
     script = tmp_path / "killed_follow.py"
     script.write_text(KILLED_CHILD)
-    child = follow_cmd(log, (str(script), "25", str(delay)))
+    child = follow_cmd(log, (str(script), "25", str(int(delivered))))
     child.wait_event("stream")
     writer = Writer(log, 10, 0.002, rotate_at=(100, 700))
     try:
@@ -680,6 +686,18 @@ def test_killed_with_a_chunk_in_flight_every_row_stored_once(
     # Atomscale stores a chunk in its place (stream, chunk index): the chunk sent twice is
     # stored once because the restart gave its rows the same index.
     assert stored.atomscale_rows() == list(range(written))
+    uploads = [
+        r.body["channels"]["temp"]["values"]
+        for r in stored.atomscale.requests
+        if r.path.endswith("/multi")
+        and r.status == 200
+        and r.body["data_id"] == resumed["data_id"]
+        and r.body["chunk_index"] == 25
+    ]
+    # Sent again with the very rows it held before: the same chunk boundaries.
+    assert uploads and all(u == uploads[0] for u in uploads)
+    if delivered:  # it had got there before the kill
+        assert len(uploads) == 2
     atlas_rows = sorted(stored.atlas_rows())
     assert sorted(set(atlas_rows)) == list(range(written))
     if atlas_rows != list(range(written)):
