@@ -7,6 +7,7 @@ client needs, and a summary of what they hold when stopped (Ctrl-C or SIGTERM).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -137,3 +138,22 @@ def test_atlas_serve_json(servers: list[Server], sig: int) -> None:
     (session,) = stopped["sessions"]
     assert session["identifier"] == "served" and session["clean"] is True
     assert session["failed_checks"] == [] and session["samples"] == {"T:labstream": 3}
+
+
+def test_every_command_but_completion_takes_json() -> None:
+    """Lab automation reads any command's result; a completion script is shell code anyway."""
+
+    def commands(parser: argparse.ArgumentParser, name: str) -> Iterator[tuple[str, Any]]:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if not subs:
+            yield name, parser
+        for action in subs:
+            for sub_name, sub in action.choices.items():
+                yield from commands(sub, f"{name} {sub_name}")
+
+    without = [
+        name
+        for name, parser in commands(cli.build_parser(), "labstream")
+        if not any("--json" in a.option_strings for a in parser._actions)
+    ]
+    assert without == ["labstream completion"]
