@@ -167,6 +167,21 @@ def test_a_bad_frame_is_refused_naming_column_and_chunk(
     assert not atomscale.points(data_id, "temp")[0]
 
 
+def test_a_column_twice_is_refused(streamer: TimeseriesStreamer) -> None:
+    frame = pd.DataFrame([[T0, 1.0, 2.0]], columns=["time", "temp", "temp"])
+    with streamer.stream("twice") as s, pytest.raises(ValueError, match=r"columns \['temp'\]"):
+        s.push_frame(0, frame, time_column="time")
+
+
+def test_columns_labelled_by_numbers_are_channels_named_by_them(
+    streamer: TimeseriesStreamer, atomscale: AtomscaleEmulator
+) -> None:
+    frame = pd.DataFrame({"time": TIMES[:2], 0: [1.0, 2.0], 1: [3.0, 4.0]})
+    with streamer.stream("numbered") as s:
+        s.push_frame(0, frame, time_column="time")
+    assert atomscale.points(s.data_id, "1") == (TIMES[:2], [3.0, 4.0])
+
+
 def test_units_for_a_column_that_is_not_a_channel_are_refused(
     streamer: TimeseriesStreamer,
 ) -> None:

@@ -49,25 +49,33 @@ def frame_channels(
             f"'labstream[pandas]' or 'labstream[polars]'), not {type(frame).__name__}"
         )
     if units is not None and not isinstance(units, Mapping):
-        raise TypeError(f"{ctx}: units must be a dict of column -> units, not {type(units)}")
-    columns = [str(c) for c in frame.columns]  # type: ignore[attr-defined]
+        raise TypeError(
+            f"{ctx}: units must be a dict of column -> units, not {type(units).__name__}"
+        )
+    # pandas labels may be other than str (0, 1, ...): channels are named by their text
+    labels = {str(c): c for c in frame.columns}  # type: ignore[attr-defined]
+    if len(labels) != len(frame.columns):  # type: ignore[attr-defined]
+        seen = [str(c) for c in frame.columns]  # type: ignore[attr-defined]
+        twice = sorted({c for c in seen if seen.count(c) > 1})
+        raise ValueError(f"{ctx}: columns {twice} appear more than once; channels need one each")
     if time_column is None:
         if kind == "polars":
             raise ValueError(f"{ctx}: a polars DataFrame has no index; give time_column=")
         timestamps = _seconds(frame.index, ctx, "the index")  # type: ignore[attr-defined]
     else:
-        if time_column not in columns:
+        if time_column not in labels:
             raise ValueError(
-                f"{ctx}: no column {time_column!r} for the time; the columns are {columns}"
+                f"{ctx}: no column {time_column!r} for the time; the columns are {list(labels)}"
             )
-        timestamps = _seconds(frame[time_column], ctx, repr(time_column))  # type: ignore[index]
-    names = [c for c in columns if c != time_column]
+        timestamps = _seconds(frame[labels[time_column]], ctx, repr(time_column))  # type: ignore[index]
+    names = [c for c in labels if c != time_column]
     for name in units or {}:
         if name not in names:
             raise ValueError(f"{ctx}: units given for {name!r}, which is not a channel column")
     out: dict[str, dict[str, Any]] = {}
     for name in names:
-        spec: dict[str, Any] = {"timestamps": timestamps, "values": _values(frame[name])}  # type: ignore[index]
+        values = _values(frame[labels[name]])  # type: ignore[index]
+        spec: dict[str, Any] = {"timestamps": timestamps, "values": values}
         if units and name in units:
             spec["units"] = units[name]
         out[name] = spec
