@@ -77,7 +77,7 @@ class ThreadProfiles:
         self.prefix = prefix
         self.main = cProfile.Profile()
         self.loop = cProfile.Profile()
-        from labstream import journal
+        from labstream._core import journal
 
         writer = journal.Journal._writer
 
@@ -222,7 +222,7 @@ def serve_atlas(mode: str) -> None:
     """The emulator until stdin says ``quit`` (or closes); see the module docstring."""
     import asyncio
 
-    from labstream.emulators import atlas as emu_mod
+    from labstream.testing import atlas as emu_mod
 
     decode = emu_mod.decode_content
     data: list[tuple[str, bytes]] = []  # every data packet's content, decoded only when counted

@@ -7,7 +7,8 @@ Starts ``labstream atlas serve`` as shipped (packet bytes spilled to a temporary
 of its own, and streams to it with labstream alone: ``--pushes`` ``push_multi`` calls of
 ``--channels`` channels x ``--points`` points (default 3,000 x 100 x 100: 30M points). Every tenth
 of the run it reads the server's ``VmRSS`` and ``VmHWM`` (peak) from /proc. At the end it checks,
-through the reader service (``labstream.atlas_verify.read_session``), that every sample is there.
+through the reader service (``labstream.cli.atlas_verify.read_session``), that every sample
+is there.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=100)
     args = parser.parse_args()
     from labstream import Atlas, TimeseriesStreamer
-    from labstream.atlas_verify import read_session
+    from labstream.cli.atlas_verify import read_session
 
     labstream = str(Path(sys.executable).parent / "labstream")
     port, key_port = free_port(), free_port()

@@ -11,7 +11,8 @@ what one write carries when chunks queue up behind it, see ``AtlasSink.max_batch
 content bytes, split under the default 4 MiB budget exactly as labstream splits it (100,000 x 4
 columns is two packets). Three ways, in the same run, alternating every round:
 
-  enc      ``labstream.atlas.encoding.encode_periodic_packets`` / ``encode_row_packets``
+  enc      ``labstream.destinations.atlas.encoding``: ``encode_periodic_packets`` /
+           ``encode_row_packets``
   obj      the generated messages (``open_data_pb2``, upb backend), the fastest way found: statuses
            vectorised with ``enc.sample_statuses``, values via ``.tolist()``, then per sample
            ``s = add(); s.value = v; s.status = t`` with ``add`` bound once; ``SerializeToString``
@@ -42,7 +43,7 @@ from google.protobuf.internal import api_implementation
 
 from labstream._proto.ma.streaming.api.v1 import api_pb2
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
-from labstream.atlas import encoding as enc
+from labstream.destinations.atlas import encoding as enc
 
 FORMAT_ID = 0x1234_5678_9ABC_DEF0
 START_NS = 1_700_000_000_000_000_000

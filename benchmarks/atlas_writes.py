@@ -4,7 +4,7 @@ Run:  .venv/bin/python benchmarks/atlas_writes.py                 (about 1 min o
       .venv/bin/python benchmarks/atlas_writes.py --server nodecode --rounds 3
       .venv/bin/python benchmarks/atlas_writes.py --server nodecode --samples 1000  (bigger packets)
 
-The server is labstream's ATLAS emulator (``labstream.emulators.atlas.AtlasEmulator``) in a child
+The server is labstream's ATLAS emulator (``labstream.testing.atlas.AtlasEmulator``) in a child
 process (this file run with ``--serve``), so server and client do not share a GIL. The child binds
 port 0 on 127.0.0.1, prints the port, and answers a side channel on its stdin/stdout (not gRPC):
 how many packets it has recorded, its CPU time, and which packets of a run arrived, in what order
@@ -27,8 +27,8 @@ keeps nothing), and without it later rounds slow down as the garbage collector r
 Every packet is a ``PeriodicData`` packet of 100 samples (``--samples``) with 1, 2, 3, 4, 1, ...
 columns (one format id per column count; content 1.3-5.2 kB), in one session made with
 ``CreateSession``, with ``Packet.id`` 1..N. All request bytes are built with
-``labstream.atlas.encoding`` before the clock starts. Variants, alternated every round (the order
-rotates):
+``labstream.destinations.atlas.encoding`` before the clock starts. Variants, alternated every
+round (the order rotates):
 
   (a)   unary ``WriteDataPacket``, each call awaited before the next (what ``AtlasSink`` does):
         grpc.aio, ``request_serializer=None``, a deadline per call.
@@ -73,7 +73,7 @@ import numpy as np
 import orjson
 from _server import _die_with_parent
 
-from labstream.atlas import encoding as enc
+from labstream.destinations.atlas import encoding as enc
 
 DATA_SOURCE = "BenchSource"
 STREAM = "Stream1"
@@ -105,7 +105,7 @@ BATCH = {"b": 1, "c10": 10, "c50": 50}
 
 def serve_child(nodecode: bool) -> None:
     """Run the emulator until stdin says ``quit`` (or closes); answer side-channel commands."""
-    from labstream.emulators import atlas as emu_mod
+    from labstream.testing import atlas as emu_mod
 
     # The emulator decodes each packet's content exactly once, while it records the packet (under
     # its lock, just before appending it). Counting those calls is the cheap, event-driven side

@@ -42,7 +42,7 @@ def disk_bytes_written() -> int:
 
 def child(endpoint: str, pattern: str) -> None:
     from labstream import TimeseriesStreamer
-    from labstream.journal import Journal
+    from labstream._core.journal import Journal
 
     # (end of a commit, the seq every chunk up to which is now on disk or settled)
     commits: list[tuple[float, int]] = []

@@ -75,8 +75,9 @@ import httpx
 import orjson
 from _server import BENCH_DATA_ID, BenchServer, free_port, server_description
 
-from labstream.chunk import Chunk, make_chunk, validate_series
-from labstream.sinks.atomscale import AtomscaleSink, chunk_body
+from labstream._core.chunk import Chunk, make_chunk, validate_series
+from labstream.destinations.atomscale.protocol import chunk_body
+from labstream.destinations.atomscale.sink import AtomscaleSink
 
 CONCURRENCY = 8
 PPC = 100

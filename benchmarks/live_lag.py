@@ -71,7 +71,7 @@ def atomscale_lags(url: str) -> tuple[list[tuple[float, float]], int]:
 
 
 def atlas_lags(address: str, data_id: str) -> tuple[list[tuple[float, float]], int]:
-    from labstream.atlas_verify import read_session
+    from labstream.cli.atlas_verify import read_session
 
     _, recorded, _ = read_session(address, data_id, idle_s=1.0)
     lags, points = [], 0

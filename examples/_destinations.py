@@ -26,9 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from labstream import Atlas
-from labstream.emulators import atlas as atlas_emulator
-from labstream.emulators import atomscale as atomscale_emulator
-from labstream.emulators.atlas_checker import SessionReport, check_session
+from labstream.testing import atlas as atlas_emulator
+from labstream.testing import atomscale as atomscale_emulator
+from labstream.testing.atlas_checker import SessionReport, check_session
 
 #: The emulator accepts any key; this one is not a secret.
 EMULATOR_KEY = "example-key"

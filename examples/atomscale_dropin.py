@@ -88,8 +88,8 @@ def _run_against_emulators() -> None:
     import shutil
     import tempfile
 
-    from labstream.emulators import atlas as atlas_emulator
-    from labstream.emulators import atomscale as atomscale_emulator
+    from labstream.testing import atlas as atlas_emulator
+    from labstream.testing import atomscale as atomscale_emulator
 
     # The streamer is closed at interpreter exit (the SDK script never closes it): keep its
     # scratch journal until then, and remove it after.

@@ -30,8 +30,8 @@ import numpy as np
 from _destinations import destinations
 
 from labstream import RetryPolicy, StreamReport, TimeseriesStreamer
-from labstream.emulators.atlas import AtlasFaultPlan
-from labstream.emulators.atomscale import FaultPlan
+from labstream.testing.atlas import AtlasFaultPlan
+from labstream.testing.atomscale import FaultPlan
 
 RATE_HZ = 10.0
 POINTS_PER_CHUNK = 20  # one chunk every 2 s of data

@@ -129,7 +129,7 @@ def show_receipts(
         print(f"ATLAS markers: {', '.join(repr(m.label) for m in in_time)}")
         print(f"ATLAS protocol: {'clean' if atlas.clean else 'NOT clean'}")
     if plot:
-        from labstream.plot import plot_demo
+        from labstream.cli.plot import plot_demo
 
         path = plot_demo(
             plot,

@@ -241,8 +241,8 @@ def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> 
         "",
         "## Setup",
         "",
-        "- Both destinations are the local emulators (`labstream.emulators.atomscale` and "
-        "`labstream.emulators.atlas`), running in the test process on loopback. Faults come "
+        "- Both destinations are the local emulators (`labstream.testing.atomscale` and "
+        "`labstream.testing.atlas`), running in the test process on loopback. Faults come "
         "from their seeded fault plans: HTTP 503, 429 with `Retry-After`, gRPC UNAVAILABLE, "
         "outages and latency. The ATLAS emulator records every packet, and its protocol "
         "checker (`atlas_checker.check_session`) rebuilds each parameter's samples.",

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from labstream import TimeseriesStreamer
+from labstream.testing.fake import FakeAtomscale, RecordingSleep
 
-from .fakes import API_KEY, FakeAtomscale, RecordingSleep
+from . import API_KEY
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 from google.protobuf.message import Message
 
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
-from labstream.emulators.atlas_checker import (
+from labstream.testing.atlas_checker import (
     CHECKS,
     FormatRecord,
     RecordedPacket,

@@ -14,10 +14,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+from labstream._core.timebase import seconds_to_ns
 from labstream._proto.ma.streaming.api.v1 import api_pb2
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2
-from labstream.atlas import encoding as enc
-from labstream.timebase import seconds_to_ns
+from labstream.destinations.atlas import encoding as enc
 
 T0_NS = 1_700_000_000_123_456_789
 SPECIAL = np.array(

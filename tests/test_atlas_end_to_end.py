@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 
 from labstream import Atlas, RetryPolicy, TimeseriesStreamer
-from labstream.emulators.atlas import AtlasEmulator, AtlasFaultPlan, run_in_thread
-from labstream.emulators.atlas_checker import SessionReport, check_session, format_report
-from labstream.timebase import seconds_to_ns
-
-from .fakes import FakeAtomscale
+from labstream._core.timebase import seconds_to_ns
+from labstream.testing.atlas import AtlasEmulator, AtlasFaultPlan, run_in_thread
+from labstream.testing.atlas_checker import SessionReport, check_session, format_report
+from labstream.testing.fake import FakeAtomscale
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.05, jitter_s=0, cooldown_s=0.05)

@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 from labstream import Atlas, RetryPolicy, TimeseriesStreamer
+from labstream._core.timebase import seconds_to_ns
 from labstream._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
-from labstream.emulators.atlas import AtlasEmulator, run_in_thread
-from labstream.timebase import seconds_to_ns
+from labstream.testing.atlas import AtlasEmulator, run_in_thread
 
 DS = "Reader_Test"
 T0 = 1_760_000_000.0

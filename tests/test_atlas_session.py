@@ -16,19 +16,15 @@ from typing import Any
 import numpy as np
 import pytest
 
+from labstream._core.chunk import Chunk, make_chunk, validate_series
 from labstream._proto.ma.streaming.api.v1 import api_pb2
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2
-from labstream.atlas import encoding as enc
-from labstream.atlas.session import (
-    MAIN_STREAM,
+from labstream.destinations.atlas import encoding as enc
+from labstream.destinations.atlas.events import (
     Action,
     Answer,
-    AtlasOptions,
-    AtlasProtocolError,
-    AtlasSession,
     Call,
     CallFailed,
-    ChannelOptions,
     ChannelSeen,
     ChunkDone,
     ChunkReady,
@@ -46,10 +42,11 @@ from labstream.atlas.session import (
     Rejected,
     SessionCreated,
     SessionEnded,
-    SessionState,
     WritePacket,
 )
-from labstream.chunk import Chunk, make_chunk, validate_series
+from labstream.destinations.atlas.machine import AtlasSession, SessionState
+from labstream.destinations.atlas.options import MAIN_STREAM, AtlasOptions, ChannelOptions
+from labstream.errors import AtlasProtocolError
 
 T0 = 1_700_000_000.25  # epoch seconds
 DS, STREAM = "Lab_MBE-1", "Stream1"

@@ -13,8 +13,8 @@ from labstream import cli
 from labstream._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
 from labstream._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
-from labstream.atlas_verify import NOT_FROM_SERVER, verify
-from labstream.emulators.atlas import AtlasEmulator, run_in_thread
+from labstream.cli.atlas_verify import NOT_FROM_SERVER, verify
+from labstream.testing.atlas import AtlasEmulator, run_in_thread
 
 from .test_atlas_reader import DS, write_session
 

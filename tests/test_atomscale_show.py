@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from labstream import cli
-from labstream.emulators.atomscale import AtomscaleEmulator, run_in_thread
+from labstream.testing.atomscale import AtomscaleEmulator, run_in_thread
 
 HEADERS = {"X-API-KEY": "sk-test-show"}
 

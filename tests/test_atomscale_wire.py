@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from labstream import DestinationError, TimeseriesStreamer
+from labstream.testing.fake import FakeAtomscale, Recorded
 
-from .fakes import API_KEY, FakeAtomscale, Recorded
+from . import API_KEY
 
 T0 = 1_760_000_000.25
 TS = [T0 + i * 0.5 for i in range(4)]
@@ -203,7 +204,7 @@ def test_gateway_time_request(
 
 @pytest.mark.anyio
 async def test_instruments_listing_request(fake: FakeAtomscale) -> None:
-    from labstream.sinks.atomscale import AtomscaleSink
+    from labstream.destinations.atomscale.sink import AtomscaleSink
 
     sink = AtomscaleSink(
         API_KEY, "http://atomscale.test", sleep=anyio.sleep, transport=fake.transport()
@@ -241,8 +242,8 @@ def test_run_bodies_made_before_the_chunk_is_built_are_the_same_bytes(
 ) -> None:
     """run()'s lane writes a body from the validated seconds without building the chunk; the
     bytes must be those of a pushed chunk's body (what a retry from the journal sends)."""
-    from labstream.chunk import make_chunk, validate_series
-    from labstream.sinks.atomscale import chunk_content, series_content
+    from labstream._core.chunk import make_chunk, validate_series
+    from labstream.destinations.atomscale.protocol import chunk_content, series_content
 
     n = len(timestamps)
     values = data.draw(st.lists(st.floats(), min_size=n, max_size=n))  # NaN and inf too

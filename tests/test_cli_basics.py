@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from labstream import __version__, cli
-from labstream.config import ENV_VARS
-from labstream.emulators.atomscale import FaultPlan, run_in_thread
+from labstream.cli.config import ENV_VARS
+from labstream.testing.atomscale import FaultPlan, run_in_thread
 
-from .fakes import API_KEY
+from . import API_KEY
 from .test_spool import leave_pending
 
 T0 = 1_714_550_400.0

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from labstream import Atlas, TimeseriesStreamer, cli
-from labstream.config import ENV_VARS
+from labstream.cli.config import ENV_VARS
 
 REPO = Path(__file__).resolve().parent.parent
 T0 = 1_714_550_400.0

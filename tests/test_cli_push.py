@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from labstream import cli
-from labstream.config import ENV_VARS
-from labstream.emulators.atlas import AtlasEmulator
-from labstream.emulators.atlas import run_in_thread as atlas_thread
-from labstream.emulators.atlas_checker import check_session
-from labstream.emulators.atomscale import AtomscaleEmulator
-from labstream.emulators.atomscale import run_in_thread as atomscale_thread
+from labstream.cli import app as _cli_app  # noqa: F401 - makes cli.app an attribute
+from labstream.cli.config import ENV_VARS
+from labstream.testing.atlas import AtlasEmulator
+from labstream.testing.atlas import run_in_thread as atlas_thread
+from labstream.testing.atlas_checker import check_session
+from labstream.testing.atomscale import AtomscaleEmulator
+from labstream.testing.atomscale import run_in_thread as atomscale_thread
 
 T0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z
 
@@ -339,7 +340,7 @@ def test_a_row_appended_during_the_push_stops_it_and_is_not_sent(
             with log.open("a") as f:
                 f.write(f"{T0 + 5000 * 0.5},9999,1e-9,ann\n")
 
-    monkeypatch.setattr(cli, "AFTER_CHUNK", append_once)
+    monkeypatch.setattr(cli.app, "AFTER_CHUNK", append_once)
     assert push(str(log), "--points-per-chunk", "100", "--no-progress") == 2
     err = capsys.readouterr().err
     assert f"{log}: the file changed while labstream was reading it" in err
@@ -362,7 +363,7 @@ def test_interrupt_then_rerun_resumes_without_duplicates(
         if pushed == 20:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "AFTER_CHUNK", interrupt_after_20)
+    monkeypatch.setattr(cli.app, "AFTER_CHUNK", interrupt_after_20)
     assert push(str(log), "--points-per-chunk", str(ppc), "--no-progress") == 130
     (first_id,) = new.ids()
     assert new.atomscale.streams[first_id].finalized  # Ctrl-C finalizes
@@ -370,7 +371,7 @@ def test_interrupt_then_rerun_resumes_without_duplicates(
     err = capsys.readouterr().err
     assert "interrupted: finalizing" in err and "Run the same command again" in err
 
-    monkeypatch.setattr(cli, "AFTER_CHUNK", None)
+    monkeypatch.setattr(cli.app, "AFTER_CHUNK", None)
     assert push(str(log), "--points-per-chunk", str(ppc), "--no-progress") == 0
     err = capsys.readouterr().err
     assert "rows 1-200 were confirmed by every destination" in err
@@ -408,7 +409,7 @@ def test_changed_file_is_a_new_push(push: Run, new: NewStreams, tmp_path: Path) 
 def test_reading_waits_for_a_slow_destination(
     push: Run, new: NewStreams, tmp_path: Path, atomscale: AtomscaleEmulator
 ) -> None:
-    from labstream.emulators.atomscale import FaultPlan
+    from labstream.testing.atomscale import FaultPlan
 
     atomscale.faults = FaultPlan(latency_s=0.003)
     try:
@@ -442,7 +443,7 @@ def test_a_destination_that_confirms_nothing_stops_the_push(
 
 
 def test_push_state_marks_only_move_forward(tmp_path: Path) -> None:
-    from labstream.progress import PushState
+    from labstream.cli.progress import PushState
 
     def load() -> PushState:
         return PushState.load_or_new(
@@ -481,7 +482,7 @@ def test_atlas_down_atomscale_still_gets_every_row_and_reruns_tell_the_truth(
     """ATLAS unreachable: Atomscale gets the whole file anyway (before, the push stopped at the
     stall timeout with a fraction of it); exit 1 until ATLAS holds every row. Before, the re-run
     said 'every row was already confirmed' and exited 0 while ATLAS held nothing."""
-    from labstream.emulators.atlas import AtlasFaultPlan
+    from labstream.testing.atlas import AtlasFaultPlan
 
     rows, ppc = 2000, 10
     log = epoch_csv(tmp_path / "atlas_down.csv", rows)
@@ -538,12 +539,12 @@ def test_ctrl_c_of_a_restart_push_says_to_run_it_without_restart(
         if pushed == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "AFTER_CHUNK", interrupt_after_3)
+    monkeypatch.setattr(cli.app, "AFTER_CHUNK", interrupt_after_3)
     args = (str(log), "--points-per-chunk", str(ppc), "--no-progress")
     assert push(*args, "--restart") == 130
     err = capsys.readouterr().err
     assert "Run the same command without --restart to resume where this run stopped." in err
-    monkeypatch.setattr(cli, "AFTER_CHUNK", None)
+    monkeypatch.setattr(cli.app, "AFTER_CHUNK", None)
     assert push(*args) == 0  # as told: the restarted push goes on from row 31
     ts, _ = new.points("pressure")
     assert sorted(ts) == sorted([T0 + i * 0.5 for i in range(rows)] * 2)  # two pushes, no more

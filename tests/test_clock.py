@@ -10,9 +10,8 @@ import httpx
 import pytest
 
 from labstream import TimeseriesStreamer
-from labstream.clock import ClockCorrection, TimeSample
-
-from .fakes import FakeAtomscale
+from labstream._core.clock import ClockCorrection, TimeSample
+from labstream.testing.fake import FakeAtomscale
 
 NOW = 1_760_000_000.0  # the host's clock in these tests
 HOUR = 3600.0

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from labstream import cli
-from labstream.config import ENV_VARS, ConfigError, mask_secret, resolve, user_config_dir
-from labstream.emulators.atlas import run_in_thread as atlas_thread
-from labstream.emulators.atomscale import run_in_thread as atomscale_thread
+from labstream.cli.config import ENV_VARS, ConfigError, mask_secret, resolve, user_config_dir
+from labstream.testing.atlas import run_in_thread as atlas_thread
+from labstream.testing.atomscale import run_in_thread as atomscale_thread
 
 SECRET = "sk-live-0123456789abcdefWXYZ"
 

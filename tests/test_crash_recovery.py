@@ -16,9 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from labstream import TimeseriesStreamer, cli, spool
-from labstream.emulators.atlas import AtlasFaultPlan
-from labstream.emulators.atlas_checker import check_session, format_report
+from labstream import TimeseriesStreamer, cli
+from labstream.cli import spool
+from labstream.testing.atlas import AtlasFaultPlan
+from labstream.testing.atlas_checker import check_session, format_report
 
 from .test_reliability import (
     HZ,

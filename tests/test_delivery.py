@@ -12,10 +12,9 @@ import httpx
 import pytest
 
 from labstream import DestinationReport, RetryPolicy, TimeseriesStreamer
-from labstream.chunk import Chunk
+from labstream._core.chunk import Chunk
 from labstream.errors import DestinationError
-
-from .fakes import FakeAtomscale, Recorded, RecordingSleep, fail_every
+from labstream.testing.fake import FakeAtomscale, Recorded, RecordingSleep, fail_every
 
 T0 = 1_760_000_000.0
 FAST = RetryPolicy(attempts=3, initial_backoff_s=0.5, multiplier=2, max_backoff_s=4, jitter_s=0)
@@ -291,7 +290,7 @@ def test_finalize_returns_within_its_timeout_and_a_stated_grace_when_the_close_h
     it, not a whole request timeout."""
     import time
 
-    from labstream import delivery
+    from labstream._core import delivery
 
     monkeypatch.setattr(delivery, "CLOSE_GRACE_S", 0.2)
     released = anyio.Event()
@@ -356,9 +355,9 @@ class BatchingSink:
 
 
 def run_batches(sink: BatchingSink, chunks: int, policy: RetryPolicy) -> DestinationReport:
-    from labstream.chunk import make_chunk, validate_series
-    from labstream.delivery import DeliveryRunner
-    from labstream.sinks.base import StreamInfo
+    from labstream._core.chunk import make_chunk, validate_series
+    from labstream._core.delivery import DeliveryRunner
+    from labstream.destinations.base import StreamInfo
 
     sleeper = RecordingSleep()
     runner = DeliveryRunner(sink, policy, sleep=sleeper)

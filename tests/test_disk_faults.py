@@ -22,9 +22,8 @@ import httpx
 import pytest
 
 from labstream import JournalError, LabstreamError, RetryPolicy, TimeseriesStreamer
-from labstream.journal import FILE_NAME, Journal, chunk_size
-
-from .fakes import FakeAtomscale, Recorded
+from labstream._core.journal import FILE_NAME, Journal, chunk_size
+from labstream.testing.fake import FakeAtomscale, Recorded
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0, cooldown_s=0.02)
@@ -145,7 +144,7 @@ def test_kept_in_memory_only_up_to_a_bound_then_refused_and_counted(
     fake: FakeAtomscale,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import labstream.journal as journal_module
+    import labstream._core.journal as journal_module
 
     monkeypatch.setattr(journal_module, "MAX_MEMORY_BYTES", 10 * chunk_size(100))
     release = hold_chunks(fake)
@@ -168,7 +167,7 @@ def test_kept_in_memory_only_up_to_a_bound_then_refused_and_counted(
 
 def test_the_report_line_and_the_cli_summary_say_not_durable() -> None:
     from labstream import DestinationReport, StreamReport
-    from labstream.progress import summary_table
+    from labstream.cli.progress import summary_table
 
     report = StreamReport(
         "d",

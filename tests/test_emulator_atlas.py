@@ -22,7 +22,7 @@ from google.protobuf import any_pb2, wrappers_pb2
 from labstream._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
 from labstream._proto.ma.streaming.key_generator.v1 import key_generator_pb2, key_generator_pb2_grpc
 from labstream._proto.ma.streaming.open_data.v1 import open_data_pb2 as od
-from labstream.emulators.atlas import (
+from labstream.testing.atlas import (
     MAX_REQUEST_BYTES,
     AtlasEmulator,
     AtlasFaultPlan,
@@ -30,7 +30,7 @@ from labstream.emulators.atlas import (
     main,
     run_in_thread,
 )
-from labstream.emulators.atlas_checker import check_session, check_sessions, format_report
+from labstream.testing.atlas_checker import check_session, check_sessions, format_report
 
 pytestmark = pytest.mark.anyio
 
@@ -680,7 +680,7 @@ def test_serve_prints_addresses_and_reports_on_ctrl_c(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "labstream.emulators.atlas",
+            "labstream.testing.atlas",
             "--port",
             "0",
             "--key-generator-port",

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from labstream.emulators.atomscale import (
+from labstream.testing.atomscale import (
     AtomscaleEmulator,
     FaultPlan,
     StoredChunk,
@@ -492,7 +492,7 @@ def test_run_in_thread() -> None:
 
 
 def test_serve_prints_url_and_stops_on_ctrl_c() -> None:
-    code = "from labstream.emulators.atomscale import serve; serve(port=0)"
+    code = "from labstream.testing.atomscale import serve; serve(port=0)"
     with subprocess.Popen(
         [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     ) as proc:

@@ -15,9 +15,10 @@ import pytest
 
 from labstream import RetryPolicy, TimeseriesStreamer
 from labstream.cli import main
-from labstream.emulators.atomscale import AtomscaleEmulator, FaultPlan, run_in_thread
+from labstream.testing.atomscale import AtomscaleEmulator, FaultPlan, run_in_thread
+from labstream.testing.fake import RecordingSleep
 
-from .fakes import API_KEY, RecordingSleep
+from . import API_KEY
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0, jitter_s=0, cooldown_s=0)

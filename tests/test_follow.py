@@ -1,6 +1,6 @@
 """``labstream follow``: a log still being written reaches both emulators, every row once.
 
-The in-process tests drive :class:`~labstream.follow.Follower` one step at a time while the test
+The in-process tests drive :class:`~labstream.cli.follow.Follower` one step at a time while the test
 writes the log (partial lines, rotation, a new log in a directory), so nothing depends on a
 writer's pace. The restart tests run ``labstream follow`` as a child process, kill it with
 SIGKILL, write and rotate while it is dead, start it again, and compare what each emulator stored
@@ -23,15 +23,16 @@ from typing import Any
 
 import pytest
 
-from labstream import Atlas, TimeseriesStreamer, cli, spool
-from labstream.config import ENV_VARS
-from labstream.emulators.atlas import AtlasEmulator
-from labstream.emulators.atlas import run_in_thread as atlas_thread
-from labstream.emulators.atlas_checker import check_session
-from labstream.emulators.atomscale import AtomscaleEmulator, FaultPlan
-from labstream.emulators.atomscale import run_in_thread as atomscale_thread
-from labstream.follow import Checkpoint, Follower, FollowError, FollowSettings, Tail, _head
-from labstream.logfiles import ReadOptions
+from labstream import Atlas, TimeseriesStreamer, cli
+from labstream.cli import spool
+from labstream.cli.config import ENV_VARS
+from labstream.cli.follow import Checkpoint, Follower, FollowError, FollowSettings, Tail, _head
+from labstream.cli.logfiles import ReadOptions
+from labstream.testing.atlas import AtlasEmulator
+from labstream.testing.atlas import run_in_thread as atlas_thread
+from labstream.testing.atlas_checker import check_session
+from labstream.testing.atomscale import AtomscaleEmulator, FaultPlan
+from labstream.testing.atomscale import run_in_thread as atomscale_thread
 
 T0 = 1_714_550_400.0  # 2024-05-01T08:00:00Z
 HEADER = "time,temp [C],pressure\n"
@@ -598,7 +599,7 @@ def test_killed_while_a_destination_is_down_the_journal_delivers_the_rest(
 # journal no longer does. The worst moments for a restart, chosen instead of hoped for.
 KILLED_CHILD = """
 import os, signal, sys, time
-from labstream import cli, follow
+from labstream.cli import follow, main
 
 kill_at, wait = int(sys.argv[1]), sys.argv[2] == "1"
 send = follow.Follower._send
@@ -616,7 +617,7 @@ def send_then_die(self, data_id, index, batch):
         os.kill(os.getpid(), signal.SIGKILL)
 
 follow.Follower._send = send_then_die
-sys.exit(cli.main(["follow", *sys.argv[3:]]))
+sys.exit(main(["follow", *sys.argv[3:]]))
 """
 
 
@@ -708,5 +709,6 @@ def test_killed_with_a_chunk_in_flight_every_row_stored_once(
         pytest.xfail(
             "ATLAS holds the chunk sent again after the kill twice (rows "
             f"{twice[0]}-{twice[-1]}): skipping a chunk that already landed in the continued "
-            "session is helper 19b's reader-based resume in sinks/atlas.py (issue 19), not merged"
+            "session is helper 19b's reader-based resume in destinations/atlas/sink.py "
+            "(issue 19), not merged"
         )

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from labstream import AsyncTimeseriesStreamer, TimeseriesStreamer
-from labstream.emulators.atomscale import AtomscaleEmulator
-from labstream.emulators.atomscale import run_in_thread as atomscale_thread
-from labstream.frames import frame_channels
+from labstream._core.frames import frame_channels
+from labstream.testing.atomscale import AtomscaleEmulator
+from labstream.testing.atomscale import run_in_thread as atomscale_thread
 
 pd = pytest.importorskip("pandas")
 pl = pytest.importorskip("polars")

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from labstream import TimeseriesStreamer
-from labstream.chunk import Chunk
-from labstream.handoff import LoopHandoff
-from labstream.sinks.base import Marker
+from labstream._core.chunk import Chunk
+from labstream._core.handoff import LoopHandoff
+from labstream.destinations.base import Marker
 
 
 def test_items_from_several_threads_reach_the_loop_in_each_threads_order() -> None:

@@ -18,8 +18,8 @@ import pytest
 import trustme
 from aiohttp import web
 
-from labstream.sinks.curl import CurlClient, RequestMulti, trust_store
-from labstream.sinks.http import HttpClient, TransportError
+from labstream.destinations.atomscale.curl import CurlClient, RequestMulti, trust_store
+from labstream.destinations.atomscale.http import HttpClient, TransportError
 
 KEY = "secret-key-123"
 

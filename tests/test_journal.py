@@ -15,12 +15,13 @@ import numpy as np
 import pytest
 
 from labstream import Atlas, RetryPolicy, StreamStateError, TimeseriesStreamer
-from labstream.chunk import ChannelSeries, Chunk
-from labstream.emulators.atlas import run_in_thread as atlas_in_thread
-from labstream.emulators.atlas_checker import SessionReport, check_session, format_report
-from labstream.journal import FILE_NAME, LIVE_OWNERS, Journal, decode_body, encode_body
+from labstream._core.chunk import ChannelSeries, Chunk
+from labstream._core.journal import FILE_NAME, LIVE_OWNERS, Journal, decode_body, encode_body
+from labstream.testing.atlas import run_in_thread as atlas_in_thread
+from labstream.testing.atlas_checker import SessionReport, check_session, format_report
+from labstream.testing.fake import FakeAtomscale, Recorded
 
-from .fakes import API_KEY, FakeAtomscale, Recorded
+from . import API_KEY
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0, cooldown_s=0.02)
@@ -278,7 +279,7 @@ def test_a_writer_that_falls_behind_bounds_memory(
 ) -> None:
     """Pushing faster than the disk: push() waits briefly, then refuses (counted), never queues
     without bound."""
-    import labstream.journal as journal_module
+    import labstream._core.journal as journal_module
 
     monkeypatch.setattr(journal_module, "MAX_QUEUED_BYTES", 4 * journal_module.chunk_size(1))
     monkeypatch.setattr(journal_module, "WRITER_WAIT_S", 0.05)
@@ -311,7 +312,7 @@ def test_a_chunk_leaves_the_journal_once_every_destination_confirmed_it(
     """Across commits, and across processes: held until the last destination confirms; a
     rejection keeps it. The writer remembers who owes what for a bounded number of chunks and
     asks the database for the others: both ways give the same result."""
-    import labstream.journal as journal_module
+    import labstream._core.journal as journal_module
 
     monkeypatch.setattr(journal_module, "MAX_OWED", remembered)
 

@@ -12,8 +12,8 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
-from labstream import logfiles
-from labstream.logfiles import (
+from labstream.cli import logfiles
+from labstream.cli.logfiles import (
     ChannelMap,
     LogFileError,
     ReadOptions,

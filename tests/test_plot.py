@@ -1,4 +1,4 @@
-"""labstream.plot: the receipt comparison is right, and real runs render to PNG, SVG and PDF.
+"""labstream.cli.plot: the receipt comparison is right, and real runs render to PNG, SVG and PDF.
 
 The comparison (which pushed points a destination holds exactly, holds differently, or lacks) is
 what makes the picture trustworthy, so it is tested on exact cases. Rendering is tested end to
@@ -20,10 +20,7 @@ import pytest
 pytest.importorskip("matplotlib")
 
 from labstream import Atlas, RetryPolicy, TimeseriesStreamer
-from labstream.emulators import atlas as atlas_emulator
-from labstream.emulators.atlas_checker import SessionReport, check_session
-from labstream.emulators.atomscale import AtomscaleEmulator, run_in_thread
-from labstream.plot import (
+from labstream.cli.plot import (
     MAX_HEIGHT_IN,
     MAX_LINE_POINTS,
     MAX_STRIP_CELLS,
@@ -40,6 +37,9 @@ from labstream.plot import (
     series_from_atlas,
     series_from_atomscale,
 )
+from labstream.testing import atlas as atlas_emulator
+from labstream.testing.atlas_checker import SessionReport, check_session
+from labstream.testing.atomscale import AtomscaleEmulator, run_in_thread
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T0 = 1_790_000_000.0

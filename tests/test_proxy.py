@@ -15,8 +15,8 @@ import pytest
 from aiohttp import web
 
 from labstream import TimeseriesStreamer
-from labstream.emulators.atomscale import run_in_thread as atomscale_in_thread
-from labstream.sinks.proxy import proxy_for, redact_proxy
+from labstream.destinations.proxy import proxy_for, redact_proxy
+from labstream.testing.atomscale import run_in_thread as atomscale_in_thread
 
 KEY = "proxy-test-key"
 PROXY_VARS = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY")

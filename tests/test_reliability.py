@@ -44,14 +44,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from labstream import Atlas, RetryPolicy, TimeseriesStreamer
-from labstream.emulators.atlas import AtlasEmulator, AtlasFaultPlan
-from labstream.emulators.atlas import _AbortError as AtlasAbort
-from labstream.emulators.atlas import run_in_thread as atlas_in_thread
-from labstream.emulators.atlas_checker import SessionReport, check_session, format_report
-from labstream.emulators.atomscale import CHUNK_PATHS, AtomscaleEmulator, FaultPlan
-from labstream.emulators.atomscale import run_in_thread as atomscale_in_thread
-from labstream.journal import FILE_NAME
-from labstream.timebase import ns_to_seconds, seconds_to_ns
+from labstream._core.journal import FILE_NAME
+from labstream._core.timebase import ns_to_seconds, seconds_to_ns
+from labstream.testing.atlas import AtlasEmulator, AtlasFaultPlan
+from labstream.testing.atlas import _AbortError as AtlasAbort
+from labstream.testing.atlas import run_in_thread as atlas_in_thread
+from labstream.testing.atlas_checker import SessionReport, check_session, format_report
+from labstream.testing.atomscale import CHUNK_PATHS, AtomscaleEmulator, FaultPlan
+from labstream.testing.atomscale import run_in_thread as atomscale_in_thread
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "sk-reliability-NEVER-PRINT-7"

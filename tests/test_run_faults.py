@@ -21,9 +21,9 @@ import pycurl
 import pytest
 
 from labstream import DeliveryError, DeliveryTimeoutError, TimeseriesStreamer
-from labstream.emulators.atomscale import AtomscaleEmulator, FaultPlan
-from labstream.emulators.atomscale import run_in_thread as atomscale_in_thread
-from labstream.sinks.curl import RequestMulti
+from labstream.destinations.atomscale.curl import RequestMulti
+from labstream.testing.atomscale import AtomscaleEmulator, FaultPlan
+from labstream.testing.atomscale import run_in_thread as atomscale_in_thread
 
 from .test_reliability import (
     KEY,

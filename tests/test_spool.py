@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from labstream import RetryPolicy, TimeseriesStreamer, spool
-from labstream.emulators.atomscale import FaultPlan, run_in_thread
+from labstream import RetryPolicy, TimeseriesStreamer
+from labstream.cli import spool
+from labstream.testing.atomscale import FaultPlan, run_in_thread
 
-from .fakes import API_KEY
+from . import API_KEY
 
 T0 = 1_760_000_000.0
 QUICK = RetryPolicy(initial_backoff_s=0.01, max_backoff_s=0.02, jitter_s=0, cooldown_s=0.02)

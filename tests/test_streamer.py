@@ -20,8 +20,9 @@ from labstream import (
     RetryPolicy,
     TimeseriesStreamer,
 )
+from labstream.testing.fake import FakeAtomscale, Recorded, RecordingSleep
 
-from .fakes import API_KEY, FakeAtomscale, Recorded, RecordingSleep
+from . import API_KEY
 
 T0 = 1_760_000_000.0
 

@@ -8,7 +8,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from labstream.timebase import ns_to_seconds, seconds_to_ns, seconds_to_ns_scalar
+from labstream._core.timebase import ns_to_seconds, seconds_to_ns, seconds_to_ns_scalar
 
 epoch_seconds = st.floats(min_value=631_152_000.0, max_value=4_102_444_800.0)
 

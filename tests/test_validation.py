@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from labstream import StreamStateError, TimeseriesStreamer
-from labstream.chunk import EARLIEST_S, LATEST_S, validate_series
-
-from .fakes import FakeAtomscale
+from labstream._core.chunk import EARLIEST_S, LATEST_S, validate_series
+from labstream.testing.fake import FakeAtomscale
 
 T0 = 1_760_000_000.0
 TS = [T0 + i * 0.1 for i in range(10)]
@@ -231,9 +230,9 @@ def test_bad_constructor_and_initialize_arguments(
 def test_push_multi_channels_sharing_one_timestamps_object_are_checked_and_converted_once() -> None:
     """The common instrument case (one clock, many gauges) costs one timestamp conversion per
     chunk, not one per channel; channels with their own timestamps keep their own."""
-    from labstream.chunk import make_chunk, validate_multi
-    from labstream.sinks.atomscale import chunk_body
-    from labstream.timebase import ns_to_seconds, seconds_to_ns
+    from labstream._core.chunk import make_chunk, validate_multi
+    from labstream._core.timebase import ns_to_seconds, seconds_to_ns
+    from labstream.destinations.atomscale.protocol import chunk_body
 
     ts = [1_760_000_000.0 + i * 0.1 for i in range(5)]
     own = [1_760_000_000.05 + i * 0.1 for i in range(5)]

@@ -1,5 +1,6 @@
-"""The adaptive window: how many uploads a destination may have in flight (``labstream.window``),
-driven by an injected clock, then end to end against a server with a capacity."""
+"""The adaptive window: how many uploads a destination may have in flight
+(``labstream._core.window``), driven by an injected clock, then end to end against a server with
+a capacity."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 import anyio
 
 from labstream import TimeseriesStreamer, TransientDestinationError
-from labstream.emulators.atomscale import FaultPlan
-from labstream.emulators.atomscale import run_in_thread as atomscale_in_thread
-from labstream.window import AdaptiveWindow
+from labstream._core.window import AdaptiveWindow
+from labstream.testing.atomscale import FaultPlan
+from labstream.testing.atomscale import run_in_thread as atomscale_in_thread
 
 
 class Clock:

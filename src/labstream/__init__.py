@@ -2,12 +2,12 @@
 
 A drop-in for the official Atomscale SDK's ``TimeseriesStreamer``::
 
-    from labstream import TimeseriesStreamer
+    from . import TimeseriesStreamer
 """
 
-from .atlas.config import Atlas
-from .atlas.session import ChannelOptions
-from .clock import ClockStatus
+from ._core.clock import ClockStatus
+from .destinations.atlas.config import Atlas
+from .destinations.atlas.options import ChannelOptions
 from .errors import (
     DeliveryError,
     DeliveryTimeoutError,

@@ -1,16 +1,93 @@
-"""labstream's one exception tree.
+"""labstream's one exception tree. Every error labstream raises on purpose is a ``LabstreamError``::
 
-Transport libraries (httpx, aiohttp, grpc) raise their own errors; the sinks translate them at the
-edge into these, so callers only ever catch ``LabstreamError`` and its children, and every error
-names the destination, the stream (data_id) and, where there is one, the chunk. An API key never
-appears in any message: the sinks build messages from method, path, status and response body only.
+    LabstreamError
+    ├── ConfigError (ValueError)          a setting that cannot be used: names the option or key
+    │   └── MissingExtraError (ImportError)   a feature whose optional dependencies are absent
+    ├── LogFileError (ValueError)         a log that cannot be read as asked: file, line, column
+    ├── StreamStateError (ValueError)     a call the stream's state forbids (push after finalize)
+    ├── JournalError (OSError)            the durable journal cannot be opened or written
+    │   └── JournalFull                   a chunk that would break the journal's limits
+    ├── DestinationError                  a destination did not do what was asked
+    │   ├── TransientDestinationError     worth retrying (transport, timeout, 5xx, 429, UNAVAILABLE)
+    │   └── RejectedError                 refused for good (4xx, a final gRPC status)
+    │       └── MalformedAnswerError      an answer that does not follow the protocol
+    ├── AtlasProtocolError (RuntimeError) the ATLAS session driven out of order (a bug, not input)
+    └── DeliveryError                     chunks not delivered when the caller needed them
+        └── DeliveryTimeoutError (TimeoutError)
+
+The second bases keep ``except ValueError`` / ``except OSError`` / ``except TimeoutError`` working
+for code written against the SDK. Transport libraries (libcurl, httpx, grpc, sqlite3) raise their
+own errors; each is translated at one place (the HTTP clients, the ATLAS sink's call, the journal)
+with the original as ``__cause__``. Every message names the destination, the stream (data_id) and,
+where there is one, the chunk. An API key never appears in any message: messages are built from
+method, path, status and response body only.
 """
 
 from __future__ import annotations
 
+import os
+
+__all__ = [
+    "AtlasProtocolError",
+    "ConfigError",
+    "DeliveryError",
+    "DeliveryTimeoutError",
+    "DestinationError",
+    "JournalError",
+    "JournalFull",
+    "LabstreamError",
+    "LogFileError",
+    "MalformedAnswerError",
+    "MissingExtraError",
+    "RejectedError",
+    "StreamStateError",
+    "TransientDestinationError",
+]
+
 
 class LabstreamError(Exception):
     """Base of every error labstream raises on purpose."""
+
+
+class ConfigError(LabstreamError, ValueError):
+    """A configuration file, environment variable or option that cannot be used; the message
+    names the file, key or option."""
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """A feature asked for whose optional dependencies are not installed; the message names the
+    extra to install (``pip install 'labstream[atlas]'``)."""
+
+    def __init__(self, feature: str, extra: str) -> None:
+        super().__init__(f"{feature} needs the {extra!r} extra: pip install 'labstream[{extra}]'")
+
+
+class LogFileError(LabstreamError, ValueError):
+    """A log that cannot be read as asked: names the file, the line or row, and the column."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        message: str,
+        *,
+        line: int | None = None,
+        column: str | None = None,
+        row_word: str = "line",
+    ) -> None:
+        self.path = str(path)
+        self.message = message
+        self.line = line
+        self.column = column
+        self.row_word = row_word
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = [self.path]
+        if self.line is not None:
+            where.append(f"{self.row_word} {self.line}")
+        if self.column is not None:
+            where.append(f"column {self.column!r}")
+        return f"{', '.join(where)}: {self.message}"
 
 
 class StreamStateError(LabstreamError, ValueError):
@@ -20,6 +97,11 @@ class StreamStateError(LabstreamError, ValueError):
 class JournalError(LabstreamError, OSError):
     """The durable journal (spool) cannot be opened or used; the message names its path and the
     cause is chained (``__cause__``)."""
+
+
+class JournalFull(JournalError):  # noqa: N818 - an outcome the streamer counts, not a failure
+    """A chunk that would break the journal's size or free-space limit; the streamer refuses it
+    and counts it in the report instead of storing it."""
 
 
 class DestinationError(LabstreamError):
@@ -87,6 +169,16 @@ class TransientDestinationError(DestinationError):
 
 class RejectedError(DestinationError):
     """The destination refused the request for good (a 4xx other than 408/429): not retried."""
+
+
+class MalformedAnswerError(RejectedError):
+    """A destination answered something the protocol does not allow (not JSON, a field missing).
+    Not retried: the same request would get the same answer."""
+
+
+class AtlasProtocolError(LabstreamError, RuntimeError):
+    """The sink drove the ATLAS session out of order (an answer with no call, an event after
+    Finalize): a bug in labstream, never caused by input."""
 
 
 class DeliveryError(LabstreamError):

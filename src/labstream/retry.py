@@ -17,6 +17,8 @@ import tenacity
 
 from .errors import TransientDestinationError
 
+__all__ = ["RetryPolicy", "Sleep"]
+
 Sleep = Callable[[float], Awaitable[None]]
 
 

@@ -36,8 +36,7 @@ import anyio
 import numpy as np
 from anyio.abc import TaskGroup
 
-from .atlas.config import Atlas
-from .chunk import (
+from ._core.chunk import (
     EARLIEST_S,
     LATEST_S,
     Chunk,
@@ -48,18 +47,25 @@ from .chunk import (
     validate_series,
     where,
 )
-from .clock import ClockCorrection, ClockStatus, skip_requested
-from .delivery import DeliveryRunner
-from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
-from .frames import frame_channels
-from .handoff import LoopHandoff
-from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
+from ._core.clock import ClockCorrection, ClockStatus, skip_requested
+from ._core.delivery import DeliveryRunner
+from ._core.frames import frame_channels
+from ._core.handoff import LoopHandoff
+from ._core.journal import LIVE_OWNERS, Journal, chunk_size, default_spool_dir
+from ._core.timebase import seconds_to_ns_scalar
+from .destinations import atlas as atlas_destination
+from .destinations.atlas.config import Atlas
+from .destinations.atomscale.sink import DEFAULT_ENDPOINT, AtomscaleSink
+from .destinations.base import Marker, Sink, StreamInfo
+from .errors import (
+    DeliveryError,
+    DeliveryTimeoutError,
+    JournalError,
+    JournalFull,
+    StreamStateError,
+)
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
-from .sinks.atlas import AtlasSink
-from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink
-from .sinks.base import Marker, Sink, StreamInfo
-from .timebase import seconds_to_ns_scalar
 
 if TYPE_CHECKING:
     import httpx
@@ -70,9 +76,9 @@ CLOCK_MAX_AGE_S = 600.0  # re-measure the clock at initialize when the last roun
 # Reuse of a (channel, chunk_index) is detected among this many most recent ones per stream, so a
 # days-long stream does not grow memory; older indexes are far behind any live acquisition.
 DIGEST_WINDOW = 100_000
-# Pushes from other threads reach the loop in groups of up to this many seconds (handoff.py): at
-# one push per ms, 25-40% less CPU per chunk. Delivery starts that much later; the journal does
-# not wait for it (chunks go to it from push()).
+# Pushes from other threads reach the loop in groups of up to this many seconds (handoff.py), which
+# costs less CPU per chunk than a wake-up per push (docs/performance.md). Delivery starts that much
+# later; the journal does not wait for it (chunks go to it from push()).
 HANDOFF_COALESCE_S = 0.005
 
 
@@ -167,8 +173,8 @@ def split_run_item(
     ts, vals = item
     try:
         n_ts, n_vals = len(ts), len(vals)
-    except TypeError:
-        raise TypeError(f"{ctx}: timestamps and values must be sequences") from None
+    except TypeError as exc:
+        raise TypeError(f"{ctx}: timestamps and values must be sequences") from exc
     if n_ts != n_vals:
         raise ValueError(f"{ctx}: {n_ts} timestamps but {n_vals} values; they must match")
     if n_ts <= max_points:
@@ -200,7 +206,7 @@ class AsyncTimeseriesStreamer:
         finalize_timeout: default seconds ``finalize()``/``run()`` wait for pending deliveries.
         max_concurrency: the most Atomscale uploads in flight. The window adapts below it: it
             grows while round trips stay flat and shrinks when the server is overloaded
-            (``labstream.window``).
+            (``labstream._core.window``).
         http_transport: an httpx async transport (tests use ``httpx.MockTransport``); Atomscale's
             requests then go through it instead of libcurl.
         proxy: proxy URL for Atomscale's requests (``""``: none); default: ``HTTPS_PROXY``,
@@ -259,6 +265,8 @@ class AsyncTimeseriesStreamer:
         configure_verbosity(verbosity)
         self._api_key = resolve_api_key(api_key)
         self._atlas_settings = Atlas.resolve(atlas)
+        if self._atlas_settings is not None:
+            atlas_destination.require_extra()
         if self._api_key is None and self._atlas_settings is None:
             raise ValueError(
                 "no destination configured: give api_key= (or set AS_API_KEY / "
@@ -338,6 +346,8 @@ class AsyncTimeseriesStreamer:
             )
             sinks.append(self._atomscale)
         if self._atlas_settings is not None:
+            from .destinations.atlas.sink import AtlasSink  # grpc: only for users of ATLAS
+
             sinks.append(AtlasSink(self._atlas_settings, journal=self._journal))
         self._runners = [
             DeliveryRunner(
@@ -486,7 +496,7 @@ class AsyncTimeseriesStreamer:
         return tuple(r.name for r in self._runners)
 
     def clock_status(self) -> ClockStatus:
-        """The clock correction in effect (see :class:`~labstream.clock.ClockStatus`)."""
+        """The clock correction in effect (see :class:`~labstream._core.clock.ClockStatus`)."""
         return self._clock.status
 
     # -- initialize ----------------------------------------------------------------------------
@@ -792,11 +802,11 @@ class AsyncTimeseriesStreamer:
             with anyio.fail_after(self.finalize_timeout if timeout is None else timeout):
                 for runner in self._runners:
                     await runner.wait_pending_at_most(data_id, limit // 2)
-        except TimeoutError:
+        except TimeoutError as exc:
             raise DeliveryTimeoutError(
                 f"data_id={data_id}: destinations stopped taking chunks; "
                 f"{self._pending_text(data_id)} (still held, not lost)"
-            ) from None
+            ) from exc
 
     def _pending_text(self, data_id: str) -> str:
         return ", ".join(f"{r.name}: {r.pending_chunks(data_id)} pending" for r in self._runners)
@@ -929,11 +939,11 @@ class AsyncTimeseriesStreamer:
             with anyio.fail_after(self.finalize_timeout if timeout is None else timeout):
                 for runner in self._runners:
                     await runner.wait_pending_at_most(data_id, 0)
-        except TimeoutError:
+        except TimeoutError as exc:
             raise DeliveryTimeoutError(
                 f"data_id={data_id}: not delivered in time; {self._pending_text(data_id)} "
                 "(still held and retried, not lost)"
-            ) from None
+            ) from exc
 
     def _rejected(self, data_id: str) -> dict[str, int]:
         return {r.name: r.report(data_id).chunks_rejected for r in self._runners}

@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
-from .clock import ClockStatus
+from ._core.clock import ClockStatus
 from .report import StreamReport
 from .streamer import AsyncTimeseriesStreamer, split_run_item
 

@@ -1,0 +1,188 @@
+"""``labstream spool``: look into the journal, finish what a dead process left, or forget a stream.
+
+A streamer resumes unfinished streams by itself when it starts on the same spool directory with the
+same destinations. These commands are for the other cases: checking what is held after a crash or
+an outage, delivering it without starting an acquisition script, and dropping a stream for good.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .._core.journal import Journal, SpoolStatus, default_spool_dir
+from ..destinations.atlas.config import ENV_ADDRESS
+from ..report import StreamReport
+from ..streamer import API_KEY_ENV, resolve_api_key
+from ..sync import TimeseriesStreamer
+from .config import hidden_env
+from .progress import ProgressView
+
+Out = Callable[[str], None]
+
+
+def spool_dir(path: str | None) -> Path:
+    return Path(path).expanduser() if path else default_spool_dir()
+
+
+def status(directory: Path) -> list[SpoolStatus]:
+    journal = Journal(directory)
+    try:
+        return journal.status()
+    finally:
+        journal.close()
+
+
+def format_status(rows: list[SpoolStatus], directory: Path) -> str:
+    if not rows:
+        return f"spool {directory}: empty"
+    lines = [
+        f"spool {directory}:",
+        f"{'data_id':<38}{'stream':<20}{'destination':<12}{'pending':>9}{'points':>10}"
+        f"{'rejected':>9}{'oldest':>9}  state",
+    ]
+    for r in rows:
+        age = "-" if r.oldest_pending_age_s is None else _age(r.oldest_pending_age_s)
+        state = "closed" if r.closed else ("finalizing" if r.finalize_requested else "open")
+        lines.append(
+            f"{r.data_id:<38}{(r.stream_name or '-')[:19]:<20}{r.destination:<12}"
+            f"{r.pending_chunks:>9}{r.pending_points:>10}{r.rejected_chunks:>9}{age:>9}  {state}"
+        )
+    return "\n".join(lines)
+
+
+def _age(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+@dataclass
+class Resumed:
+    """What ``resume`` did: a report per stream it finished, and why it left the others."""
+
+    reports: list[StreamReport] = field(default_factory=list)
+    busy: list[str] = field(default_factory=list)  # owned by a live process: not touched
+
+    @property
+    def ok(self) -> bool:
+        return not self.busy and all(r.ok for r in self.reports)
+
+
+def resume(
+    directory: Path,
+    *,
+    api_key: str | None = None,
+    timeout_s: float = 300.0,
+    out: Out = print,
+) -> Resumed:
+    """Deliver and finalize every stream left unfinished in the journal.
+
+    Each stream goes to the destinations that still need it (pending chunks, or not closed),
+    whatever the environment says: Atomscale only when it needs the stream, and then with the API
+    key (argument or environment), since it is never written to disk. A stream whose process is
+    still running is left to it, and said so.
+
+    Raises:
+        ValueError: a stream needs Atomscale and no API key is available (the other streams
+            were resumed first).
+    """
+    journal = Journal(directory)
+    try:
+        streams = journal.streams()
+        pending = {(r.data_id, r.destination): r.pending_chunks for r in journal.status()}
+    finally:
+        journal.close()
+    key = resolve_api_key(api_key)
+    done = Resumed()
+    groups: set[tuple[tuple[str, str], ...]] = set()  # the destinations streams still need
+    need_key = []
+    for stored in streams:
+        needed = {
+            name: address
+            for name, address in stored.destinations.items()
+            if name not in stored.closed or pending.get((stored.data_id, name), 0)
+        }
+        if not needed:
+            continue  # closed everywhere, nothing pending: housekeeping forgets it
+        if stored.owner_alive:
+            held = sum(pending.get((stored.data_id, name), 0) for name in needed)
+            if held:
+                pid = stored.owner.partition(":")[0]
+                done.busy.append(stored.data_id)
+                out(
+                    f"{stored.data_id}: {held} chunk(s) pending, owned by a running process "
+                    f"(pid {pid}) that delivers them; not resumed here"
+                )
+            continue
+        if "atomscale" in needed and key is None:
+            need_key.append(stored.data_id)
+            continue
+        groups.add(tuple(sorted(needed.items())))
+    for dests in sorted(groups):
+        where = dict(dests)
+        # Only the destinations the streams need: none taken from the environment.
+        hide = [*API_KEY_ENV] if "atomscale" not in where else []
+        if "atlas" not in where:
+            hide.append(ENV_ADDRESS)
+        with hidden_env(hide):
+            streamer = TimeseriesStreamer(
+                api_key=key if "atomscale" in where else None,
+                endpoint=where.get("atomscale"),
+                atlas=where.get("atlas"),
+                spool_dir=directory,
+                handle_sigterm=False,
+            )
+        with streamer:
+            for data_id in streamer.recovered_streams():
+                done.reports.append(_deliver(streamer, data_id, timeout_s, out))
+    if need_key:
+        raise ValueError(
+            f"{len(need_key)} stream(s) for Atomscale are waiting in the spool "
+            f"({', '.join(need_key)}): set AS_API_KEY (or pass --api-key) to deliver them"
+        )
+    if not done.reports and not done.busy:
+        out(f"spool {directory}: nothing to resume")
+    return done
+
+
+def _deliver(
+    streamer: TimeseriesStreamer, data_id: str, timeout_s: float, out: Out
+) -> StreamReport:
+    """Finalize one stream, with a progress bar per destination while its backlog drains."""
+    done = threading.Event()
+    result: list[StreamReport] = []
+
+    def finalize() -> None:
+        try:
+            result.append(streamer.finalize(data_id, timeout=timeout_s))
+        finally:
+            done.set()
+
+    start = streamer.report(data_id)
+    totals = {name: d.points_accepted for name, d in start.destinations.items()}
+    view = ProgressView(f"resuming {data_id}", totals, stream=sys.stdout, interval=5.0)
+    worker = threading.Thread(target=finalize, name="labstream-spool-resume")
+    worker.start()
+    try:
+        while not done.wait(0.5):
+            view.update(streamer.report(data_id))
+    finally:
+        worker.join()
+        view.close()
+    report = result[0]
+    out(str(report))
+    return report
+
+
+def purge(directory: Path, data_id: str) -> int:
+    """Forget a stream and everything the journal holds for it; return the chunks removed."""
+    journal = Journal(directory)
+    try:
+        return journal.purge(data_id)
+    finally:
+        journal.close()

@@ -1,0 +1,136 @@
+"""``Atlas``: where and how a streamer talks to ATLAS's Stream API.
+
+A user passes ``atlas="host:port"`` or ``atlas=Atlas(...)`` to a streamer; everything about the
+connection (addresses, TLS, deadlines) and about how channels become ATLAS parameters lives here.
+Environment variables fill what the caller leaves out, so a lab can configure ATLAS once for every
+acquisition script.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from .options import AtlasOptions, ChannelOptions
+
+STREAM_API_PORT = 13579
+KEY_GENERATOR_PORT = 15379
+
+ENV_ADDRESS = "LABSTREAM_ATLAS"
+ENV_KEY_GENERATOR = "LABSTREAM_ATLAS_KEY_GENERATOR"
+ENV_DATA_SOURCE = "LABSTREAM_ATLAS_DATA_SOURCE"
+ENV_STREAM = "LABSTREAM_ATLAS_STREAM"
+
+_TOPIC_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _split_address(address: str, default_port: int) -> tuple[str, int]:
+    text = address.strip()
+    if not text:
+        raise ValueError("ATLAS address must not be empty")
+    if text.startswith("["):  # [::1]:13579
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.lstrip(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    else:
+        host, port_text = text, ""
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"ATLAS address {address!r}: port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _join(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Atlas:
+    """ATLAS destination settings.
+
+    Attributes:
+        address: Stream API ``host[:port]`` (default port 13579).
+        key_generator_address: key generator ``host[:port]``; default the Stream API's host, 15379.
+        data_source: ATLAS data source (``[A-Za-z0-9_-]``; it becomes part of Kafka topic names).
+        stream: the data stream packets go to (default "Stream1"); sessions are also announced on
+            the main stream "".
+        application_name: parameters' application name and identifier suffix (``Name:App``).
+        session_details: extra session details shown in ATLAS, next to the ones labstream adds
+            (data_id, physical sample, project, tags).
+        channels: per-channel overrides of the parameter definition (identifier, units, range...).
+        tls: use TLS (the Stream API is cleartext by default).
+        root_certificates: PEM bytes to trust, with ``tls``; None uses the system roots.
+        rpc_timeout_s: deadline of each RPC.
+        first_format_timeout_s: deadline of the first data-format call, which can stall seconds
+            while a new data source loads on the server.
+    """
+
+    address: str = f"localhost:{STREAM_API_PORT}"
+    key_generator_address: str | None = None
+    data_source: str = "Default"
+    stream: str = "Stream1"
+    application_name: str = "labstream"
+    session_details: Mapping[str, str] = field(default_factory=dict)
+    channels: Mapping[str, ChannelOptions] = field(default_factory=dict)
+    tls: bool = False
+    root_certificates: bytes | None = None
+    rpc_timeout_s: float = 10.0
+    first_format_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        host, port = _split_address(self.address, STREAM_API_PORT)
+        object.__setattr__(self, "address", _join(host, port))
+        kg_host, kg_port = _split_address(self.key_generator_address or host, KEY_GENERATOR_PORT)
+        object.__setattr__(self, "key_generator_address", _join(kg_host, kg_port))
+        for what, value in (("data_source", self.data_source), ("stream", self.stream)):
+            if not _TOPIC_SAFE.fullmatch(value):
+                raise ValueError(
+                    f"Atlas {what}={value!r} must match [A-Za-z0-9_-]+ "
+                    "(it becomes part of Kafka topic names)"
+                )
+        if self.rpc_timeout_s <= 0 or self.first_format_timeout_s <= 0:
+            raise ValueError("Atlas deadlines must be positive")
+        for key, value in self.session_details.items():
+            if not isinstance(key, str) or not isinstance(value, str):
+                raise TypeError("Atlas session_details must map str to str")
+
+    @property
+    def protocol_options(self) -> AtlasOptions:
+        return AtlasOptions(application_name=self.application_name, channels=self.channels)
+
+    @classmethod
+    def resolve(cls, value: str | Atlas | None) -> Atlas | None:
+        """An ``atlas=`` argument (or, when None, ``LABSTREAM_ATLAS``) as settings, or None.
+
+        Raises:
+            TypeError: neither a string nor ``Atlas``.
+            ValueError: a malformed address or name.
+        """
+        if value is None:
+            value = os.environ.get(ENV_ADDRESS) or None
+            if value is None:
+                return None
+        if isinstance(value, str):
+            value = cls(address=value)
+        if not isinstance(value, Atlas):
+            raise TypeError(f'atlas= takes "host:port" or Atlas(...), not {type(value).__name__}')
+        env = os.environ
+        changes: dict[str, str] = {}
+        if value.key_generator_address == _default_key_generator(value) and env.get(
+            ENV_KEY_GENERATOR
+        ):
+            changes["key_generator_address"] = env[ENV_KEY_GENERATOR]
+        if value.data_source == "Default" and env.get(ENV_DATA_SOURCE):
+            changes["data_source"] = env[ENV_DATA_SOURCE]
+        if value.stream == "Stream1" and env.get(ENV_STREAM):
+            changes["stream"] = env[ENV_STREAM]
+        return replace(value, **changes) if changes else value  # type: ignore[arg-type]
+
+
+def _default_key_generator(settings: Atlas) -> str:
+    host, _ = _split_address(settings.address, STREAM_API_PORT)
+    return _join(host, KEY_GENERATOR_PORT)
