@@ -214,7 +214,8 @@ class AsyncTimeseriesStreamer:
             there, takes the other ``LABSTREAM_ATLAS_*`` variables); ``None``: no ATLAS. With
             ``api_key=None`` and no key in the environment, the streamer streams to ATLAS alone.
         environ: where every default above is read from, once, here (default ``os.environ``).
-            A program that resolved its settings itself passes ``{}``.
+            A program that chose its destinations itself passes
+            ``labstream.settings.without_destinations(os.environ)``.
 
     Raises:
         ValueError: no destination configured, or a bad option.
