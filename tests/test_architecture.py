@@ -29,6 +29,8 @@ PUBLIC = {
     "DestinationReport",
     "JournalError",
     "LabstreamError",
+    "MalformedAnswerError",
+    "MissingExtraError",
     "RejectedError",
     "Rejection",
     "RetryPolicy",

@@ -400,10 +400,16 @@ def test_a_damaged_checkpoint_is_not_guessed_past(rig: Rig, tmp_path: Path) -> N
 class Child:
     """``labstream follow`` in a process of its own, with its JSON events read as they come."""
 
-    def __init__(self, argv: list[str], env: dict[str, str], stderr: Path) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        stderr: Path,
+        command: tuple[str, ...] = ("-m", "labstream.cli", "follow"),
+    ) -> None:
         self.stderr = stderr
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "labstream.cli", "follow", *argv],
+            [sys.executable, *command, *argv],
             stdout=subprocess.PIPE,
             stderr=stderr.open("a"),
             text=True,
@@ -428,6 +434,14 @@ class Child:
             if event["event"] == "status" and event["rows_confirmed"] >= rows:
                 return
 
+    def wait_event(self, kind: str) -> dict[str, Any]:
+        while True:
+            event = self.events.get(timeout=30)
+            assert event is not None, self.stderr.read_text()
+            self.seen.append(event)
+            if event["event"] == kind:
+                return event
+
     def stop(self, sig: int) -> int:
         self.proc.send_signal(sig)
         code = self.proc.wait(timeout=30)
@@ -447,12 +461,12 @@ def follow_cmd(
         ATOMSCALE_SKIP_CLOCK_SYNC="1",
     )
 
-    def start(target: Path) -> Child:
+    def start(target: Path, command: tuple[str, ...] = ("-m", "labstream.cli", "follow")) -> Child:
         argv = [str(target), "--atomscale", "--endpoint", atomscale.url]
         argv += ["--atlas", atlas.address, "--atlas-key-generator", atlas.key_generator_address]
         argv += ["--points-per-chunk", "20", "--poll", "0.01", "--flush", "0.02"]
         argv += ["--status-interval", "0.05", "--json", "--finalize-timeout", "10"]
-        return Child(argv, env, tmp_path / "child_stderr.txt")
+        return Child(argv, env, tmp_path / "child_stderr.txt", command)
 
     return start
 
@@ -489,9 +503,12 @@ def test_killed_and_restarted_every_row_once(
     all_rows_stored(stored, 230)
     assert child.stop(signal.SIGTERM) == 143
     (resumed,) = [e for e in child.seen if e["event"] == "resumed"]
+    first, _ = stored.streams()
+    # The restart continues the stream it had started, under its rotated name.
     assert resumed == {
         "event": "resumed",
         "file": str(tmp_path / "mbe.csv.1"),
+        "data_id": first,
         "line": 138,  # the header, then 137 rows
         "rows": 137,
     }
@@ -499,17 +516,17 @@ def test_killed_and_restarted_every_row_once(
     assert stored.atomscale_rows() == list(range(230))
     assert sorted(stored.atlas_rows()) == list(range(230))
     names = [stored.atomscale.streams[d].stream_name for d in stored.streams()]
-    assert names == ["mbe", "mbe (from line 139)", "mbe"]
-    assert all(stored.atomscale.streams[d].finalized for d in stored.streams()[1:])
+    assert names == ["mbe", "mbe"]
+    assert all(stored.atomscale.streams[d].finalized for d in stored.streams())
 
 
 def test_killed_while_sending_skips_no_row(
     follow_cmd: Callable[[Path], Child], stored: Stored, tmp_path: Path
 ) -> None:
     """Ten minutes of a 10 Hz log (written fast), rotated once, with two kills in the middle of
-    sending: nothing is lost; on Atomscale a row sent twice is only ever one the restart named.
-    (ATLAS may also get a chunk again from labstream's own journal after a kill, see
-    docs/reliability.md, scenario 4: only its completeness is checked here.)"""
+    sending: nothing is lost, and Atomscale holds every row once. (ATLAS may hold a chunk that
+    was on its way at a kill twice, see test_killed_with_a_chunk_in_flight_every_row_stored_once:
+    only its completeness is checked here.)"""
     log = tmp_path / "mbe.csv"
     log.write_text(HEADER)
     children = [follow_cmd(log)]
@@ -534,18 +551,10 @@ def test_killed_while_sending_skips_no_row(
         f.close()
     all_rows_stored(stored, written)
     assert children[-1].stop(signal.SIGTERM) == 143
-    named: set[int] = set()  # rows a restart said it sends again
-    for k, child in enumerate(children):
-        for event in child.seen:
-            if event["event"] == "resend":
-                # The first file holds rows 0-3099 from line 2 on, the second 3100 on.
-                first_file = event["file"].endswith(".1") or k == 1
-                base = 0 if first_file else 3100
-                start, end = event["lines"]
-                named |= {base + line - 2 for line in range(start, end + 1)}
-    rows = stored.atomscale_rows()
-    assert sorted(set(rows)) == list(range(written))
-    assert {r for r in rows if rows.count(r) > 1} <= named
+    # Each restart continued the stream it found, with the same chunks: a chunk sent again
+    # took its own place on Atomscale.
+    assert stored.atomscale_rows() == list(range(written))
+    assert len(stored.streams()) == 2  # one per log
     assert sorted(set(stored.atlas_rows())) == list(range(written))
 
 
@@ -582,3 +591,124 @@ def test_killed_while_a_destination_is_down_the_journal_delivers_the_rest(
     assert "journal" in events and "resend" not in events
     assert stored.atomscale_rows() == list(range(120))
     assert sorted(stored.atlas_rows()) == list(range(120))
+
+
+# ``labstream follow`` that kills itself (SIGKILL) right after handing chunk KILL_AT to the
+# streamer: the checkpoint names the chunk as pushed, not as confirmed. With WAIT=1 it first waits
+# until both destinations confirmed it and the journal let it go: they have it, and labstream's
+# journal no longer does. The worst moments for a restart, chosen instead of hoped for.
+KILLED_CHILD = """
+import os, signal, sys, time
+from labstream.cli import follow, main
+
+kill_at, wait = int(sys.argv[1]), sys.argv[2] == "1"
+send = follow.Follower._send
+
+def send_then_die(self, data_id, index, batch):
+    send(self, data_id, index, batch)
+    if index == kill_at:
+        deadline = time.monotonic() + 20
+        while wait and time.monotonic() < deadline and any(
+            d.chunks_pending for d in self.streamer.report(data_id).destinations.values()
+        ):
+            time.sleep(0.005)
+        if wait:
+            time.sleep(0.3)  # the journal commits that both confirmed it
+        os.kill(os.getpid(), signal.SIGKILL)
+
+follow.Follower._send = send_then_die
+sys.exit(main(["follow", *sys.argv[3:]]))
+"""
+
+
+class Writer:
+    """An instrument's logger: one row every ``period`` seconds (rows 0.1 s apart in time: a
+    10 Hz log written faster than real time), rotating its log at the rows asked."""
+
+    def __init__(self, log: Path, first: int, period: float, rotate_at: tuple[int, ...]) -> None:
+        self.log, self.period, self.rotate_at = log, period, rotate_at
+        self.written = first
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        f = self.log.open("a")
+        try:
+            while not self.stop.is_set():
+                if self.written in self.rotate_at:
+                    f.close()
+                    self.log.rename(self.log.with_name(f"{self.log.name}.{self.written}"))
+                    self.log.write_text(HEADER)
+                    f = self.log.open("a")
+                f.write(row(self.written))
+                f.flush()
+                self.written += 1
+                time.sleep(self.period)
+        finally:
+            f.close()
+
+    def finish(self) -> int:
+        self.stop.set()
+        self.thread.join()
+        return self.written
+
+
+@pytest.mark.parametrize("delivered", [False, True], ids=["in-flight", "delivered-not-confirmed"])
+def test_killed_with_a_chunk_in_flight_every_row_stored_once(
+    follow_cmd: Callable[..., Child], stored: Stored, tmp_path: Path, delivered: bool
+) -> None:
+    """A 10 Hz log (written at 500 rows/s), rotated before and after a kill -9 that catches a
+    chunk on its way: the restart continues the same stream, cuts the log into the same chunks,
+    sends the chunk again under its own index, and each emulator holds every row once."""
+    log = tmp_path / "mbe.csv"
+    log.write_text(HEADER + "".join(row(i) for i in range(10)))
+    script = tmp_path / "killed_follow.py"
+    script.write_text(KILLED_CHILD)
+    child = follow_cmd(log, (str(script), "25", str(int(delivered))))
+    child.wait_event("stream")
+    writer = Writer(log, 10, 0.002, rotate_at=(100, 700))
+    try:
+        assert child.proc.wait(timeout=60) == -signal.SIGKILL, child.stderr.read_text()
+        child = follow_cmd(log)
+        wait_for(lambda: writer.written >= 900, "the writer to write 900 rows", timeout=60)
+    finally:
+        written = writer.finish()
+    all_rows_stored(stored, written)
+    assert child.stop(signal.SIGTERM) == 143
+    (resumed,) = [e for e in child.seen if e["event"] == "resumed"]
+    (resend,) = [e for e in child.seen if e["event"] == "resend"]
+    assert resend["chunks"] == [25] and resend["data_id"] == resumed["data_id"]
+    # Each log is one stream, the one followed when killed continued by the restart.
+    streams = stored.streams()
+    assert [stored.atomscale.streams[d].stream_name for d in streams] == ["mbe"] * 3
+    assert resumed["data_id"] in streams
+    assert all(stored.atomscale.streams[d].finalized for d in streams)
+    # Atomscale stores a chunk in its place (stream, chunk index): the chunk sent twice is
+    # stored once because the restart gave its rows the same index.
+    assert stored.atomscale_rows() == list(range(written))
+    uploads = [
+        r.body["channels"]["temp"]["values"]
+        for r in stored.atomscale.requests
+        if r.path.endswith("/multi")
+        and r.status == 200
+        and r.body["data_id"] == resumed["data_id"]
+        and r.body["chunk_index"] == 25
+    ]
+    # Sent again with the very rows it held before: the same chunk boundaries.
+    assert uploads and all(u == uploads[0] for u in uploads)
+    if delivered:  # it had got there before the kill
+        assert len(uploads) == 2
+    atlas_rows = sorted(stored.atlas_rows())
+    assert sorted(set(atlas_rows)) == list(range(written))
+    if atlas_rows != list(range(written)):
+        twice = sorted({r for r in atlas_rows if atlas_rows.count(r) > 1})
+        # only the one chunk sent again: its rows, once more
+        assert twice == list(range(twice[0], twice[-1] + 1)) and len(twice) <= 20
+        assert len(atlas_rows) == written + len(twice)
+        pytest.xfail(
+            "ATLAS holds the chunk sent again after the kill twice (rows "
+            f"{twice[0]}-{twice[-1]}): skipping a chunk that already landed in the continued "
+            "session is helper 19b's reader-based resume in destinations/atlas/sink.py "
+            "(issue 19), not merged"
+        )

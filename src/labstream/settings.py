@@ -1,8 +1,9 @@
 """Where a streamer's settings come from: the caller's arguments, else the environment, read once.
 
 The public constructors call :func:`resolve` and hand typed values down; nothing below them reads
-the environment. A program that resolves its own settings (the ``labstream`` command) passes
-``environ={}``, so what it did not ask for is not added from the process's variables.
+the environment. A program that chooses the destinations itself (the ``labstream`` command)
+passes ``environ=without_destinations(os.environ)``, so the environment adds none it did not
+choose.
 
 ``NOT_GIVEN`` tells "use the default" from an explicit ``None`` (httpx's ``USE_CLIENT_DEFAULT``
 idea): ``atlas=None`` means "no ATLAS", while leaving ``atlas`` out reads ``LABSTREAM_ATLAS``.

@@ -41,6 +41,7 @@ from ._core.chunk import (
 )
 from ._core.clock import ClockCorrection, ClockStatus
 from ._core.delivery import DeliveryRunner
+from ._core.frames import frame_channels
 from ._core.handoff import LoopHandoff
 from ._core.journal import LIVE_OWNERS, MAX_UNWRITTEN_S, WRITER_WAIT_S, Journal, chunk_size
 from ._core.timebase import seconds_to_ns_scalar
@@ -238,7 +239,8 @@ class AsyncTimeseriesStreamer:
             there, takes the other ``LABSTREAM_ATLAS_*`` variables); ``None``: no ATLAS. With
             ``api_key=None`` and no key in the environment, the streamer streams to ATLAS alone.
         environ: where every default above is read from, once, here (default ``os.environ``).
-            A program that resolved its settings itself passes ``{}``.
+            A program that chose its destinations itself passes
+            ``labstream.settings.without_destinations(os.environ)``.
 
     Raises:
         ValueError: no destination configured, or a bad option.
@@ -921,6 +923,54 @@ class AsyncTimeseriesStreamer:
         if self._loop_wait is not None:
             await self._wait_journal_off_loop()
 
+    def accept_push_frame(
+        self,
+        data_id: str,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+        handoff: bool = False,
+    ) -> Accepted | None:
+        """Like :meth:`accept_push_multi` for a DataFrame (see :meth:`push_frame`)."""
+        self._open_stream(data_id)
+        channels = frame_channels(data_id, chunk_index, frame, time_column, units)
+        return self.accept_push_multi(data_id, chunk_index, channels, handoff=handoff)
+
+    async def push_frame(
+        self,
+        data_id: str,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue a pandas or polars DataFrame as one multi-channel chunk: every column but
+        ``time_column`` is a channel, named after the column.
+
+        The time column holds Unix epoch seconds or datetimes (naive ones are taken as UTC);
+        ``time_column=None`` takes a pandas frame's index. Missing values (NaN, None, null) are
+        gaps, as in :meth:`push`. Columns become numpy arrays as a whole, with no Python per
+        row, then go through :meth:`push_multi`'s validation. Needs pandas or polars
+        (``pip install 'labstream[pandas]'`` or ``'labstream[polars]'``).
+
+        Args:
+            units: units per column, e.g. ``{"temp": "C"}``.
+
+        Raises:
+            TypeError: not a pandas or polars DataFrame; a column that is not numeric (named).
+            ValueError: no such time column, a missing time, and whatever :meth:`push_multi`
+                refuses, naming the column and the chunk.
+            StreamStateError: unknown data_id, or the stream is finalized.
+        """
+        accepted = self.accept_push_frame(
+            data_id, chunk_index, frame, time_column=time_column, units=units
+        )
+        if accepted is not None:
+            self._dispatch_accepted(accepted)
+
     async def run(
         self,
         data_id: str,
@@ -1069,6 +1119,13 @@ class AsyncTimeseriesStreamer:
         """data_ids this streamer took over from a process that died (see ``spool``)."""
         return [data_id for data_id, s in self._streams.items() if s.recovered]
 
+    def held_chunk_indexes(self, data_id: str) -> set[int]:
+        """Chunk indexes of a stream the journal holds: a destination still owes each (and
+        recovery delivers it), every other one confirmed it. Empty without a journal."""
+        if self._journal is None:
+            return set()
+        return self._journal.chunk_indexes(data_id)
+
     @asynccontextmanager
     async def stream(
         self,
@@ -1111,6 +1168,18 @@ class AsyncStreamHandle:
 
     async def push_multi(self, chunk_index: int, channels: object) -> None:
         await self.streamer.push_multi(self.data_id, chunk_index, channels)
+
+    async def push_frame(
+        self,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        await self.streamer.push_frame(
+            self.data_id, chunk_index, frame, time_column=time_column, units=units
+        )
 
     async def mark(
         self,

@@ -232,6 +232,27 @@ class TimeseriesStreamer:
         """
         self._core.accept_push_multi(data_id, chunk_index, channels, handoff=True)
 
+    def push_frame(
+        self,
+        data_id: str,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        """Queue a pandas or polars DataFrame as one chunk; never waits on the network.
+
+        See :meth:`AsyncTimeseriesStreamer.push_frame`.
+
+        Raises:
+            TypeError, ValueError, StreamStateError: see
+                :meth:`AsyncTimeseriesStreamer.push_frame`.
+        """
+        self._core.accept_push_frame(
+            data_id, chunk_index, frame, time_column=time_column, units=units, handoff=True
+        )
+
     def mark(
         self,
         data_id: str,
@@ -303,6 +324,10 @@ class TimeseriesStreamer:
         """
         return self._core.recovered_streams()
 
+    def held_chunk_indexes(self, data_id: str) -> set[int]:
+        """See :meth:`AsyncTimeseriesStreamer.held_chunk_indexes`."""
+        return self._core.held_chunk_indexes(data_id)
+
     @contextmanager
     def stream(
         self,
@@ -354,6 +379,18 @@ class StreamHandle:
 
     def push_multi(self, chunk_index: int, channels: object) -> None:
         self.streamer.push_multi(self.data_id, chunk_index, channels)
+
+    def push_frame(
+        self,
+        chunk_index: int,
+        frame: object,
+        *,
+        time_column: str | None,
+        units: Mapping[str, str] | None = None,
+    ) -> None:
+        self.streamer.push_frame(
+            self.data_id, chunk_index, frame, time_column=time_column, units=units
+        )
 
     def mark(
         self,

@@ -1034,6 +1034,12 @@ class Journal:
         )[0]
         return int(row[0]), int(row[1]), int(row[2])
 
+    def chunk_indexes(self, data_id: str) -> set[int]:
+        """Indexes of a stream's chunks on disk: each is still owed to (or was refused by) some
+        destination, and every other destination confirmed it."""
+        rows = self._rows("SELECT DISTINCT chunk_index FROM chunks WHERE data_id=?", (data_id,))
+        return {int(r[0]) for r in rows}
+
     def streams(self) -> list[StoredStream]:
         rows = self._rows(
             "SELECT data_id, info, destinations, created_at, finalize_requested, closed, owner "

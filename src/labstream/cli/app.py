@@ -113,9 +113,10 @@ def _require_plot(path: str | None) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import DemoResult, run_demo
 
     _require_plot(args.plot)
+    result = DemoResult()
     ok = run_demo(
         seconds=args.seconds,
         rate_hz=args.rate,
@@ -124,8 +125,30 @@ def _demo(args: argparse.Namespace) -> int:
         drop_fraction=args.drop_fraction,
         pace_s=args.pace,
         plot=args.plot,
+        out=_say if args.json else print,  # with --json, the sentences go to stderr
+        result=result,
     )
-    return 0 if ok else 1
+    code = 0 if ok else 1
+    if args.json:
+        assert result.report is not None
+        _print_json(
+            {
+                "ok": ok,
+                "exit_code": code,
+                "data_id": result.data_id,
+                "points_per_chunk": result.points_per_chunk,
+                "chunks": result.chunks,
+                "elapsed_s": round(result.elapsed_s, 3),
+                "clock_offset_s": result.clock_offset_s,
+                "channels": result.channels,
+                "destinations": _destinations_json(result.report),
+                "faults_injected": result.faults,
+                "atlas_session_clean": result.atlas_session_clean,
+                "finalized": result.finalized,
+                "plot": result.plot,
+            }
+        )
+    return code
 
 
 def _atomscale_serve(args: argparse.Namespace) -> int:
@@ -140,7 +163,14 @@ def _atomscale_serve(args: argparse.Namespace) -> int:
         drop_connection_fraction=args.drop_fraction,
         seed=args.seed,
     )
-    serve(args.host, args.port, faults, api_key=args.api_key, request_log=args.request_log)
+    serve(
+        args.host,
+        args.port,
+        faults,
+        api_key=args.api_key,
+        request_log=args.request_log,
+        json_lines=args.json,
+    )
     return 0
 
 
@@ -150,7 +180,14 @@ def _atlas_serve(args: argparse.Namespace) -> int:
     faults = AtlasFaultPlan(
         unavailable_fraction=args.unavailable_fraction, latency_s=args.latency, seed=args.seed
     )
-    serve(args.host, args.port, args.key_generator_port, args.record, faults=faults)
+    serve(
+        args.host,
+        args.port,
+        args.key_generator_port,
+        args.record,
+        faults=faults,
+        json_lines=args.json,
+    )
     return 0
 
 
@@ -796,23 +833,28 @@ def _summary_json(
         "first_row": part.first_chunk * state.points_per_chunk + 1,
         "complete": state.complete,
         "exit_code": code,
-        "destinations": {
-            name: {
-                "accepted_points": d.points_accepted,
-                "delivered_points": d.points_delivered,
-                "rejected_points": d.points_rejected,
-                "pending_points": d.points_pending,
-                "dropped_points": d.points_dropped,
-                "retries": d.retries,
-                "closed": d.closed,
-                "rejections": [
-                    {"chunk_index": r.chunk_index, "status": r.status, "reason": r.reason}
-                    for r in d.rejections
-                ],
-                "last_error": d.last_error,
-            }
-            for name, d in report.destinations.items()
-        },
+        "destinations": _destinations_json(report),
+    }
+
+
+def _destinations_json(report: StreamReport) -> dict[str, Any]:
+    """Each destination's part of a report, for ``--json``."""
+    return {
+        name: {
+            "accepted_points": d.points_accepted,
+            "delivered_points": d.points_delivered,
+            "rejected_points": d.points_rejected,
+            "pending_points": d.points_pending,
+            "dropped_points": d.points_dropped,
+            "retries": d.retries,
+            "closed": d.closed,
+            "rejections": [
+                {"chunk_index": r.chunk_index, "status": r.status, "reason": r.reason}
+                for r in d.rejections
+            ],
+            "last_error": d.last_error,
+        }
+        for name, d in report.destinations.items()
     }
 
 
@@ -1540,6 +1582,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--pace", type=float, default=0.01, help="seconds between chunks (default 0.01)"
     )
     demo.add_argument("--plot", metavar="FILE", help="draw what each destination received")
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="the result as one JSON object on stdout (the running account goes to stderr)",
+    )
     demo.set_defaults(func=_demo)
 
     atomscale = sub.add_parser("atomscale", help="the local Atomscale emulator")
@@ -1596,6 +1643,11 @@ def build_parser() -> argparse.ArgumentParser:
         "/_emulator/requests; older ones are dropped and counted (default 10000). Chunk data "
         "is kept in a temporary file, not in memory",
     )
+    serve.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON line when ready (url, port) and one on exit (what the emulator holds)",
+    )
     serve.set_defaults(func=_atomscale_serve)
     from .atomscale_show import add_commands as add_show
 
@@ -1628,6 +1680,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     aserve.add_argument(
         "--seed", type=int, default=0, help="random seed: the same seed fails the same RPCs"
+    )
+    aserve.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON line when ready (addresses, ports) and one on exit (each session's checks "
+        "and samples) instead of the text reports",
     )
     aserve.set_defaults(func=_atlas_serve)
     areport = atlas_sub.add_parser("report", help="check the sessions of a --record file")

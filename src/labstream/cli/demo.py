@@ -12,7 +12,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -63,6 +64,25 @@ def simulate_growth(seconds: float, rate_hz: float, start: float, seed: int = 7)
     )
 
 
+@dataclass
+class DemoResult:
+    """What a demo run did (``labstream demo --json`` prints it)."""
+
+    ok: bool = False
+    data_id: str = ""
+    points_per_chunk: int = 0
+    chunks: int = 0
+    elapsed_s: float = 0.0
+    clock_offset_s: float = 0.0
+    report: StreamReport | None = None
+    # name -> {"pushed", "atomscale", "atlas" (points), "identical"}
+    channels: dict[str, dict[str, Any]] = field(default_factory=dict)
+    faults: dict[str, dict[str, int]] = field(default_factory=dict)  # emulator -> kind -> count
+    atlas_session_clean: bool = False
+    finalized: bool = False
+    plot: str | None = None
+
+
 def _same(sent: FloatArray, received: list[float]) -> bool:
     got = np.asarray(received, dtype=np.float64)
     return sent.shape == got.shape and bool(np.array_equal(sent, got, equal_nan=True))
@@ -79,8 +99,14 @@ def run_demo(
     pace_s: float = 0.01,
     plot: str | None = None,
     out: Callable[[str], None] = print,
+    result: DemoResult | None = None,
 ) -> bool:
-    """Run the demo; return True when both destinations stored exactly what was pushed."""
+    """Run the demo; return True when both destinations stored exactly what was pushed.
+
+    ``result``, when given, is filled with what the run did.
+    """
+    result = result if result is not None else DemoResult()
+    result.points_per_chunk = points_per_chunk
     faults = FaultPlan(
         fail_fraction=fail_fraction, drop_connection_fraction=drop_fraction, seed=2024
     )
@@ -90,6 +116,7 @@ def run_demo(
     growth = simulate_growth(seconds, rate_hz, start=time.time() - seconds)
     n = growth.timestamps.shape[0]
     n_chunks = math.ceil(n / points_per_chunk)
+    result.chunks = n_chunks
     out(
         f"labstream demo: simulated MBE growth, {seconds:.0f} s at {rate_hz:g} Hz, "
         f"{len(growth.channels)} channels, {n_chunks} chunks of {points_per_chunk} points"
@@ -158,6 +185,7 @@ def run_demo(
                 clock_offset_s=offset,
             )
             out(f"receipts plot written to {path}")
+            result.plot = str(path)
         out(f"streamed and finalized in {elapsed:.1f} s; clock offset {offset * 1e3:+.3f} ms\n")
         out(str(report) + "\n")
         out(f"{'channel':<24}{'pushed':>8}{'Atomscale':>11}{'ATLAS':>8}  identical")
@@ -183,11 +211,25 @@ def run_demo(
             else:
                 same = False
             all_same &= same
+            result.channels[name] = {
+                "pushed": n,
+                "atomscale": len(vals_got),
+                "atlas": atlas_n,
+                "identical": same,
+            }
             out(f"{name:<24}{n:>8}{len(vals_got):>11}{atlas_n:>8}  {'yes' if same else 'NO'}")
         out(f"\nfaults the Atomscale emulator injected: {_faults(emulator.fault_counts)}")
         out(f"faults the ATLAS emulator injected: {_faults(atlas.fault_counts)}")
         out("\nATLAS protocol report:\n" + format_report(atlas_report))
-        return _verdict(report, all_same and atlas_report.clean, stored.finalized, out)
+        result.data_id, result.report = stream.data_id, report
+        result.elapsed_s, result.clock_offset_s = elapsed, offset
+        result.faults = {
+            "atomscale": dict(emulator.fault_counts),
+            "atlas": dict(atlas.fault_counts),
+        }
+        result.atlas_session_clean, result.finalized = atlas_report.clean, stored.finalized
+        result.ok = _verdict(report, all_same and atlas_report.clean, stored.finalized, out)
+        return result.ok
 
 
 def _verdict(

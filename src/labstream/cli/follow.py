@@ -8,12 +8,14 @@ inode and size. Following a directory picks up each new log as a new stream.
 
 What a restart may rely on: a checkpoint per followed target (a small JSON file, written
 atomically, in the spool directory next to the journal it depends on) records the current file
-(device and inode), the stream, what was *pushed* (saved before each push) and what each
-destination *confirmed*, each as (byte offset, line, rows, chunks). A push waits for the
-destinations that were caught up to confirm it, so on a healthy link the marks agree within a
-round trip. A restart reads from the earliest mark of a destination whose unconfirmed chunks
-labstream's journal does not all hold (the journal delivers those to the earlier stream itself).
-Only a chunk on its way at a ``kill -9`` is sent again, and the restart says so. The rows still
+(device and inode), the stream, what was *pushed* (saved before each push), what each
+destination *confirmed*, each as (byte offset, line, rows, chunks), and where each chunk not
+confirmed everywhere ends. A push waits for the destinations that were caught up to confirm it,
+so on a healthy link the marks agree within a round trip. A restart continues the same stream,
+which the streamer's recovery takes over from the journal (and delivers what the journal holds
+of it); the log is read again from the last chunk every destination has or the journal holds,
+cut into the same chunks, so a chunk on its way at a ``kill -9`` is sent again under its own
+index (Atomscale replaces it; ATLAS may hold it twice), and the restart says so. The rows still
 to send are in the log itself, so memory stays flat: at most one chunk of rows and one read
 (1 MiB) are held.
 """
@@ -28,6 +30,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -50,6 +53,9 @@ HEAD_BYTES = 4096
 # How long a push waits for the destinations that were caught up to confirm it: on a healthy
 # link a few milliseconds, after which a restart has nothing to guess about.
 CONFIRM_WAIT_S = 2.0
+# Ends of chunks not yet confirmed everywhere a checkpoint keeps, so a restart cuts the log into
+# the same chunks; beyond it (a destination refusing for days) a restart starts a new stream.
+MAX_CHUNK_ENDS = 4096
 
 OnBadRow = Literal["skip", "stop"]
 Emit = Callable[[dict[str, Any]], None]
@@ -186,11 +192,14 @@ class Checkpoint:
     stream_name: str | None = None
     stream_first_line: int = 0
     finalized: bool = True
+    finalize_requested: bool = False  # the stream is being closed: a restart cannot continue it
     pushed: Mark = field(default_factory=Mark)
     confirmed: Mark = field(default_factory=Mark)  # by every destination
     by_destination: dict[str, Mark] = field(default_factory=dict)  # each one's confirmed mark
     head: list[Any] = field(default_factory=list)  # [length, sha1] of the file's first bytes
     finished: list[list[Any]] = field(default_factory=list)  # [dev, ino, length, sha1] each
+    # the end of each chunk after ``confirmed`` (its ``chunks`` is the chunk's index + 1)
+    chunk_ends: list[Mark] = field(default_factory=list)
     bad_rows: int = 0
     started: bool = False  # a directory was looked at once (its older logs skipped)
 
@@ -217,7 +226,10 @@ class Checkpoint:
                 raise ValueError("another version")
             pushed, confirmed = Mark(**data.pop("pushed")), Mark(**data.pop("confirmed"))
             by = {k: Mark(**v) for k, v in data.pop("by_destination").items()}
-            return cls(path, pushed=pushed, confirmed=confirmed, by_destination=by, **data)
+            ends = [Mark(**m) for m in data.pop("chunk_ends", [])]
+            return cls(
+                path, pushed=pushed, confirmed=confirmed, by_destination=by, chunk_ends=ends, **data
+            )
         except (ValueError, TypeError, KeyError) as exc:
             raise FollowError(
                 f"the checkpoint {path} cannot be read ({exc}); move it away to start over "
@@ -283,6 +295,7 @@ class Checkpoint:
         self.pushed = Mark()
         self.confirmed = Mark()
         self.by_destination = {}
+        self.chunk_ends = []
 
 
 # --------------------------------------------------------------------------------------------------
@@ -336,6 +349,13 @@ class Follower:
         self.batch_since = 0.0
         self.last_status = clock()
         self.done = False  # --exit-when-idle and the log is finished
+        # After a restart: the chunks of the earlier run read again, each (end, send it again?,
+        # rows), so every row gets the chunk index it had.
+        self.replay: deque[tuple[Mark, bool, int]] = deque()
+        # Chunks each destination is to have accepted in this process: those recovery found
+        # pending in the journal, plus the pushes since.
+        self.base: dict[str, int] = {}
+        self.sent = 0
         self.all_ok = True  # every stream finalized so far was complete everywhere
 
     # -- the loop ----------------------------------------------------------------------------
@@ -366,6 +386,7 @@ class Follower:
         if (
             self.rows is not None
             and len(self.rows)
+            and not self.replay
             and (self.clock() - self.batch_since >= self.s.flush_s)
         ):
             self._push()
@@ -503,7 +524,10 @@ class Follower:
             except LogFileError as exc:
                 self._bad(exc)
         self.batch_end = (end, number)
-        if len(rows) >= self.ppc:
+        if self.replay:
+            if end >= self.replay[0][0].offset:
+                self._replay_chunk()
+        elif len(rows) >= self.ppc:
             self._push()
         elif not len(rows) and self.cp.data_id is None:
             # Nothing held: the header and skipped lines count as read.
@@ -541,9 +565,12 @@ class Follower:
             tags=list(self.s.tags) or None,
         )
         cp.data_id, cp.stream_name, cp.finalized = data_id, name, False
+        cp.finalize_requested = False
         cp.stream_first_line = cp.confirmed.line + 1
         cp.pushed.chunks = cp.confirmed.chunks = 0
         cp.by_destination = {d: _copy(cp.pushed) for d in self.streamer.destinations}
+        cp.chunk_ends = []
+        self.base, self.sent = {}, 0
         cp.save()
         self.emit({"event": "stream", "file": str(log.path), "data_id": data_id, "name": name})
         return data_id
@@ -563,25 +590,18 @@ class Follower:
             else {n for n, d in report.destinations.items() if d.chunks_pending == 0}
         )
         batch = rows.take()
-        payload = {
-            c.name: {"timestamps": batch.timestamps, "values": batch.values[c.name]}
-            | ({"units": c.units} if c.units else {})
-            for c in log.channels
-        }
         index = cp.pushed.chunks
-        # Saved before the push: a restart then knows of every chunk that may have been sent.
+        # Saved before the push: a restart then knows of every chunk that may have been sent,
+        # and where each one ends.
         cp.pushed = Mark(
             self.batch_end[0], self.batch_end[1], cp.pushed.rows + len(batch), index + 1
         )
+        cp.chunk_ends.append(_copy(cp.pushed))
+        del cp.chunk_ends[:-MAX_CHUNK_ENDS]
         if cp.head and cp.head[0] < HEAD_BYTES and self.tail is not None:
             cp.head = _head(self.tail.path)  # more of the start is known now
         cp.save()
-        try:
-            self.streamer.push_multi(data_id, index, payload)
-        except (ValueError, TypeError) as exc:
-            raise FollowError(
-                f"{log.path}, lines {batch.first_line}-{batch.last_line}: cannot be sent: {exc}"
-            ) from None
+        self._send(data_id, index, batch)
         deadline = time.monotonic() + CONFIRM_WAIT_S
         while True:
             report = self._poll()
@@ -590,6 +610,40 @@ class Follower:
             if all(report.destinations[n].chunks_pending == 0 for n in healthy):
                 return
             time.sleep(0.002)
+
+    def _send(self, data_id: str, index: int, batch: Any) -> None:
+        log = self.log
+        assert log is not None
+        payload = {
+            c.name: {"timestamps": batch.timestamps, "values": batch.values[c.name]}
+            | ({"units": c.units} if c.units else {})
+            for c in log.channels
+        }
+        try:
+            self.streamer.push_multi(data_id, index, payload)
+        except (ValueError, TypeError) as exc:
+            raise FollowError(
+                f"{log.path}, lines {batch.first_line}-{batch.last_line}: cannot be sent: {exc}"
+            ) from None
+        self.sent += 1
+
+    def _replay_chunk(self) -> None:
+        """A chunk of the earlier run, read again: sent again under its own index when no
+        destination is sure to have it, else let go (its rows are there, or in the journal)."""
+        rows, cp = self.rows, self.cp
+        assert rows is not None
+        assert self.log is not None
+        end, send, expected = self.replay.popleft()
+        batch = rows.take()
+        if len(batch) != expected or end.offset != self.batch_end[0]:
+            raise FollowError(
+                f"{self.log.path}: the lines up to {end.line} changed since they were sent as "
+                f"chunk {end.chunks - 1} of stream {cp.data_id}; move the checkpoint "
+                f"{cp.path} away to start over"
+            )
+        if send:
+            assert cp.data_id is not None
+            self._send(cp.data_id, end.chunks - 1, batch)
 
     # -- confirmations, back-pressure, status --------------------------------------------------
 
@@ -613,13 +667,17 @@ class Follower:
         """Move each destination's confirmed mark to what it confirmed; True if one moved."""
         cp = self.cp
         moved = False
+        if self.replay:  # the earlier run's chunks are not all sent again yet
+            return False
         for name, d in report.destinations.items():
-            done = d.chunks_accepted == cp.pushed.chunks and not d.chunks_pending
+            expected = self.base.get(name, 0) + self.sent
+            done = d.chunks_accepted == expected and not d.chunks_pending
             if done and not d.chunks_dropped and cp.by_destination.get(name) != cp.pushed:
                 cp.by_destination[name] = _copy(cp.pushed)
                 moved = True
         if moved:
             cp.confirmed = _copy(min(cp.by_destination.values(), key=lambda m: m.offset))
+            cp.chunk_ends = [m for m in cp.chunk_ends if m.chunks > cp.confirmed.chunks]
         return moved
 
     def _wait_for_room(self) -> StreamReport | None:
@@ -671,6 +729,8 @@ class Follower:
         cp = self.cp
         if cp.data_id is None or cp.finalized:
             return None
+        cp.finalize_requested = True
+        cp.save()
         report = self.streamer.finalize(cp.data_id, timeout)
         cp.finalized = all(d.closed for d in report.destinations.values())
         self.all_ok = self.all_ok and report.ok
@@ -738,7 +798,9 @@ class Follower:
 
     def stop(self) -> None:
         """Send the complete rows held, finalize the stream; the checkpoint stays for a restart."""
-        if self.rows is not None and len(self.rows):
+        # Rows held while the earlier run's chunks are read again belong to one of them: they
+        # are not sent as a chunk of their own (a restart reads them again).
+        if self.rows is not None and len(self.rows) and not self.replay:
             with contextlib.suppress(FollowError):
                 self._push()
         self._finalize(self.s.finalize_timeout)
@@ -776,6 +838,8 @@ class Follower:
                 return
             path = moved
             cp.file = str(path)
+        if cp.data_id is not None and self._continue(path):
+            return
         if cp.data_id is not None and cp.pushed != cp.confirmed:
             self._settle_earlier(cp.data_id)
         # A stream another process created cannot be continued: what follows goes to a new one.
@@ -794,6 +858,85 @@ class Follower:
         self.tail = Tail(
             path, cp.confirmed.offset, cp.confirmed.line, watch=watch, clock=self.clock
         )
+
+    def _continue(self, path: Path) -> bool:
+        """Continue the earlier run's stream, which this streamer took over from the journal
+        (it delivers what the journal holds). The log is read again from the end of the last
+        chunk every destination has or the journal holds, and cut into the same chunks: a chunk
+        no destination is sure to have is sent again under its own index, which Atomscale
+        stores in its place. False when the stream cannot be continued (no journal, other
+        destinations, chunk ends not known): the caller then starts a new stream."""
+        cp = self.cp
+        data_id = cp.data_id
+        if (
+            data_id is None
+            or cp.finalize_requested
+            or data_id not in self.streamer.recovered_streams()
+        ):
+            return False
+        start = cp.confirmed
+        ends = [m for m in cp.chunk_ends if m.chunks > start.chunks]
+        if [m.chunks for m in ends] != list(range(start.chunks + 1, cp.pushed.chunks + 1)) or (
+            ends and ends[-1] != cp.pushed
+        ):
+            return False
+        held = self.streamer.held_chunk_indexes(data_id)
+        names = set(cp.by_destination) | set(self.streamer.destinations)
+        send = [
+            m.chunks - 1 not in held
+            and any(cp.by_destination.get(n, start).chunks < m.chunks for n in names)
+            for m in ends
+        ]
+        first = send.index(True) if True in send else len(ends)
+        read_from = ends[first - 1] if first else start
+        before = read_from
+        for end, push in zip(ends[first:], send[first:], strict=True):
+            self.replay.append((end, push, end.rows - before.rows))
+            before = end
+        report = self.streamer.report(data_id)
+        self.base = {n: d.chunks_accepted for n, d in report.destinations.items()}
+        self.sent = 0
+        cp.finalized = False
+        cp.save()
+        in_journal = [m.chunks - 1 for m in ends if m.chunks - 1 in held]
+        if in_journal:
+            self.emit(
+                {
+                    "event": "journal",
+                    "data_id": data_id,
+                    "message": f"labstream's journal holds {len(in_journal)} chunk(s) of stream "
+                    f"{data_id} some destination has not confirmed, and delivers them there; "
+                    "they are not sent again",
+                }
+            )
+        resent = [m.chunks - 1 for m, again in zip(ends, send, strict=True) if again]
+        if resent:
+            lines = [read_from.line + 1, ends[resent[-1] - start.chunks].line]
+            self.emit(
+                {
+                    "event": "resend",
+                    "file": cp.file,
+                    "data_id": data_id,
+                    "chunks": resent,
+                    "lines": lines,
+                    "message": f"chunk(s) {', '.join(map(str, resent))} (lines {lines[0]}-"
+                    f"{lines[1]}) were being sent when the earlier run stopped; they are sent "
+                    "again under the same indexes (Atomscale replaces a chunk it had; ATLAS may "
+                    "hold one it had twice)",
+                }
+            )
+        self.emit(
+            {
+                "event": "resumed",
+                "file": cp.file,
+                "data_id": data_id,
+                "line": read_from.line,
+                "rows": read_from.rows,
+            }
+        )
+        watch = None if self.directory else self.s.target
+        self.tail = Tail(path, read_from.offset, read_from.line, watch=watch, clock=self.clock)
+        return True
 
     def _skip_older_logs(self) -> None:
         """First start on a directory: the logs already there are finished runs, except the

@@ -1581,11 +1581,17 @@ def serve(
     faults: AtlasFaultPlan | None = None,
     answer_write_stream: bool = False,
     spill: bool = True,
+    json_lines: bool = False,
 ) -> None:
-    """Serve until Ctrl-C, printing the addresses first and every session's report at the end.
+    """Serve until Ctrl-C or SIGTERM, printing the addresses first and every session's report at
+    the end.
 
     Packets' bytes are spilled to a temporary file (`AtlasEmulator`'s ``spill``) unless told not to.
+    With ``json_lines``, one JSON line when ready (``event: ready``, both addresses and ports) and
+    one on exit (``event: stopped``: each session's checks and samples per parameter).
     """
+    from .atomscale import until_stopped
+
     emulator = AtlasEmulator(
         host=host,
         port=port,
@@ -1598,16 +1604,45 @@ def serve(
 
     async def main() -> None:
         async with emulator:
-            print(
-                f"ATLAS Stream API emulator on {emulator.address}, key generator on "
-                f"{emulator.key_generator_address} (Ctrl-C to stop)",
-                flush=True,
-            )
-            await asyncio.get_running_loop().create_future()
+            if json_lines:
+                ready = {
+                    "event": "ready",
+                    "address": emulator.address,
+                    "host": host,
+                    "port": emulator.port,
+                    "key_generator_address": emulator.key_generator_address,
+                    "key_generator_port": emulator.key_generator_port,
+                }
+                print(orjson.dumps(ready).decode(), flush=True)
+            else:
+                print(
+                    f"ATLAS Stream API emulator on {emulator.address}, key generator on "
+                    f"{emulator.key_generator_address} (Ctrl-C to stop)",
+                    flush=True,
+                )
+            await until_stopped()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
-    print(emulator.format_reports(), flush=True)
+    if not json_lines:
+        print(emulator.format_reports(), flush=True)
+        return
+    reports = emulator.reports()
+    sessions = [
+        {
+            "session_key": r.session_key,
+            "identifier": r.identifier,
+            "data_source": r.data_source,
+            "clean": r.clean,
+            "ok": r.ok,
+            "failed_checks": [c.to_json() for c in r.checks if not c.passed],
+            "samples": {name: len(p.values) for name, p in r.parameters.items()},
+            "markers": len(r.markers),
+        }
+        for r in reports
+    ]
+    stopped = {"event": "stopped", "ok": all(r.ok for r in reports), "sessions": sessions}
+    print(orjson.dumps(stopped).decode(), flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

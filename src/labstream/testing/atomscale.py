@@ -36,6 +36,7 @@ import fnmatch
 import hmac
 import math
 import random
+import signal
 import sys
 import threading
 import time
@@ -1084,29 +1085,46 @@ def serve(
     clock_offset_s: float = 0.0,
     spill: bool = True,
     request_log: int = DEFAULT_REQUEST_LOG,
+    json_lines: bool = False,
 ) -> None:
-    """Serve until Ctrl-C, printing the URL first (``labstream atomscale serve``).
+    """Serve until Ctrl-C or SIGTERM, printing the URL first (``labstream atomscale serve``).
 
     Chunk data is spilled to a temporary file (`AtomscaleEmulator`'s ``spill``) unless told not to.
+    With ``json_lines``, one JSON line when ready (``event: ready``, url, host, port) and one on
+    exit (``event: stopped``: what ``GET /_emulator/streams`` answers).
     """
+    emulator = AtomscaleEmulator(
+        host=host,
+        port=port,
+        faults=faults,
+        api_key=api_key,
+        clock_offset_s=clock_offset_s,
+        spill=spill,
+        request_log=request_log,
+    )
 
     async def main() -> None:
-        emulator = AtomscaleEmulator(
-            host=host,
-            port=port,
-            faults=faults,
-            api_key=api_key,
-            clock_offset_s=clock_offset_s,
-            spill=spill,
-            request_log=request_log,
-        )
         async with emulator:
-            print(f"Atomscale emulator listening on {emulator.url} (Ctrl-C to stop)", flush=True)
-            await _forever()
+            if json_lines:
+                ready = {"event": "ready", "url": emulator.url, "host": host, "port": emulator.port}
+                print(orjson.dumps(ready).decode(), flush=True)
+            else:
+                print(
+                    f"Atomscale emulator listening on {emulator.url} (Ctrl-C to stop)", flush=True
+                )
+            await until_stopped()
+            if json_lines:  # before the spill file goes
+                print(orjson.dumps({"event": "stopped", **emulator.summary()}).decode(), flush=True)
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(main())
 
 
-async def _forever() -> None:
-    await asyncio.get_running_loop().create_future()
+async def until_stopped() -> None:
+    """Until SIGTERM (a service stopping) or Ctrl-C: asyncio.run cancels the main task on
+    Ctrl-C, and that cancellation is taken as the stop, so what follows (a summary) still runs."""
+    stop = asyncio.Event()
+    with contextlib.suppress(NotImplementedError, RuntimeError):  # Windows: Ctrl-C only
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    with contextlib.suppress(asyncio.CancelledError):
+        await stop.wait()
