@@ -155,7 +155,7 @@ def test_chunks_pushed_from_several_threads_reach_the_loop_in_seq_order(
     data_id = streamer.initialize()
     core = streamer._core
     seen: list[int] = []
-    dispatch = core.dispatch
+    dispatch = core._dispatch
 
     def recording_dispatch(item: Chunk | Marker) -> None:
         if isinstance(item, Chunk):

@@ -615,7 +615,7 @@ class AsyncTimeseriesStreamer:
             raise StreamStateError(f"data_id={data_id}: stream already finalized; no more pushes")
         return stream
 
-    def accept_push(
+    def _accept_push(
         self,
         data_id: str,
         chunk_index: int,
@@ -646,10 +646,10 @@ class AsyncTimeseriesStreamer:
         # A tuple: the chunk keeps it until built, and a tuple of one is cheaper than a list.
         return self._admit(stream, index, (raw,), multi=False, handoff=handoff)
 
-    def accept_push_multi(
+    def _accept_push_multi(
         self, data_id: str, chunk_index: int, channels: object, *, handoff: bool = False
     ) -> Accepted | None:
-        """Like :meth:`accept_push` for a ``push_multi`` channels mapping."""
+        """Like :meth:`_accept_push` for a ``push_multi`` channels mapping."""
         stream = self._open_stream(data_id)
         index = check_chunk_index(data_id, chunk_index)
         raws = validate_multi(data_id, index, channels, max_points=self.points_per_chunk)
@@ -726,15 +726,15 @@ class AsyncTimeseriesStreamer:
                 if self._commit_each:
                     wait_for = seq
             if handoff:
-                self.dispatch_threadsafe(accepted)
+                self._dispatch_threadsafe(accepted)
         if wait_for is not None:
             if handoff:
-                self.wait_journal(stream, wait_for)
+                self._wait_journal(stream, wait_for)
             else:
                 self._loop_wait = (stream, wait_for)
         return None if handoff else accepted
 
-    def wait_journal(self, stream: _Stream, seq: int) -> None:
+    def _wait_journal(self, stream: _Stream, seq: int) -> None:
         """Wait (bounded) until the journal committed every chunk up to ``seq``; counted in the
         stream's report. Blocks: not on the event loop's thread."""
         assert self._journal is not None
@@ -751,7 +751,7 @@ class AsyncTimeseriesStreamer:
         """The wait a push on the event loop's thread asked for, in a worker thread."""
         pending, self._loop_wait = self._loop_wait, None
         if pending is not None:
-            await anyio.to_thread.run_sync(self.wait_journal, *pending)
+            await anyio.to_thread.run_sync(self._wait_journal, *pending)
 
     def _refuse(self, stream: _Stream, points: int, reason: str) -> None:
         """Count a chunk refused for lack of room; log the first and then every hundredth."""
@@ -768,9 +768,9 @@ class AsyncTimeseriesStreamer:
 
     def _dispatch_accepted(self, item: Accepted | Marker) -> None:
         """Build an accepted chunk and :meth:`dispatch` it (event-loop thread only)."""
-        self.dispatch(item if isinstance(item, Marker) else item.build())
+        self._dispatch(item if isinstance(item, Marker) else item.build())
 
-    def dispatch(self, item: Chunk | Marker) -> None:
+    def _dispatch(self, item: Chunk | Marker) -> None:
         """Hand an accepted chunk or marker to every runner (event-loop thread only)."""
         for runner in self._runners:
             if isinstance(item, Marker):
@@ -779,7 +779,7 @@ class AsyncTimeseriesStreamer:
             else:
                 runner.submit(item)
 
-    def accept_mark(
+    def _accept_mark(
         self,
         data_id: str,
         label: str,
@@ -837,13 +837,15 @@ class AsyncTimeseriesStreamer:
         reported if it never is). Atomscale has no markers: it does not receive them.
 
         Raises:
-            TypeError, ValueError, StreamStateError: see :meth:`accept_mark`.
+            TypeError: label, type or description not strings; times not numbers.
+            ValueError: empty label, times outside 1990..2100, end_time before timestamp.
+            StreamStateError: unknown or finalized stream.
         """
-        self.dispatch(self.accept_mark(data_id, label, timestamp, end_time, type, description))
+        self._dispatch(self._accept_mark(data_id, label, timestamp, end_time, type, description))
 
-    def dispatch_threadsafe(self, item: Accepted | Marker) -> None:
+    def _dispatch_threadsafe(self, item: Accepted | Marker) -> None:
         """Hand an accepted chunk or a marker to the runners from another thread, without
-        waiting (chunks: use ``accept_push(..., handoff=True)``, which keeps them in order).
+        waiting (chunks: use ``_accept_push(..., handoff=True)``, which keeps them in order).
 
         Items are queued and drained by one loop callback (``handoff.py``), so a burst of
         pushes costs one wake-up.
@@ -855,11 +857,11 @@ class AsyncTimeseriesStreamer:
         if self._handoff is not None:
             self._handoff.drain()
 
-    def over_capacity(self, data_id: str) -> bool:
+    def _over_capacity(self, data_id: str) -> bool:
         """True when a destination holds more pending chunks of this stream than allowed."""
         return any(r.pending_chunks(data_id) > self._max_pending_chunks for r in self._runners)
 
-    async def wait_for_capacity(self, data_id: str, timeout: float | None = None) -> None:
+    async def _wait_for_capacity(self, data_id: str, timeout: float | None = None) -> None:
         """Back-pressure for ``run()``: wait until every destination is down to half the cap
         (hysteresis: one wait per half-window, not one per chunk once the cap is reached).
 
@@ -905,7 +907,7 @@ class AsyncTimeseriesStreamer:
                 conflicting chunk index, more than ``points_per_chunk`` points.
             StreamStateError: unknown data_id, or the stream is finalized.
         """
-        accepted = self.accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
+        accepted = self._accept_push(data_id, chunk_index, channel_name, timestamps, values, units)
         if accepted is not None:
             self._dispatch_accepted(accepted)
         if self._loop_wait is not None:
@@ -917,13 +919,13 @@ class AsyncTimeseriesStreamer:
         Raises:
             TypeError, ValueError, StreamStateError: as :meth:`push`, naming the channel.
         """
-        accepted = self.accept_push_multi(data_id, chunk_index, channels)
+        accepted = self._accept_push_multi(data_id, chunk_index, channels)
         if accepted is not None:
             self._dispatch_accepted(accepted)
         if self._loop_wait is not None:
             await self._wait_journal_off_loop()
 
-    def accept_push_frame(
+    def _accept_push_frame(
         self,
         data_id: str,
         chunk_index: int,
@@ -933,10 +935,10 @@ class AsyncTimeseriesStreamer:
         units: Mapping[str, str] | None = None,
         handoff: bool = False,
     ) -> Accepted | None:
-        """Like :meth:`accept_push_multi` for a DataFrame (see :meth:`push_frame`)."""
+        """Like :meth:`_accept_push_multi` for a DataFrame (see :meth:`push_frame`)."""
         self._open_stream(data_id)
         channels = frame_channels(data_id, chunk_index, frame, time_column, units)
-        return self.accept_push_multi(data_id, chunk_index, channels, handoff=handoff)
+        return self._accept_push_multi(data_id, chunk_index, channels, handoff=handoff)
 
     async def push_frame(
         self,
@@ -965,7 +967,7 @@ class AsyncTimeseriesStreamer:
                 refuses, naming the column and the chunk.
             StreamStateError: unknown data_id, or the stream is finalized.
         """
-        accepted = self.accept_push_frame(
+        accepted = self._accept_push_frame(
             data_id, chunk_index, frame, time_column=time_column, units=units
         )
         if accepted is not None:
@@ -999,8 +1001,8 @@ class AsyncTimeseriesStreamer:
             ):
                 await self.push(data_id, idx, channel_name, ts, vals, units)
                 index = idx + 1
-            if self.over_capacity(data_id):
-                await self.wait_for_capacity(data_id, timeout)
+            if self._over_capacity(data_id):
+                await self._wait_for_capacity(data_id, timeout)
         await self.wait_delivered(data_id, timeout)
         self._raise_if_rejected(data_id, before)
 

@@ -220,7 +220,7 @@ class TimeseriesStreamer:
         Raises:
             TypeError, ValueError, StreamStateError: see :meth:`AsyncTimeseriesStreamer.push`.
         """
-        self._core.accept_push(
+        self._core._accept_push(
             data_id, chunk_index, channel_name, timestamps, values, units, handoff=True
         )
 
@@ -230,7 +230,7 @@ class TimeseriesStreamer:
         Raises:
             TypeError, ValueError, StreamStateError: see :meth:`AsyncTimeseriesStreamer.push`.
         """
-        self._core.accept_push_multi(data_id, chunk_index, channels, handoff=True)
+        self._core._accept_push_multi(data_id, chunk_index, channels, handoff=True)
 
     def push_frame(
         self,
@@ -249,7 +249,7 @@ class TimeseriesStreamer:
             TypeError, ValueError, StreamStateError: see
                 :meth:`AsyncTimeseriesStreamer.push_frame`.
         """
-        self._core.accept_push_frame(
+        self._core._accept_push_frame(
             data_id, chunk_index, frame, time_column=time_column, units=units, handoff=True
         )
 
@@ -265,11 +265,12 @@ class TimeseriesStreamer:
         """Mark an instant or span of the stream (ATLAS MarkerPacket); never waits on the network.
 
         Raises:
-            TypeError, ValueError, StreamStateError: see
-            :meth:`AsyncTimeseriesStreamer.accept_mark`.
+            TypeError: label, type or description not strings; times not numbers.
+            ValueError: empty label, times outside 1990..2100, end_time before timestamp.
+            StreamStateError: unknown or finalized stream.
         """
-        marker = self._core.accept_mark(data_id, label, timestamp, end_time, type, description)
-        self._core.dispatch_threadsafe(marker)
+        marker = self._core._accept_mark(data_id, label, timestamp, end_time, type, description)
+        self._core._dispatch_threadsafe(marker)
 
     def run(
         self,
@@ -295,8 +296,8 @@ class TimeseriesStreamer:
             ):
                 self.push(data_id, idx, channel_name, ts, vals, units)
                 index = idx + 1
-            if core.over_capacity(data_id):
-                self._thread.call(core.wait_for_capacity, data_id, timeout)
+            if core._over_capacity(data_id):
+                self._thread.call(core._wait_for_capacity, data_id, timeout)
         self._thread.call(core.wait_delivered, data_id, timeout)
         core._raise_if_rejected(data_id, before)
 
