@@ -162,7 +162,7 @@ def test_chunks_pushed_from_several_threads_reach_the_loop_in_seq_order(
             seen.append(item.seq)
         dispatch(item)
 
-    monkeypatch.setattr(core, "dispatch", recording_dispatch)
+    monkeypatch.setattr(core, "_dispatch", recording_dispatch)
     interval = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible
     try:
