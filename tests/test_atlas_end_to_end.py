@@ -367,7 +367,7 @@ def test_the_sink_does_not_keep_what_it_delivered(
     data_id = streamer.initialize(stream_name="long")
     for c in range(50):
         streamer.push(data_id, c, "T", grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
-    streamer._thread.call(streamer._core.wait_delivered, data_id, 10)
+    streamer.wait_delivered(data_id, 10)
     sink = streamer._core._runners[0].sink
     run = sink._runs[data_id]  # type: ignore[attr-defined]
     assert len(run.fed) <= 1  # only "open": delivered chunks are forgotten (memory stays flat)

@@ -91,7 +91,7 @@ def test_a_kill_right_after_finalize_leaves_nothing_to_resume(tmp_path: Path) ->
         spool = tmp_path / "spool"
         data_id = run_child(rig, spool, "after_finalize", chunks, n)
         resumer = rig.streamer(spool)
-        recovered = resumer._core.recovered_streams()
+        recovered = resumer.recovered_streams()
         resumer.close(timeout=5)
         assert recovered == []
         assert rig.web.streams[data_id].finalize_calls == 1
@@ -110,7 +110,7 @@ def test_a_kill_right_after_initialize_is_found_and_finalized(tmp_path: Path) ->
         spool = tmp_path / "spool"
         data_id = run_child(rig, spool, "after_initialize")
         resumer = rig.streamer(spool)
-        recovered = resumer._core.recovered_streams()
+        recovered = resumer.recovered_streams()
         resumer.close(timeout=5)
         assert recovered == [data_id]
         assert rig.web.streams[data_id].finalize_calls == 1
@@ -147,7 +147,7 @@ def test_an_sdk_script_that_never_closes_its_streamer_leaves_no_stream_open(
         data_ids = list(rig.web.streams)
         assert len(data_ids) == 2
         resumer = rig.streamer(spool)
-        recovered = resumer._core.recovered_streams()
+        recovered = resumer.recovered_streams()
         resumer.close(timeout=5)
         assert recovered == []
         for data_id in data_ids:

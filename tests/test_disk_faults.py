@@ -309,7 +309,7 @@ def test_the_report_flags_a_low_disk_until_space_is_back(
     streamer = streamer_factory(clock_sync=False, spool_min_free_bytes=1 << 62)
     data_id = streamer.initialize()
     streamer.push(data_id, 0, "T", *series(0))
-    streamer._thread.call(streamer._core.wait_delivered, data_id, 10)
+    streamer.wait_delivered(data_id, 10)
     low = streamer.report(data_id)
     assert not low.durable and low.not_durable_chunks == 0
     assert "not durable: the journal is not writing chunks: less than" in str(low)

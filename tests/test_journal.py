@@ -93,7 +93,7 @@ def test_chunks_outlive_a_down_destination_and_a_later_streamer_delivers_them(
     fake.responders.clear()  # Atomscale is back
     second = streamer_factory(clock_sync=False, retry=QUICK, sleep=None)
     assert second.recovered_streams() == [data_id]
-    second._thread.call(second._core.wait_delivered, data_id, 10)
+    second.wait_delivered(data_id, 10)
     assert fake.points(data_id, "T")[1] == [float(i) for i in range(1000)]
     assert fake.finalized.count(data_id) >= 1
 
@@ -240,12 +240,12 @@ def crash_then_resume_on_atlas(
         data_id = first.initialize(stream_name="resume-me")
         for c in range(5):
             if c == state_saved_up_to:
-                first._thread.call(first._core.wait_delivered, data_id, 10)
+                first.wait_delivered(data_id, 10)
                 journal = first._core._journal
                 assert journal is not None
                 monkeypatch.setattr(journal, "save_atlas_state", lambda *args: None)
             first.push(data_id, c, "T", *series(c, 10))
-        first._thread.call(first._core.wait_delivered, data_id, 10)
+        first.wait_delivered(data_id, 10)
         crash(first)
 
         with TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False) as second:

@@ -175,7 +175,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str) -> None
 
 
 def wait_delivered(s: TimeseriesStreamer, data_id: str, timeout: float = 15.0) -> None:
-    s._thread.call(s._core.wait_delivered, data_id, timeout)
+    s.wait_delivered(data_id, timeout)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -530,7 +530,7 @@ def scenario_down_whole_stream(spool: Path, down: str) -> Outcome:
                     atlas_in_thread(port=atlas_ports[0], key_generator_port=atlas_ports[1])
                 )
             second = rig.streamer(spool)
-            out.facts["recovered"] = second._core.recovered_streams() == [data_id]
+            out.facts["recovered"] = second.recovered_streams() == [data_id]
             resumed = second.finalize(data_id, timeout=20)
             out.facts["resumed"] = {
                 d: {"delivered": resumed[d].points_delivered, "closed": resumed[d].closed}
@@ -720,7 +720,7 @@ def _kill_trial(rig: Rig, workdir: Path, moment: str, delay: float, n: int) -> d
     must_have = {c for c, t in pushed.items() if t < killed_at - window}
 
     resumer = rig.streamer(spool)
-    recovered = resumer._core.recovered_streams()
+    recovered = resumer.recovered_streams()
     report = resumer.finalize(data_id, timeout=30) if data_id in recovered else None
     resumer.close(timeout=5)
 
@@ -1354,7 +1354,7 @@ def scenario_fuzz(spool: Path, max_examples: int = 60) -> Outcome:
         with sqlite3.connect(spool / FILE_NAME) as db:
             integrity = db.execute("PRAGMA integrity_check").fetchone()[0]
         fresh = rig.streamer(spool)
-        reopened = fresh._core.recovered_streams()
+        reopened = fresh.recovered_streams()
         fresh.close(timeout=1)
     out.rows.append(
         Figures(

@@ -309,6 +309,16 @@ class TimeseriesStreamer:
         """
         return self._thread.call(self._core.finalize, data_id, timeout)
 
+    def wait_delivered(self, data_id: str, timeout: float | None = None) -> None:
+        """Wait until every destination has confirmed or rejected every chunk pushed so far,
+        without finalizing the stream.
+
+        Raises:
+            DeliveryTimeoutError: not done within ``timeout`` (default ``finalize_timeout``);
+                the chunks are still held and retried.
+        """
+        self._thread.call(self._core.wait_delivered, data_id, timeout)
+
     def report(self, data_id: str) -> StreamReport:
         """A snapshot of the stream's delivery so far."""
         if self._closed:
