@@ -123,7 +123,7 @@ class _Server:
             raise VerifyError(
                 f"{what} at {self.address} failed: {code} ({details}); is the Stream API running "
                 "there, and does it serve the reader services?"
-            ) from None
+            ) from exc
 
     def info(self, key: str) -> ServerSession | None:
         info = self.call(

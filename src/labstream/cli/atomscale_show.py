@@ -109,12 +109,12 @@ def _get(base: str, path: str, timeout_s: float) -> dict[str, Any]:
             return result
     except urllib.error.HTTPError as exc:
         message = f"{base}{path} answered {exc.code}; is it `labstream atomscale serve`?"
-        raise ShowError(message) from None
+        raise ShowError(message) from exc
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise ShowError(f"cannot reach the Atomscale emulator at {base}: {reason}") from None
+        raise ShowError(f"cannot reach the Atomscale emulator at {base}: {reason}") from exc
     except ValueError as exc:
-        raise ShowError(f"{base}{path} did not answer JSON ({exc})") from None
+        raise ShowError(f"{base}{path} did not answer JSON ({exc})") from exc
 
 
 def _runs(runs: list[list[int]]) -> str:

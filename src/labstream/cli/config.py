@@ -307,9 +307,9 @@ def read_file(path: Path) -> dict[str, object]:
         with path.open("rb") as handle:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from exc
     out: dict[str, object] = {}
     sections = sorted({k.section for k in KEYS})
     for section, table in data.items():

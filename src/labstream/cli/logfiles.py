@@ -161,11 +161,11 @@ def parse_instant(text: str, tz: tzinfo | None) -> float:
     except ValueError:
         try:
             return _iso_seconds(value, tz)[0]
-        except ValueError:
+        except ValueError as exc:
             raise ValueError(
                 f"{text!r} is neither epoch seconds nor an ISO-8601 datetime "
                 "(e.g. 2024-05-01T09:30:00+02:00)"
-            ) from None
+            ) from exc
     if not EARLIEST_S <= seconds <= LATEST_S:
         raise ValueError(f"{text!r} is not Unix epoch seconds between 1990 and 2100")
     return seconds
@@ -299,10 +299,10 @@ class _TimeParser:
         if self.fmt == "iso":
             try:
                 seconds, naive = _iso_seconds(text, self.tz)
-            except (ValueError, OverflowError):
+            except (ValueError, OverflowError) as exc:
                 raise self.error(
                     line, f"cannot read {text.strip()!r} as an ISO-8601 datetime"
-                ) from None
+                ) from exc
             self.naive_seen = self.naive_seen or naive
             problem = _epoch_problem(seconds)
             if problem:
@@ -310,11 +310,11 @@ class _TimeParser:
             return seconds
         try:
             number = float(text.strip())
-        except ValueError:
+        except ValueError as exc:
             kind = "epoch seconds" if self.fmt == "epoch" else "elapsed seconds"
             if not text.strip():
-                raise self.error(line, "the time is empty") from None
-            raise self.error(line, f"cannot read {text.strip()!r} as {kind}") from None
+                raise self.error(line, "the time is empty") from exc
+            raise self.error(line, f"cannot read {text.strip()!r} as {kind}") from exc
         return self.number(number, line)
 
     def number(self, number: float, line: int) -> float:
@@ -400,7 +400,7 @@ def _decide_time_format(
     if number is None:
         try:
             _iso_seconds(text, options.timezone)
-        except (ValueError, OverflowError):
+        except (ValueError, OverflowError) as exc:
             raise err(
                 path,
                 f"cannot read {text!r} as a time: expected epoch seconds, an ISO-8601 datetime, "
@@ -408,7 +408,7 @@ def _decide_time_format(
                 line=line,
                 column=column,
                 row_word=row_word,
-            ) from None
+            ) from exc
         if options.start is not None:
             raise err(path, "--start is for elapsed seconds, but the times are datetimes")
         return "iso"
@@ -556,9 +556,9 @@ class LogFile:
                         self._check_unchanged()
                         yield rows.take()
             except csv.Error as exc:
-                raise LogFileError(path, f"malformed CSV: {exc}", line=reader.line_num) from None
+                raise LogFileError(path, f"malformed CSV: {exc}", line=reader.line_num) from exc
             except UnicodeDecodeError as exc:
-                raise _decode_error(path, self.options.encoding, exc, reader.line_num) from None
+                raise _decode_error(path, self.options.encoding, exc, reader.line_num) from exc
             if len(rows):
                 self._check_unchanged()
                 yield rows.take()
@@ -573,7 +573,7 @@ class LogFile:
             source = pq.ParquetFile(path)
             batches = source.iter_batches(batch_size=_CSV_BLOCK_ROWS, columns=columns)
         except Exception as exc:  # pyarrow raises many types for damaged files
-            raise LogFileError(path, f"cannot read Parquet: {exc}") from None
+            raise LogFileError(path, f"cannot read Parquet: {exc}") from exc
         row = 1
         while True:
             try:
@@ -583,7 +583,7 @@ class LogFile:
             except Exception as exc:
                 raise LogFileError(
                     path, f"cannot read Parquet: {exc}", line=row, row_word="row"
-                ) from None
+                ) from exc
             n = batch.num_rows
             if n == 0:
                 continue
@@ -648,14 +648,14 @@ class CsvRows:
         for _name, index, column in self.wanted:
             try:
                 values.append(_number(row[index]))
-            except ValueError:
+            except ValueError as exc:
                 raise LogFileError(
                     self.path,
                     f"cannot read {row[index].strip()!r} as a number{_comma_hint(row[index])} "
                     "(to leave this column out, choose channels with --channel)",
                     line=line,
                     column=column,
-                ) from None
+                ) from exc
         self.parser.in_order(seconds, line)
         self.times.append(seconds)
         self.lines.append(line)
@@ -742,10 +742,10 @@ def _pyarrow(path: str) -> tuple[Any, Any]:
     """
     try:
         return importlib.import_module("pyarrow"), importlib.import_module("pyarrow.parquet")
-    except ImportError:
+    except ImportError as exc:
         raise LogFileError(
             path, "reading Parquet needs pyarrow: pip install 'labstream[parquet]'"
-        ) from None
+        ) from exc
 
 
 def _arrow_times(pa: Any, array: Any, parser: _TimeParser, first_row: int) -> FloatArray:
@@ -806,10 +806,10 @@ def open_log(path: str | os.PathLike[str], options: ReadOptions | None = None) -
     p = Path(path)
     try:
         st = p.stat()
-    except FileNotFoundError:
-        raise LogFileError(p, "no such file") from None
+    except FileNotFoundError as exc:
+        raise LogFileError(p, "no such file") from exc
     except OSError as exc:
-        raise LogFileError(p, f"cannot read: {exc.strerror or exc}") from None
+        raise LogFileError(p, f"cannot read: {exc.strerror or exc}") from exc
     if not p.is_file():
         raise LogFileError(p, "not a file")
     if _is_parquet(p):
@@ -851,11 +851,11 @@ def _open_csv(path: Path, opts: ReadOptions, size: int, mtime_ns: int) -> LogFil
                 if len(sample) >= _SAMPLE_ROWS:
                     break
     except UnicodeDecodeError as exc:
-        raise _decode_error(name, opts.encoding, exc, 0) from None
+        raise _decode_error(name, opts.encoding, exc, 0) from exc
     except csv.Error as exc:
-        raise LogFileError(name, f"malformed CSV: {exc}") from None
+        raise LogFileError(name, f"malformed CSV: {exc}") from exc
     except OSError as exc:
-        raise LogFileError(name, f"cannot read: {exc.strerror or exc}") from None
+        raise LogFileError(name, f"cannot read: {exc.strerror or exc}") from exc
     if header is None:
         raise LogFileError(name, "the file is empty (no header line)")
     while header and not header[-1]:
@@ -943,7 +943,7 @@ def _channels(
             try:
                 chosen.append(parse_channel_map(spec, columns))
             except ValueError as exc:
-                raise LogFileError(path, str(exc), line=header_line) from None
+                raise LogFileError(path, str(exc), line=header_line) from exc
         for channel in chosen:
             if channel.column == time_column:
                 raise LogFileError(
@@ -981,7 +981,7 @@ def _open_parquet(path: Path, opts: ReadOptions, size: int, mtime_ns: int) -> Lo
         schema = source.schema_arrow
         rows = int(source.metadata.num_rows)
     except Exception as exc:  # pyarrow raises many types for damaged files
-        raise LogFileError(name, f"cannot read Parquet: {exc}") from None
+        raise LogFileError(name, f"cannot read Parquet: {exc}") from exc
     header = [str(n) for n in schema.names]
     time_column = _choose_time_column(name, header, opts, None)
     kind = schema.field(time_column).type
@@ -995,7 +995,7 @@ def _open_parquet(path: Path, opts: ReadOptions, size: int, mtime_ns: int) -> Lo
             head = next(source.iter_batches(batch_size=1, columns=[time_column]))
             value = head.column(0)[0].as_py()
         except Exception as exc:
-            raise LogFileError(name, f"cannot read Parquet: {exc}") from None
+            raise LogFileError(name, f"cannot read Parquet: {exc}") from exc
         first = None if value is None else str(value)
     if pa.types.is_timestamp(kind):
         if opts.start is not None:
