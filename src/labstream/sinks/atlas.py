@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -29,10 +29,12 @@ import grpc.aio
 from ..atlas import encoding as enc
 from ..atlas.config import Atlas
 from ..atlas.session import (
+    MAIN_STREAM,
     Action,
     Answer,
     AtlasSession,
     CallFailed,
+    ChannelSeen,
     ChunkDone,
     ChunkReady,
     Closed,
@@ -65,6 +67,8 @@ NAME = "atlas"
 # after each write, so a crash between a write and that commit leaves ids in ATLAS the state does
 # not know of; ids must keep increasing (a million packets is far more than one commit's lag).
 RESUME_PACKET_ID_GAP = 1 << 20
+_INFLIGHT = "labstream_inflight_seqs"  # in a journaled state: the batch being written
+_INFLIGHT_CHANNELS = "labstream_inflight_channels"  # and its channels, as (name, units)
 _TRANSIENT = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -100,6 +104,13 @@ class _Run:
     ending: bool = False  # Finalize was fed: nothing more can go into this session
     resumed_last_seq: int = 0  # chunks up to this seq were in ATLAS before a crash
     saved_seq: int = 0  # the last chunk the journaled state includes
+    # The batch a previous process journaled before writing it and never finished: some of its
+    # packets may be in ATLAS. `skip` is what the reader found there per channel (points, in
+    # push order); None when no reader could tell, and then the batch is sent whole, counted.
+    inflight: frozenset[int] = frozenset()
+    skip: dict[str, int] | None = None
+    replayed: dict[int, Chunk | None] = field(default_factory=dict)  # seq -> what is left
+    maybe_duplicated: int = 0  # points sent again without knowing whether they had landed
     # finalize() closes from its own task while the runner's worker may be mid-chunk: one at a time
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -167,7 +178,7 @@ class AtlasSink:
     async def open_stream(self, stream: StreamInfo) -> None:
         run = self._runs.get(stream.data_id)
         if run is None and self._journal is not None:
-            run = self._resume(stream.data_id, self._journal)
+            run = await self._resume(stream.data_id, self._journal)
         run = run or self._run(stream.data_id)
         if run.opened:
             return
@@ -179,12 +190,14 @@ class AtlasSink:
             self._save_state(run, stream.data_id, 0)
             await anyio.to_thread.run_sync(self._journal.sync)
 
-    def _resume(self, data_id: str, journal: Journal) -> _Run | None:
+    async def _resume(self, data_id: str, journal: Journal) -> _Run | None:
         """Continue a session a previous process journaled: same key, ids and timelines."""
         saved = journal.atlas_state(data_id)
         if saved is None:
             return None
         state, last_seq = saved
+        inflight = frozenset(int(seq) for seq in state.pop(_INFLIGHT, ()))
+        channels = [(str(name), units) for name, units in state.pop(_INFLIGHT_CHANNELS, ())]
         session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
         run = self._runs[data_id] = _Run(
             session, opened=True, resumed_last_seq=last_seq, saved_seq=last_seq
@@ -195,9 +208,113 @@ class AtlasSink:
             run.closed = Closed(ended=True)
             log.warning("ATLAS: session %s of %s was ended", session.state.session_key, data_id)
             return run
+        if inflight:
+            run.inflight = inflight
+            await self._find_landed(run, data_id, channels)
         session.state.next_packet_id += RESUME_PACKET_ID_GAP
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
         return run
+
+    async def _find_landed(
+        self, run: _Run, data_id: str, channels: list[tuple[str, str | None]]
+    ) -> None:
+        """Read the session back (where the server has a reader) to learn which packets of the
+        batch in flight at the crash landed; without a reader the batch will be sent again."""
+        s = run.session.state
+        if not self.settings.read_back or self.settings.tls or s.session_key is None:
+            why = "reading back is off" if not self.settings.read_back else "no reader"
+            landed = None
+        else:
+            landed, why = await anyio.to_thread.run_sync(
+                functools.partial(
+                    _read_landed,
+                    self.settings.address,
+                    s.data_source,
+                    s.session_key,
+                    s.next_packet_id,
+                    self.settings.read_back_idle_s,
+                    (s.stream, MAIN_STREAM),
+                )
+            )
+        if landed is None:
+            log.warning(
+                "ATLAS: %s: cannot tell which packets of the batch in flight at the crash are in "
+                "session %s (%s); that batch is sent again and counted as maybe duplicated",
+                data_id,
+                s.session_key,
+                why,
+            )
+            return
+        # The batch's new channels, named as the process before named them; kept only where a
+        # configuration of theirs landed (a channel is configured from its first chunk's data).
+        new = [name for name, _ in channels if name not in s.channels]
+        for name, units in channels:
+            run.session.handle(ChannelSeen(name, units))
+        configured = {i for ids in landed.configs.values() for i in ids}
+        for name in new:
+            if s.channels[name].identifier not in configured:
+                del s.channels[name]
+        by_identifier = {c.identifier: name for name, c in s.channels.items()}
+        run.skip = {by_identifier[i]: n for i, n in landed.points.items() if i in by_identifier}
+        for config_id, identifiers in landed.configs.items():
+            # Configured before the crash: a second Configuration would define them twice.
+            s.configs[config_id] = list(identifiers)
+            for ident in identifiers:
+                if ident in by_identifier:
+                    s.channels[by_identifier[ident]].config_id = config_id
+        s.next_packet_id = max(s.next_packet_id, landed.last_id + 1)
+        key = s.session_key
+        assert key is not None  # read back: the session has one
+        for stream, content in landed.missing_configs:
+            run.pending.append(
+                WritePacket(
+                    s.data_source,
+                    stream,
+                    key,
+                    "Configuration",
+                    True,
+                    content,
+                    s.next_packet_id,
+                )
+            )
+            s.next_packet_id += 1
+        log.warning(
+            "ATLAS: %s: %d point(s) of the batch in flight at the crash are already in session "
+            "%s; they are not sent again",
+            data_id,
+            sum(run.skip.values()),
+            s.session_key,
+        )
+
+    def _left_to_send(self, run: _Run, chunks: Sequence[Chunk]) -> list[Chunk]:
+        """The chunks of a batch a crash interrupted, without what the reader found in ATLAS
+        (every channel's first points, in push order); the same answer on every retry."""
+        out = []
+        for c in chunks:
+            if c.seq not in run.inflight:
+                out.append(c)
+                continue
+            if c.seq not in run.replayed:
+                run.replayed[c.seq] = _without_landed(c, run.skip)
+                if run.skip is None:
+                    run.maybe_duplicated += c.points
+            kept = run.replayed[c.seq]
+            if kept is not None:
+                out.append(kept)
+        return out
+
+    def _log_batch(self, run: _Run, data_id: str, chunks: Sequence[Chunk]) -> bool:
+        """Journal the batch before its first write: a process that dies mid-batch leaves the
+        next one the state to continue from, the chunks that may be in ATLAS already and their
+        channels. True when journaled."""
+        if self._journal is None or not run.session.idle:
+            return False
+        state = run.session.state.to_dict()
+        state[_INFLIGHT] = [c.seq for c in chunks]
+        channels = {ch.name: ch.units for c in chunks for ch in c.channels}
+        state[_INFLIGHT_CHANNELS] = list(channels.items())
+        self._journal.save_atlas_state(data_id, state, run.saved_seq)
+        return True
 
     async def send_chunk(self, chunk: Chunk) -> None:
         refused = await self.send_chunks((chunk,))
@@ -215,7 +332,10 @@ class AtlasSink:
         data_id = chunks[0].data_id
         run = self._runs[data_id]
         todo = [c for c in chunks if c.seq > run.resumed_last_seq]  # the rest was written before
+        if run.inflight:
+            todo = self._left_to_send(run, todo)
         if not todo:  # a crash; the journal had not heard yet that it was done
+            self._save_state(run, data_id, max(run.saved_seq, chunks[-1].seq))
             return {}
         if run.ending:
             raise RejectedError(
@@ -227,6 +347,10 @@ class AtlasSink:
             )
         groups = _by_format(todo)
         keys = [("chunks", g[0].seq, g[-1].seq) for g in groups]
+        # A retry of this batch resumes it: it was journaled before its first write.
+        if not run.fed.intersection(keys) and self._log_batch(run, data_id, todo):
+            assert self._journal is not None
+            await anyio.to_thread.run_sync(self._journal.sync)
         for key, group in zip(keys, groups, strict=True):
             # A retry passes the same chunks: a group already fed is resumed, not fed again.
             await self._drive(run, data_id, key, functools.partial(_merged, group))
@@ -263,7 +387,7 @@ class AtlasSink:
     async def close_stream(self, stream: StreamInfo) -> None:
         run = self._runs.get(stream.data_id)
         if run is None and self._journal is not None:
-            run = self._resume(stream.data_id, self._journal)
+            run = await self._resume(stream.data_id, self._journal)
         run = run or self._run(stream.data_id)
         if run.closed is not None and run.closed.ended:
             return  # already ended (by this process, or one before it): never ended twice
@@ -285,6 +409,12 @@ class AtlasSink:
         # to_dict() is already a deep copy in plain values: no snapshot() copy first
         self._journal.save_atlas_state(data_id, run.session.state.to_dict(), last_seq)
         run.saved_seq = last_seq
+        run.inflight = frozenset(seq for seq in run.inflight if seq > last_seq)
+
+    def maybe_duplicated(self, data_id: str) -> int:
+        """Points sent again after a crash without a reader to tell whether ATLAS had them."""
+        run = self._runs.get(data_id)
+        return run.maybe_duplicated if run else 0
 
     def marker_rejections(self, data_id: str) -> list[str]:
         run = self._runs.get(data_id)
@@ -471,6 +601,95 @@ class AtlasSink:
                 f"{what} failed", destination=NAME, data_id=data_id, status=code.name,
                 detail=exc.details() or None,
             ) from None  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class _Landed:
+    """A session's packets from a given packet id on, as the reader gave them back."""
+
+    points: dict[str, int]  # parameter identifier -> points
+    configs: dict[str, tuple[str, ...]]  # config_id -> parameter identifiers
+    last_id: int
+    # (stream, content) of each configuration that reached some of the streams but not this one
+    missing_configs: list[tuple[str, bytes]]
+
+
+def _read_landed(
+    address: str,
+    data_source: str,
+    session_key: str,
+    first_id: int,
+    idle_s: float,
+    streams: tuple[str, ...],
+) -> tuple[_Landed | None, str]:
+    """What the session holds from packet ``first_id`` on, through the server's reader service;
+    None (and why) when the server has none or cannot be asked."""
+    from ..atlas_verify import VerifyError, read_session
+
+    try:
+        _, recorded, _ = read_session(address, session_key, data_source=data_source, idle_s=idle_s)
+    except VerifyError as exc:
+        return None, str(exc)
+    formats = {f.format_id: f.parameters for f in recorded.formats if f.kind == "parameter"}
+    points: dict[str, int] = {}
+    configs: dict[str, tuple[str, ...]] = {}
+    config_streams: dict[str, set[str]] = {}
+    config_content: dict[str, bytes] = {}
+    last_id = 0
+    for p in recorded.packets:
+        packet: Any = p.packet
+        pid = int(packet.id)
+        last_id = max(last_id, pid)
+        if pid < first_id or p.content is None:
+            continue
+        content: Any = p.content
+        if p.type == "Configuration":
+            configs[content.config_id] = tuple(d.identifier for d in content.parameter_definitions)
+            config_streams.setdefault(content.config_id, set()).add(p.stream)
+            config_content[content.config_id] = bytes(packet.content)
+            continue
+        if p.type == "PeriodicData":
+            n = len(content.columns[0].double_samples.samples) if content.columns else 0
+        elif p.type == "RowData":
+            n = len(content.timestamps)
+        else:
+            continue
+        fmt = content.data_format
+        for ident in formats.get(int(fmt.data_format_identifier), ()):
+            points[ident] = points.get(ident, 0) + n
+    # ATLAS reads each stream on its own: a configuration the crash left on one stream only is
+    # completed with the same content on the others.
+    missing = [
+        (stream, config_content[cid])
+        for cid in configs
+        for stream in streams
+        if stream not in config_streams[cid]
+    ]
+    return _Landed(points, configs, last_id, missing), ""
+
+
+def _without_landed(chunk: Chunk, skip: dict[str, int] | None) -> Chunk | None:
+    """``chunk`` without each channel's first ``skip[name]`` points (taking them from ``skip``);
+    None when nothing is left. ``skip`` None: the whole chunk."""
+    if skip is None:
+        return chunk
+    channels = []
+    for ch in chunk.channels:
+        n = min(skip.get(ch.name, 0), ch.size)
+        skip[ch.name] = skip.get(ch.name, 0) - n
+        if n == 0:
+            channels.append(ch)
+        elif n < ch.size:
+            channels.append(replace(ch, timestamps_ns=ch.timestamps_ns[n:], values=ch.values[n:]))
+    if not channels:
+        return None
+    if len(channels) == len(chunk.channels) and all(
+        a is b for a, b in zip(channels, chunk.channels, strict=True)
+    ):
+        return chunk
+    return Chunk(
+        chunk.data_id, chunk.chunk_index, tuple(channels), chunk.multi, chunk.offset_ns, chunk.seq
+    )
 
 
 def _merged(chunks: list[Chunk]) -> ChunkReady:
