@@ -8,6 +8,7 @@ does not mark delivered. What counts is what the emulator holds, per channel.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,9 @@ import anyio
 import numpy as np
 import pytest
 
-from labstream import Atlas
+from labstream import Atlas, TimeseriesStreamer
 from labstream.chunk import ChannelSeries, Chunk
-from labstream.emulators.atlas import AtlasEmulator
+from labstream.emulators.atlas import AtlasEmulator, AtlasFaultPlan
 from labstream.emulators.atlas import run_in_thread as atlas_in_thread
 from labstream.emulators.atlas_checker import check_session, format_report
 from labstream.journal import Journal
@@ -100,8 +101,11 @@ def dies_after(sink: AtlasSink, writes: int) -> None:
     sink._write = write  # type: ignore[assignment]
 
 
-def crash_mid_batch(emu: AtlasEmulator, spool: Path, writes: int, read_back: bool) -> AtlasSink:
-    """Run both processes; return the second sink (it holds the count of points sent again)."""
+def crash_mid_batch(
+    emu: AtlasEmulator, spool: Path, writes: int, read_back: bool, reader: bool = True
+) -> AtlasSink:
+    """Run both processes; return the second sink (it holds the count of points sent again).
+    ``reader=False``: the server answers no reader call when the second process asks."""
 
     async def first() -> None:
         journal = Journal(spool)
@@ -131,6 +135,8 @@ def crash_mid_batch(emu: AtlasEmulator, spool: Path, writes: int, read_back: boo
         return sink
 
     anyio.run(first)
+    if not reader:
+        emu.faults = AtlasFaultPlan(down=True, methods=("ConnectionManagerService/*",))
     return anyio.run(second)
 
 
@@ -174,11 +180,12 @@ def test_the_batch_goes_whole_in_the_original_run_so_the_crash_points_cover_it(
     assert anyio.run(run) == ALL  # Configuration x2 (C), then A, B and C data
 
 
-@pytest.mark.parametrize("writes", [3, 4])
+@pytest.mark.parametrize(("writes", "read_back"), [(3, False), (4, True)])
 def test_without_a_reader_the_batch_in_flight_is_sent_again_and_counted(
-    emu: AtlasEmulator, tmp_path: Path, writes: int
+    emu: AtlasEmulator, tmp_path: Path, writes: int, read_back: bool
 ) -> None:
-    sink = crash_mid_batch(emu, tmp_path, writes, read_back=False)
+    """Reading back switched off, or a server whose reader does not answer."""
+    sink = crash_mid_batch(emu, tmp_path, writes, read_back=read_back, reader=False)
     (session,) = emu.sessions.values()
     checked = check_session(session)
     got = {k: list(v.values) for k, v in checked.parameters.items()}
@@ -188,3 +195,44 @@ def test_without_a_reader_the_batch_in_flight_is_sent_again_and_counted(
     assert sink.maybe_duplicated("d") == sum(c.points for c in BATCH)
     for name, values in expected().items():  # nothing missing
         assert set(got[name]) == set(values)
+
+
+def test_the_report_of_the_resumed_stream_counts_what_may_be_there_twice(
+    emu: AtlasEmulator, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamer dies while its ATLAS write is in flight; the next one, on a server without a
+    reader, sends that batch again and its report says how many points that was."""
+    from .test_journal import QUICK, crash, series
+
+    for var in ("AS_API_KEY", "ATOMSCALE_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("LABSTREAM_SPOOL_DIR", str(tmp_path))
+    where = settings(emu)
+    first = TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False)
+    data_id = first.initialize(stream_name="dies-mid-write")
+    first.push(data_id, 0, "T", *series(0, 10))
+    first._thread.call(first._core.wait_delivered, data_id, 10)
+    (runner,) = first._core._runners
+    sink = runner.sink
+    assert isinstance(sink, AtlasSink)
+
+    async def never_answers(request: bytes, timeout: float) -> Any:
+        await anyio.sleep_forever()
+
+    sink._write = never_answers  # type: ignore[assignment]
+    first.push(data_id, 1, "T", *series(1, 10))
+    deadline = time.monotonic() + 5
+    while not any(k[0] == "chunks" for k in sink._runs[data_id].fed):  # the write is in flight
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    crash(first)
+
+    emu.faults = AtlasFaultPlan(down=True, methods=("ConnectionManagerService/*",))
+    with TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False) as second:
+        report = second.finalize(data_id, timeout=10)
+    assert report.ok, str(report)
+    assert report["atlas"].points_maybe_duplicated == 10
+    assert "maybe duplicated: 10 point(s)" in str(report)
+    (session,) = emu.sessions.values()
+    checked = check_session(session)
+    assert checked.parameters["T:labstream"].values == [float(i) for i in range(20)]
