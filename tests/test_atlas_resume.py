@@ -236,3 +236,59 @@ def test_the_report_of_the_resumed_stream_counts_what_may_be_there_twice(
     (session,) = emu.sessions.values()
     checked = check_session(session)
     assert checked.parameters["T:labstream"].values == [float(i) for i in range(20)]
+
+
+# -- a crash between CreateSession and the journal -------------------------------------------------
+
+
+@pytest.mark.parametrize("writes", [0, 1, 2])
+def test_a_crash_right_after_create_session_is_continued_in_that_session(
+    emu: AtlasEmulator, tmp_path: Path, writes: int
+) -> None:
+    """The process dies after CreateSession answered and before its key was journaled: after
+    `writes` of the two NewSession packets (2: both, then before the journal commit)."""
+
+    async def first() -> None:
+        journal = Journal(tmp_path)
+        sink = AtlasSink(settings(emu), journal=journal)
+        real = sink._write
+        made = 0
+
+        def write(request: bytes, timeout: float) -> Any:
+            nonlocal made
+            if made == writes:
+                raise ProcessKilledError
+            made += 1
+            return real(request, timeout=timeout)
+
+        def save(*args: Any) -> None:
+            raise ProcessKilledError
+
+        sink._write = write  # type: ignore[assignment]
+        sink._save_state = save  # type: ignore[method-assign]
+        try:
+            with pytest.raises(ProcessKilledError):
+                await sink.open_stream(INFO)
+        finally:
+            await sink.aclose()
+            journal.close()
+
+    async def second() -> None:
+        journal = Journal(tmp_path)
+        sink = AtlasSink(settings(emu), journal=journal)
+        try:
+            await sink.open_stream(INFO)
+            for batch in (FIRST, BATCH, LAST):
+                assert await sink.send_chunks(batch) == {}
+            await sink.close_stream(INFO)
+        finally:
+            await sink.aclose()
+            journal.close()
+
+    anyio.run(first)
+    assert len(emu.sessions) == 1
+    anyio.run(second)
+    (session,) = emu.sessions.values()  # the one the dead process created, not a second one
+    checked = check_session(session)
+    assert checked.clean, format_report(checked, verbose=True)
+    assert {k: list(v.values) for k, v in checked.parameters.items()} == expected()

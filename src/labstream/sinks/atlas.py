@@ -69,6 +69,7 @@ NAME = "atlas"
 RESUME_PACKET_ID_GAP = 1 << 20
 _INFLIGHT = "labstream_inflight_seqs"  # in a journaled state: the batch being written
 _INFLIGHT_CHANNELS = "labstream_inflight_channels"  # and its channels, as (name, units)
+_CREATING = "labstream_creating"  # journaled before CreateSession, replaced by the state after
 _TRANSIENT = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
@@ -111,6 +112,11 @@ class _Run:
     skip: dict[str, int] | None = None
     replayed: dict[int, Chunk | None] = field(default_factory=dict)  # seq -> what is left
     maybe_duplicated: int = 0  # points sent again without knowing whether they had landed
+    # A process died while creating the session: the key of the session it created, found by
+    # its details, and the streams its NewSession reached.
+    created_before: bool = False
+    adopt_key: str | None = None
+    new_session_landed: frozenset[str] = frozenset()
     # finalize() closes from its own task while the runner's worker may be mid-chunk: one at a time
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -182,6 +188,14 @@ class AtlasSink:
         run = run or self._run(stream.data_id)
         if run.opened:
             return
+        if "open" not in run.fed and self._journal is not None:
+            if run.created_before:
+                await self._find_created(run, stream.data_id)
+            else:
+                # Before CreateSession: a process that dies before its key is journaled leaves
+                # the next one the word to look for the session by its data_id (details).
+                self._journal.save_atlas_state(stream.data_id, {_CREATING: True}, 0)
+                await anyio.to_thread.run_sync(self._journal.sync)
         await self._drive(run, stream.data_id, "open", lambda: self._opened(stream))
         run.opened = True
         if self._journal is not None and run.session.state.session_key is not None:
@@ -196,6 +210,10 @@ class AtlasSink:
         if saved is None:
             return None
         state, last_seq = saved
+        if state.get(_CREATING):
+            run = self._run(data_id)
+            run.created_before = True
+            return run
         inflight = frozenset(int(seq) for seq in state.pop(_INFLIGHT, ()))
         channels = [(str(name), units) for name, units in state.pop(_INFLIGHT_CHANNELS, ())]
         session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
@@ -214,6 +232,26 @@ class AtlasSink:
         session.state.next_packet_id += RESUME_PACKET_ID_GAP
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
         return run
+
+    async def _find_created(self, run: _Run, data_id: str) -> None:
+        """A process died between CreateSession and journaling the key: find the session it
+        may have created (by the data_id in its details) and continue it instead of leaving it
+        empty and never ended. Its NewSession packets that landed are not written again."""
+        s = self.settings
+        found, why = await anyio.to_thread.run_sync(
+            functools.partial(
+                _created_session, s.address, s.data_source, data_id, s.read_back_idle_s, s.tls
+            )
+        )
+        if found is None:
+            log.warning(
+                "ATLAS: %s: the process before died while creating its session; %s",
+                data_id,
+                why,
+            )
+            return
+        run.adopt_key, run.new_session_landed = found
+        log.warning("ATLAS: %s: continuing session %s, created before a crash", data_id, found[0])
 
     async def _find_landed(
         self, run: _Run, data_id: str, channels: list[tuple[str, str | None]]
@@ -473,6 +511,8 @@ class AtlasSink:
             TransientDestinationError: try again later (the action stays at the head).
         """
         if isinstance(action, WritePacket):
+            if action.packet_type == "NewSession" and action.stream in run.new_session_landed:
+                return None  # written by the process that created the session
             request = action.request_bytes()
             try:
                 await self._rpc(
@@ -529,6 +569,8 @@ class AtlasSink:
 
     async def _call(self, run: _Run, data_id: str, call: Any) -> Answer:
         api, s = self._api, self.settings
+        if isinstance(call, CreateSessionCall) and run.adopt_key is not None:
+            return SessionCreated(run.adopt_key)
         if isinstance(call, CreateSessionCall):
             request = api.CreateSessionRequest(
                 data_source=call.data_source,
@@ -666,6 +708,33 @@ def _read_landed(
         if stream not in config_streams[cid]
     ]
     return _Landed(points, configs, last_id, missing), ""
+
+
+def _created_session(
+    address: str, data_source: str, data_id: str, idle_s: float, tls: bool
+) -> tuple[tuple[str, frozenset[str]] | None, str]:
+    """The newest session not ended whose details name `data_id`, and the streams holding its
+    NewSession; None (and what that means) when there is none or the server cannot tell."""
+    from ..atlas_verify import VerifyError, list_sessions, read_session
+
+    if tls:
+        return None, "the session list is not read over TLS: a new session is created"
+    try:
+        known = list_sessions(address, data_source)
+    except VerifyError as exc:
+        return None, (
+            f"the server could not list its sessions ({exc}): a new session is created, and the "
+            "one it may have created stays empty and never ended"
+        )
+    ours = [x for x in known if x.details.get("labstream_data_id") == data_id and not x.is_complete]
+    if not ours:
+        return None, "it had not created one: a new session is created"
+    key = ours[-1].key
+    try:
+        _, recorded, _ = read_session(address, key, data_source=data_source, idle_s=idle_s)
+    except VerifyError:
+        return (key, frozenset()), ""  # no reader: NewSession may then be written twice
+    return (key, frozenset(p.stream for p in recorded.packets if p.type == "NewSession")), ""
 
 
 def _without_landed(chunk: Chunk, skip: dict[str, int] | None) -> Chunk | None:
