@@ -141,6 +141,8 @@ class _Stream:
     refused_points: int = 0
     refusal_reason: str | None = None
     recovered: bool = False
+    # Recovered, closed nowhere: the last chunk_index the dead process had safe (see below).
+    journaled_through: int | None = None
     closing: anyio.Event | None = None  # set once finalize is done; a second caller waits on it
 
 
@@ -406,6 +408,8 @@ class AsyncTimeseriesStreamer:
             fields["tags"] = tuple(fields.get("tags") or ())
             info = StreamInfo(**fields)
             stream = _Stream(info, recovered=True)
+            if not stored.closed and not stored.finalize_requested:
+                stream.journaled_through = stored.last_chunk_index
             with self._lock:
                 self._streams[info.data_id] = stream
             for runner in todo:
@@ -972,6 +976,14 @@ class AsyncTimeseriesStreamer:
     def recovered_streams(self) -> list[str]:
         """data_ids this streamer took over from a process that died (see ``spool``)."""
         return [data_id for data_id, s in self._streams.items() if s.recovered]
+
+    def journaled_through(self, data_id: str) -> int | None:
+        """For a stream taken over from a process that died before finalizing it anywhere: the
+        chunk_index up to which every chunk it pushed is delivered or in the journal (-1:
+        none), so that pushing goes on from the next one. None for any other stream."""
+        with self._lock:
+            s = self._streams.get(data_id)
+        return None if s is None or s.finalized else s.journaled_through
 
     @asynccontextmanager
     async def stream(
