@@ -743,8 +743,8 @@ def _explain_resume(state: PushState, first: int, log: LogFile) -> str:
         lines.append("  no row was confirmed by every destination: every row is sent again.")
     if first < state.total_chunks:
         lines.append(
-            f"  rows {first * ppc + 1:,}-{state.total_rows:,} go to a NEW stream: this version "
-            "of labstream cannot reopen a stream created by another run."
+            f"  rows {first * ppc + 1:,}-{state.total_rows:,} go to a NEW stream: the earlier "
+            "one takes no more (it was finalized, or labstream's journal does not hold it)."
         )
     for dest, mark in state.settled.items():
         if mark > first:
