@@ -637,3 +637,31 @@ def test_kill_9_during_a_push_then_the_same_command_sends_each_row_once(
     assert len(atlas_ts) == rows and len(set(atlas_ts)) == rows
     assert push(*args) == 0  # nothing left to do
     assert len(new.points("pressure")[0]) == rows
+
+
+def test_sigterm_during_a_push_then_the_same_command_sends_each_row_once(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+
+    rows, ppc = 400, 10
+    log = epoch_csv(tmp_path / "terminated.csv", rows)
+    args = [str(log), "--points-per-chunk", str(ppc), "--no-progress"]
+
+    def terminate_after_15(pushed: int) -> None:
+        if pushed == 15:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli, "AFTER_CHUNK", terminate_after_15)
+    assert push(*args) == 143
+    assert "Run the same command again" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "AFTER_CHUNK", None)
+    assert push(*args) == 0
+    ts, _ = new.points("pressure")
+    assert sorted(ts) == [T0 + i * 0.5 for i in range(rows)]  # every row once, none twice
+    atlas_ts, _ = new.atlas_values("substrate_temperature")
+    assert len(atlas_ts) == rows and len(set(atlas_ts)) == rows
