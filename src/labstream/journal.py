@@ -472,6 +472,10 @@ class Journal:
             ("stream", data_id, orjson.dumps(info), orjson.dumps(destinations), time.time(), owner)
         )
 
+    def update_stream_info(self, data_id: str, info: dict[str, Any]) -> None:
+        """Replace a stream's StreamInfo fields (a destination's own id learnt later)."""
+        self._put(("info", data_id, orjson.dumps(info)))
+
     def adopt(self, data_id: str, owner: str) -> None:
         """Take over a stream left by a streamer that is gone."""
         self._put(("adopt", data_id, owner))
@@ -780,6 +784,8 @@ class Journal:
                 )
             elif kind == "adopt":
                 db.execute("UPDATE streams SET owner=? WHERE data_id=?", (item[2], item[1]))
+            elif kind == "info":
+                db.execute("UPDATE streams SET info=? WHERE data_id=?", (item[2], item[1]))
             elif kind == "mark":
                 db.execute(
                     "UPDATE streams SET last_chunk_index=MAX(last_chunk_index, ?) WHERE data_id=?",

@@ -43,13 +43,19 @@ from .chunk import (
 )
 from .clock import ClockCorrection, ClockStatus, skip_requested
 from .delivery import DeliveryRunner
-from .errors import DeliveryError, DeliveryTimeoutError, JournalError, StreamStateError
+from .errors import (
+    DeliveryError,
+    DeliveryTimeoutError,
+    JournalError,
+    StreamStateError,
+    TransientDestinationError,
+)
 from .handoff import LoopHandoff
 from .journal import LIVE_OWNERS, Journal, JournalFull, chunk_size, default_spool_dir
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
 from .sinks.atlas import AtlasSink
-from .sinks.atomscale import DEFAULT_ENDPOINT, AtomscaleSink
+from .sinks.atomscale import CREATE_LATER, DEFAULT_ENDPOINT, AtomscaleSink
 from .sinks.base import Marker, Sink, StreamInfo
 from .timebase import seconds_to_ns_scalar
 
@@ -324,6 +330,7 @@ class AsyncTimeseriesStreamer:
             self._atomscale = AtomscaleSink(
                 self._api_key,
                 self.endpoint,
+                journal=self._journal,
                 policy=self._policy,
                 sleep=self._sleep,
                 transport=self._http_transport,
@@ -497,9 +504,16 @@ class AsyncTimeseriesStreamer:
     ) -> str:
         """Create a stream on every destination; return its data_id.
 
+        The data_id is Atomscale's. With ATLAS configured too, an Atomscale that cannot be
+        reached (after the retry policy's attempts) does not stop the stream: it gets a data_id
+        of labstream's, ATLAS gets its data at once, and Atomscale's stream is created once
+        Atomscale answers (by this streamer, or by the one that takes the journal over); the
+        log names Atomscale's data_id then.
+
         Raises:
             TypeError: an argument of the wrong type.
-            DestinationError: Atomscale could not create or link the stream.
+            DestinationError: Atomscale refused to create or link the stream, or cannot be
+                reached and is the only destination.
         """
         _check_optional(stream_name, str, "stream_name")
         _check_optional(physical_sample, str, "physical_sample")
@@ -510,17 +524,32 @@ class AsyncTimeseriesStreamer:
             raise TypeError("synth_source_id must be an int or None")
         tag_list = _tag_list(tags)
         await self.start()
+        extra: dict[str, str] = {}
         if self._atomscale is not None:
             if self._clock.is_stale(CLOCK_MAX_AGE_S):
                 await self._clock.measure(self._atomscale.time_exchange)
-            data_id = await self._atomscale.create_stream(
-                stream_name=stream_name,
-                synth_source_id=synth_source_id,
-                points_per_chunk=self.points_per_chunk,
-                project_id=project_id,
-                physical_sample=physical_sample,
-                tags=tag_list,
-            )
+            try:
+                data_id = await self._atomscale.create_stream(
+                    stream_name=stream_name,
+                    synth_source_id=synth_source_id,
+                    points_per_chunk=self.points_per_chunk,
+                    project_id=project_id,
+                    physical_sample=physical_sample,
+                    tags=tag_list,
+                )
+            except TransientDestinationError as exc:
+                if len(self._runners) < 2:
+                    raise
+                # One destination down never stops the other: the stream goes on with ATLAS
+                # under a data_id of ours; Atomscale's is created once it answers.
+                data_id = str(uuid.uuid4())
+                extra[CREATE_LATER] = "1"
+                log.warning(
+                    "Atomscale cannot be reached (%s): stream %s goes on; its Atomscale stream "
+                    "is created once Atomscale answers, and its chunks wait until then",
+                    exc,
+                    data_id,
+                )
         else:  # ATLAS alone: the data_id is ours
             data_id = str(uuid.uuid4())
         info = StreamInfo(
@@ -532,6 +561,7 @@ class AsyncTimeseriesStreamer:
             project_id=project_id,
             tags=tuple(tag_list),
             created_at_ns=seconds_to_ns_scalar(time.time()) + self._clock.offset_ns,
+            extra=extra,
         )
         with self._lock:
             self._streams[data_id] = _Stream(info)

@@ -10,6 +10,7 @@ that could echo it.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import logging
 import time
@@ -17,11 +18,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import orjson
 
 from ..chunk import Chunk, RawSeries, as_float_array
 from ..clock import TimeSample
 from ..errors import DestinationError, RejectedError, TransientDestinationError
+from ..journal import Journal
 from ..retry import RetryPolicy, Sleep
 from ..timebase import Float64Array
 from .base import StreamInfo
@@ -36,6 +39,10 @@ log = logging.getLogger("labstream.atomscale")
 
 DEFAULT_ENDPOINT = "https://api.atomscale.ai"
 NAME = "atomscale"
+# StreamInfo.extra keys: Atomscale could not create the stream at initialize (it is created when
+# the runner opens it), and the data_id Atomscale gave it then.
+CREATE_LATER = "atomscale_create_later"
+ATOMSCALE_DATA_ID = "atomscale_data_id"
 _TRANSIENT_STATUSES = frozenset({408, 429})
 _MAX_DETAIL = 2000
 CHUNK_PATH = "/tool-state/stream/chunk"
@@ -191,8 +198,12 @@ class AtomscaleSink:
         timeout_s: float = 30.0,
         now: Callable[[], float] = time.time,
         proxy: str | None = None,
+        journal: Journal | None = None,
     ) -> None:
         self._api_key = api_key
+        self._journal = journal
+        # labstream data_id -> Atomscale's, for streams Atomscale could not create at initialize
+        self._remote: dict[str, str] = {}
         self.endpoint = endpoint.rstrip("/")
         self._policy = policy or RetryPolicy()
         self._sleep = sleep
@@ -438,13 +449,47 @@ class AtomscaleSink:
         return ids
 
     async def open_stream(self, stream: StreamInfo) -> None:
-        """Nothing to do: the stream was created by :meth:`create_stream` in ``initialize``."""
+        """Create the stream now when Atomscale could not be reached at ``initialize`` (the
+        stream went on under a data_id of labstream's); else nothing: it was created then.
+
+        Atomscale's data_id is journaled at once, so a process that takes the stream over
+        uses it instead of creating a second stream.
+        """
+        if CREATE_LATER not in stream.extra or stream.data_id in self._remote:
+            return
+        remote = stream.extra.get(ATOMSCALE_DATA_ID)
+        if remote is None:
+            remote = await self.create_stream(
+                stream_name=stream.stream_name,
+                synth_source_id=stream.synth_source_id,
+                points_per_chunk=stream.points_per_chunk,
+                project_id=stream.project_id,
+                physical_sample=stream.physical_sample,
+                tags=list(stream.tags),
+            )
+            if self._journal is not None:
+                info = dataclasses.asdict(stream)
+                info["extra"] = {**stream.extra, ATOMSCALE_DATA_ID: remote}
+                self._journal.update_stream_info(stream.data_id, info)
+                await anyio.to_thread.run_sync(self._journal.sync)
+            log.warning(
+                "Atomscale answers: created its stream %s for labstream stream %s",
+                remote,
+                stream.data_id,
+            )
+        self._remote[stream.data_id] = remote
+
+    def atomscale_id(self, data_id: str) -> str:
+        """Atomscale's data_id of a stream (itself, unless created after ``initialize``)."""
+        return self._remote.get(data_id, data_id)
 
     async def send_chunk(self, chunk: Chunk) -> None:
+        remote = self._remote.get(chunk.data_id)
+        sent = chunk if remote is None else dataclasses.replace(chunk, data_id=remote)
         await self._request(
             "POST",
-            chunk_path(chunk),
-            body=chunk_body(chunk),
+            chunk_path(sent),
+            body=chunk_body(sent),
             data_id=chunk.data_id,
             chunk_index=chunk.chunk_index,
         )
@@ -454,9 +499,8 @@ class AtomscaleSink:
         return self._resent.get(data_id, 0)
 
     async def close_stream(self, stream: StreamInfo) -> None:
-        await self._request(
-            "POST", f"/tool-state/stream/{stream.data_id}/finalize", data_id=stream.data_id
-        )
+        remote = self.atomscale_id(stream.data_id)
+        await self._request("POST", f"/tool-state/stream/{remote}/finalize", data_id=stream.data_id)
 
     async def time_exchange(self) -> TimeSample:
         """One NTP-style exchange with ``GET /gateway/time`` (seconds)."""
