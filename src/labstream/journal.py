@@ -283,6 +283,7 @@ class Journal:
         self._read_lock = threading.Lock()
         self._queue: deque[tuple[Any, ...]] = deque()
         self._wake = threading.Event()
+        self._urgent = False  # a sync() waits: commit without letting a burst accumulate
         self._stopping = False
         # Writer thread only: chunks taken but not written yet, in seq order, as (chunk,
         # destinations still owing, when it was added).
@@ -508,6 +509,7 @@ class Journal:
         writer did not get there within ``timeout`` (a failed write also releases the wait: the
         report says the journal is not durable)."""
         done = threading.Event()
+        self._urgent = True
         self._put(("barrier", done))
         return done.wait(timeout)
 
@@ -524,8 +526,9 @@ class Journal:
         while True:
             due = self._held[0][2] + self._write_delay - time.monotonic() if self._held else None
             self._wake.wait(timeout=None if due is None else max(due, 0.0))
-            if not self._stopping:
+            if not self._stopping and not self._urgent:
                 time.sleep(self._interval)  # let a burst accumulate: one commit for all of it
+            self._urgent = False
             self._wake.clear()
             self._commit_queued()
             # A disk that keeps failing would keep its bookkeeping queued forever.
