@@ -105,7 +105,7 @@ def crash_mid_batch(
     emu: AtlasEmulator, spool: Path, writes: int, read_back: bool, reader: bool = True
 ) -> AtlasSink:
     """Run both processes; return the second sink (it holds the count of points sent again).
-    ``reader=False``: the server answers no reader call when the second process asks."""
+    ``reader=False``: the server answers no reader call."""
 
     async def first() -> None:
         journal = Journal(spool)
@@ -134,9 +134,9 @@ def crash_mid_batch(
             journal.close()
         return sink
 
-    anyio.run(first)
     if not reader:
         emu.faults = AtlasFaultPlan(down=True, methods=("ConnectionManagerService/*",))
+    anyio.run(first)
     return anyio.run(second)
 
 
@@ -208,6 +208,7 @@ def test_the_report_of_the_resumed_stream_counts_what_may_be_there_twice(
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("LABSTREAM_SPOOL_DIR", str(tmp_path))
     where = settings(emu)
+    emu.faults = AtlasFaultPlan(down=True, methods=("ConnectionManagerService/*",))
     first = TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False)
     data_id = first.initialize(stream_name="dies-mid-write")
     first.push(data_id, 0, "T", *series(0, 10))
@@ -227,7 +228,6 @@ def test_the_report_of_the_resumed_stream_counts_what_may_be_there_twice(
         time.sleep(0.01)
     crash(first)
 
-    emu.faults = AtlasFaultPlan(down=True, methods=("ConnectionManagerService/*",))
     with TimeseriesStreamer(atlas=where, retry=QUICK, handle_sigterm=False) as second:
         report = second.finalize(data_id, timeout=10)
     assert report.ok, str(report)

@@ -68,7 +68,6 @@ NAME = "atlas"
 # not know of; ids must keep increasing (a million packets is far more than one commit's lag).
 RESUME_PACKET_ID_GAP = 1 << 20
 _INFLIGHT = "labstream_inflight_seqs"  # in a journaled state: the batch being written
-_INFLIGHT_CHANNELS = "labstream_inflight_channels"  # and its channels, as (name, units)
 _CREATING = "labstream_creating"  # journaled before CreateSession, replaced by the state after
 _TRANSIENT = frozenset(
     {
@@ -109,7 +108,8 @@ class _Run:
     # packets may be in ATLAS. `skip` is what the reader found there per channel (points, in
     # push order); None when no reader could tell, and then the batch is sent whole, counted.
     inflight: frozenset[int] = frozenset()
-    skip: dict[str, int] | None = None
+    skip: dict[str, int] | None = None  # parameter identifier -> points still to skip
+    landed_configs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     replayed: dict[int, Chunk | None] = field(default_factory=dict)  # seq -> what is left
     maybe_duplicated: int = 0  # points sent again without knowing whether they had landed
     # A process died while creating the session: the key of the session it created, found by
@@ -160,6 +160,7 @@ class AtlasSink:
             response_deserializer=api_pb2.WriteDataPacketResponse.FromString,
         )
         self._runs: dict[str, _Run] = {}
+        self._reader: bool | None = None  # whether the server answers the reader (probed once)
         # A write's deadline: longer after each write that got no answer in time (see
         # _slower_writes), and never shorter again for this sink.
         self._write_timeout_s = settings.rpc_timeout_s
@@ -189,6 +190,7 @@ class AtlasSink:
         if run.opened:
             return
         if "open" not in run.fed and self._journal is not None:
+            await self._has_reader()
             if run.created_before:
                 await self._find_created(run, stream.data_id)
             else:
@@ -215,7 +217,6 @@ class AtlasSink:
             run.created_before = True
             return run
         inflight = frozenset(int(seq) for seq in state.pop(_INFLIGHT, ()))
-        channels = [(str(name), units) for name, units in state.pop(_INFLIGHT_CHANNELS, ())]
         session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
         run = self._runs[data_id] = _Run(
             session, opened=True, resumed_last_seq=last_seq, saved_seq=last_seq
@@ -226,9 +227,16 @@ class AtlasSink:
             run.closed = Closed(ended=True)
             log.warning("ATLAS: session %s of %s was ended", session.state.session_key, data_id)
             return run
-        if inflight:
-            run.inflight = inflight
-            await self._find_landed(run, data_id, channels)
+        run.inflight = inflight
+        if await self._has_reader():
+            await self._find_landed(run, data_id)
+        elif inflight:
+            log.warning(
+                "ATLAS: %s: no reader to tell which packets of the batch in flight at the crash "
+                "are in session %s; that batch is sent again and counted as maybe duplicated",
+                data_id,
+                session.state.session_key,
+            )
         session.state.next_packet_id += RESUME_PACKET_ID_GAP
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
         return run
@@ -253,62 +261,79 @@ class AtlasSink:
         run.adopt_key, run.new_session_landed = found
         log.warning("ATLAS: %s: continuing session %s, created before a crash", data_id, found[0])
 
-    async def _find_landed(
-        self, run: _Run, data_id: str, channels: list[tuple[str, str | None]]
-    ) -> None:
-        """Read the session back (where the server has a reader) to learn which packets of the
-        batch in flight at the crash landed; without a reader the batch will be sent again."""
+    async def _has_reader(self) -> bool:
+        """Whether the server answers the reader service (probed once): then a crash is
+        recovered by reading the session back, and batches need no journal commit before
+        their writes."""
+        if self._reader is None:
+            if not self.settings.read_back or self.settings.tls:
+                self._reader = False
+            else:
+                from .._proto.ma.streaming.api.v1 import api_pb2_grpc
+
+                stub = api_pb2_grpc.ConnectionManagerServiceStub(self._channel)
+                details = self._api.ConnectionDetails(data_source=self.settings.data_source)
+                try:
+                    t = self.settings.rpc_timeout_s
+                    answer = await stub.NewConnection(
+                        self._api.NewConnectionRequest(details=details), timeout=t
+                    )
+                    await stub.CloseConnection(
+                        self._api.CloseConnectionRequest(connection=answer.connection), timeout=t
+                    )
+                    self._reader = True
+                except grpc.aio.AioRpcError as exc:
+                    log.warning(
+                        "ATLAS: the Stream API at %s does not answer its reader service (%s): "
+                        "every batch is journaled before it is written, and after a crash the "
+                        "one in flight is sent again, counted as maybe duplicated",
+                        self.settings.address,
+                        exc.code().name,
+                    )
+                    self._reader = False
+        return self._reader
+
+    async def _find_landed(self, run: _Run, data_id: str) -> None:
+        """Read the session back to learn what landed after the journaled state: every
+        channel's points (they are skipped when the chunks come again), configurations, and
+        the last packet id."""
         s = run.session.state
-        if not self.settings.read_back or self.settings.tls or s.session_key is None:
-            why = "reading back is off" if not self.settings.read_back else "no reader"
-            landed = None
-        else:
-            landed, why = await anyio.to_thread.run_sync(
-                functools.partial(
-                    _read_landed,
-                    self.settings.address,
-                    s.data_source,
-                    s.session_key,
-                    s.next_packet_id,
-                    self.settings.read_back_idle_s,
-                    (s.stream, MAIN_STREAM),
-                )
+        assert s.session_key is not None
+        landed, why = await anyio.to_thread.run_sync(
+            functools.partial(
+                _read_landed,
+                self.settings.address,
+                s.data_source,
+                s.session_key,
+                s.next_packet_id,
+                self.settings.read_back_idle_s,
+                (s.stream, MAIN_STREAM),
             )
+        )
         if landed is None:
-            log.warning(
-                "ATLAS: %s: cannot tell which packets of the batch in flight at the crash are in "
-                "session %s (%s); that batch is sent again and counted as maybe duplicated",
+            log.error(
+                "ATLAS: %s: cannot read session %s back (%s): what was written after the last "
+                "journaled state may be sent again",
                 data_id,
                 s.session_key,
                 why,
             )
             return
-        # The batch's new channels, named as the process before named them; kept only where a
-        # configuration of theirs landed (a channel is configured from its first chunk's data).
-        new = [name for name, _ in channels if name not in s.channels]
-        for name, units in channels:
-            run.session.handle(ChannelSeen(name, units))
-        configured = {i for ids in landed.configs.values() for i in ids}
-        for name in new:
-            if s.channels[name].identifier not in configured:
-                del s.channels[name]
-        by_identifier = {c.identifier: name for name, c in s.channels.items()}
-        run.skip = {by_identifier[i]: n for i, n in landed.points.items() if i in by_identifier}
+        run.skip = dict(landed.points)
+        run.landed_configs = landed.configs
         for config_id, identifiers in landed.configs.items():
             # Configured before the crash: a second Configuration would define them twice.
             s.configs[config_id] = list(identifiers)
-            for ident in identifiers:
-                if ident in by_identifier:
-                    s.channels[by_identifier[ident]].config_id = config_id
+            for ch in s.channels.values():
+                if ch.identifier in identifiers:
+                    ch.config_id = config_id
         s.next_packet_id = max(s.next_packet_id, landed.last_id + 1)
-        key = s.session_key
-        assert key is not None  # read back: the session has one
         for stream, content in landed.missing_configs:
             run.pending.append(
                 WritePacket(
                     s.data_source,
                     stream,
-                    key,
+                    s.session_key,
                     "Configuration",
                     True,
                     content,
@@ -316,41 +341,70 @@ class AtlasSink:
                 )
             )
             s.next_packet_id += 1
-        log.warning(
-            "ATLAS: %s: %d point(s) of the batch in flight at the crash are already in session "
-            "%s; they are not sent again",
-            data_id,
-            sum(run.skip.values()),
-            s.session_key,
-        )
+        if landed.points:
+            log.warning(
+                "ATLAS: %s: %d point(s) were already in session %s; they are not sent again",
+                data_id,
+                sum(landed.points.values()),
+                s.session_key,
+            )
+
+    def _identifier(self, run: _Run, name: str, units: str | None) -> str | None:
+        """The parameter identifier of channel `name`. A channel the journaled state does not
+        know yet is named as the process before named it, and kept only where its configuration
+        landed (else its first chunk configures it, as usual)."""
+        s = run.session.state
+        known = s.channels.get(name)
+        if known is not None:
+            return known.identifier
+        if not run.session.idle:
+            return None
+        run.session.handle(ChannelSeen(name, units))
+        ch = s.channels[name]
+        for config_id, identifiers in run.landed_configs.items():
+            if ch.identifier in identifiers:
+                ch.config_id = config_id
+                return ch.identifier
+        del s.channels[name]
+        return ch.identifier
 
     def _left_to_send(self, run: _Run, chunks: Sequence[Chunk]) -> list[Chunk]:
-        """The chunks of a batch a crash interrupted, without what the reader found in ATLAS
-        (every channel's first points, in push order); the same answer on every retry."""
+        """After a crash: the chunks without the points the reader found in ATLAS (every
+        channel's first ones, in push order), or, without a reader, the batch in flight whole
+        (counted); the same answer on every retry."""
         out = []
         for c in chunks:
-            if c.seq not in run.inflight:
-                out.append(c)
-                continue
             if c.seq not in run.replayed:
-                run.replayed[c.seq] = _without_landed(c, run.skip)
-                if run.skip is None:
+                if run.skip is not None:
+                    drop = {}
+                    for ch in c.channels:
+                        ident = self._identifier(run, ch.name, ch.units)
+                        n = min(run.skip.get(ident, 0), ch.size) if ident is not None else 0
+                        if n:
+                            run.skip[ident] -= n  # type: ignore[index]
+                            drop[ch.name] = n
+                    run.replayed[c.seq] = _without_first(c, drop)
+                elif c.seq in run.inflight:
+                    run.replayed[c.seq] = c
                     run.maybe_duplicated += c.points
+                else:
+                    out.append(c)
+                    continue
             kept = run.replayed[c.seq]
             if kept is not None:
                 out.append(kept)
+        if run.skip is not None and not any(run.skip.values()):
+            run.skip = None  # all found again
         return out
 
     def _log_batch(self, run: _Run, data_id: str, chunks: Sequence[Chunk]) -> bool:
-        """Journal the batch before its first write: a process that dies mid-batch leaves the
-        next one the state to continue from, the chunks that may be in ATLAS already and their
-        channels. True when journaled."""
+        """Journal the batch before its first write (servers without a reader): a process
+        that dies mid-batch leaves the next one the chunks that may be in ATLAS already. True
+        when journaled."""
         if self._journal is None or not run.session.idle:
             return False
         state = run.session.state.to_dict()
         state[_INFLIGHT] = [c.seq for c in chunks]
-        channels = {ch.name: ch.units for c in chunks for ch in c.channels}
-        state[_INFLIGHT_CHANNELS] = list(channels.items())
         self._journal.save_atlas_state(data_id, state, run.saved_seq)
         return True
 
@@ -370,7 +424,7 @@ class AtlasSink:
         data_id = chunks[0].data_id
         run = self._runs[data_id]
         todo = [c for c in chunks if c.seq > run.resumed_last_seq]  # the rest was written before
-        if run.inflight:
+        if run.inflight or run.skip is not None:
             todo = self._left_to_send(run, todo)
         if not todo:  # a crash; the journal had not heard yet that it was done
             self._save_state(run, data_id, max(run.saved_seq, chunks[-1].seq))
@@ -386,7 +440,11 @@ class AtlasSink:
         groups = _by_format(todo)
         keys = [("chunks", g[0].seq, g[-1].seq) for g in groups]
         # A retry of this batch resumes it: it was journaled before its first write.
-        if not run.fed.intersection(keys) and self._log_batch(run, data_id, todo):
+        if (
+            not run.fed.intersection(keys)
+            and not self._reader
+            and self._log_batch(run, data_id, todo)
+        ):
             assert self._journal is not None
             await anyio.to_thread.run_sync(self._journal.sync)
         for key, group in zip(keys, groups, strict=True):
@@ -448,6 +506,7 @@ class AtlasSink:
         self._journal.save_atlas_state(data_id, run.session.state.to_dict(), last_seq)
         run.saved_seq = last_seq
         run.inflight = frozenset(seq for seq in run.inflight if seq > last_seq)
+        run.replayed = {seq: c for seq, c in run.replayed.items() if seq > last_seq}
 
     def maybe_duplicated(self, data_id: str) -> int:
         """Points sent again after a crash without a reader to tell whether ATLAS had them."""
@@ -737,15 +796,11 @@ def _created_session(
     return (key, frozenset(p.stream for p in recorded.packets if p.type == "NewSession")), ""
 
 
-def _without_landed(chunk: Chunk, skip: dict[str, int] | None) -> Chunk | None:
-    """``chunk`` without each channel's first ``skip[name]`` points (taking them from ``skip``);
-    None when nothing is left. ``skip`` None: the whole chunk."""
-    if skip is None:
-        return chunk
+def _without_first(chunk: Chunk, drop: dict[str, int]) -> Chunk | None:
+    """``chunk`` without each channel's first ``drop[name]`` points; None when nothing is left."""
     channels = []
     for ch in chunk.channels:
-        n = min(skip.get(ch.name, 0), ch.size)
-        skip[ch.name] = skip.get(ch.name, 0) - n
+        n = drop.get(ch.name, 0)
         if n == 0:
             channels.append(ch)
         elif n < ch.size:
