@@ -68,8 +68,10 @@ class Atlas:
         first_format_timeout_s: deadline of the first data-format call, which can stall seconds
             while a new data source loads on the server.
         read_back: after a crash, read the session back through the server's reader service
-            (where it has one) so the batch that was being written is not written twice.
-            Without a reader, or off, that batch is sent again and counted as maybe duplicated.
+            (where it has one) so nothing written after the last journaled state is written
+            twice. Without a reader, or off, each batch is journaled before it is written (a
+            burst goes slower) and after a crash that batch is sent again, counted as maybe
+            duplicated.
         read_back_idle_s: reading back stops once nothing more came for this long.
     """
 
