@@ -22,7 +22,7 @@ from labstream.chunk import ChannelSeries, Chunk
 from labstream.emulators.atlas import AtlasEmulator, AtlasFaultPlan
 from labstream.emulators.atlas import run_in_thread as atlas_in_thread
 from labstream.emulators.atlas_checker import check_session, format_report
-from labstream.journal import Journal
+from labstream.journal import Journal, chunk_size
 from labstream.sinks.atlas import AtlasSink
 from labstream.sinks.base import StreamInfo
 
@@ -109,6 +109,9 @@ def crash_mid_batch(
 
     async def first() -> None:
         journal = Journal(spool)
+        for c in (*FIRST, *BATCH):  # accepted by this process; LAST comes from the next one
+            journal.reserve(chunk_size(c.points))
+            journal.add_chunk(c, ("atlas",))
         sink = AtlasSink(settings(emu, read_back), journal=journal)
         try:
             await sink.open_stream(INFO)

@@ -292,6 +292,7 @@ class Journal:
         # Writer thread only: chunks delivered or stored past a held one, for the stream marks.
         self._unmarked: list[tuple[int, str, int]] = []
         self._taken_seq = self._stored_seq = self._next_seq - 1  # highest seq taken / on disk
+        self.first_seq = self._next_seq  # chunks below it were accepted by an earlier process
         self._committed = threading.Condition()
         self.committed_seq = self._next_seq - 1
         self._free_checked_at = 0.0

@@ -373,8 +373,20 @@ class AtlasSink:
         channel's first ones, in push order), or, without a reader, the batch in flight whole
         (counted); the same answer on every retry."""
         out = []
+        earlier = self._journal.first_seq if self._journal is not None else 0
         for c in chunks:
             if c.seq not in run.replayed:
+                if run.skip is not None and c.seq >= earlier:
+                    # Pushed by this process: maybe again what was written before the crash
+                    # and lost from the journal (a re-run sending its rows again); counted.
+                    for ch in c.channels:
+                        ident = self._identifier(run, ch.name, ch.units)
+                        n = min(run.skip.get(ident, 0), ch.size) if ident is not None else 0
+                        if n:
+                            run.skip[ident] -= n  # type: ignore[index]
+                            run.maybe_duplicated += n
+                    out.append(c)
+                    continue
                 if run.skip is not None:
                     drop = {}
                     for ch in c.channels:
