@@ -224,6 +224,10 @@ def test_stream_api_down_at_start_then_up(monkeypatch: pytest.MonkeyPatch) -> No
         for c in range(3):
             streamer.push(data_id, c, "T", grid(T0 + c * 10, 10, 1.0), [float(c)] * 10)
         assert streamer.report(data_id)["atlas"].chunks_delivered == 0
+        deadline = time.monotonic() + 5
+        while streamer.report(data_id)["atlas"].retries == 0:  # it tried, and found no server
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         # the server comes up on its address: the held session and chunks go through
         with run_in_thread(port=port, key_generator_port=kg_port) as emulator:
             report = streamer.finalize(data_id, timeout=20)

@@ -577,3 +577,92 @@ def test_atlas_verify_compares_what_the_server_holds_with_the_pushed_log(
     channels = {c["channel"]: c for c in answer["compared_with"]["channels"]}
     assert answer["report"]["clean"] is True  # the session itself is fine
     assert sum(c["different_values"] for c in channels.values()) == 1
+
+
+KILLED_PUSH = """
+import os, signal, sys, time
+from labstream.cli import app
+kill_after, settle_s = int(sys.argv[1]), float(sys.argv[2])
+
+def die(pushed: int) -> None:
+    if pushed == kill_after:
+        time.sleep(settle_s)  # the destinations confirm what was pushed; the mark is not saved
+        os.kill(os.getpid(), signal.SIGKILL)
+
+app.AFTER_CHUNK = die
+sys.exit(app.main(sys.argv[3:]))
+"""
+
+
+@pytest.mark.parametrize(("kill_after", "settle_s"), [(1, 0.0), (30, 0.0), (30, 0.5)])
+def test_kill_9_during_a_push_then_the_same_command_sends_each_row_once(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    kill_after: int,
+    settle_s: float,
+) -> None:
+    """Before: the re-run sent every row the killed run had pushed since its last saved mark to
+    a new stream, while the old one held them too, on both destinations."""
+    import os
+    import subprocess
+    import sys
+
+    rows, ppc = 600, 10
+    log = epoch_csv(tmp_path / "killed.csv", rows)
+    args = [str(log), "--points-per-chunk", str(ppc), "--no-progress"]
+    script = tmp_path / "killed_push.py"
+    script.write_text(KILLED_PUSH)
+    argv = ["push", *args, "--atomscale", "--endpoint", push.atomscale.url, "--atlas"]
+    argv += [push.atlas.address, "--atlas-key-generator", push.atlas.key_generator_address]
+    src = str(Path(cli.__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": src}
+    child = subprocess.run(
+        [sys.executable, str(script), str(kill_after), str(settle_s), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr
+
+    assert push(*args) == 0
+    assert "follow in the same stream" in capsys.readouterr().err
+    assert len(new.ids()) == 1  # the killed run's stream, continued
+    assert len(new.sessions()) == 1
+    ts, vals = new.points("pressure")
+    assert sorted(ts) == [T0 + i * 0.5 for i in range(rows)]  # every row once, none twice
+    assert same(sorted(vals), [1e-9 * (i + 1) for i in range(rows)])
+    atlas_ts, _ = new.atlas_values("substrate_temperature")
+    assert len(atlas_ts) == rows and len(set(atlas_ts)) == rows
+    assert push(*args) == 0  # nothing left to do
+    assert len(new.points("pressure")[0]) == rows
+
+
+def test_sigterm_during_a_push_then_the_same_command_sends_each_row_once(
+    push: Run,
+    new: NewStreams,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import os
+
+    rows, ppc = 400, 10
+    log = epoch_csv(tmp_path / "terminated.csv", rows)
+    args = [str(log), "--points-per-chunk", str(ppc), "--no-progress"]
+
+    def terminate_after_15(pushed: int) -> None:
+        if pushed == 15:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli.app, "AFTER_CHUNK", terminate_after_15)
+    assert push(*args) == 143
+    assert "Run the same command again" in capsys.readouterr().err
+    monkeypatch.setattr(cli.app, "AFTER_CHUNK", None)
+    assert push(*args) == 0
+    ts, _ = new.points("pressure")
+    assert sorted(ts) == [T0 + i * 0.5 for i in range(rows)]  # every row once, none twice
+    atlas_ts, _ = new.atlas_values("substrate_temperature")
+    assert len(atlas_ts) == rows and len(set(atlas_ts)) == rows

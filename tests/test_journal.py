@@ -404,3 +404,43 @@ def test_a_seq_an_atlas_state_names_is_never_reused_though_its_chunk_skipped_the
     assert again.atlas_state("d") == ({"session": "state"}, 3)
     assert again.next_seq() == 4
     again.close()
+
+
+def test_the_journal_knows_up_to_which_chunk_a_stream_is_safe(tmp_path: Path) -> None:
+    """What a re-run of `labstream push` continues from: chunks delivered everywhere (never
+    written) and chunks on disk count; nothing is counted past a chunk not on disk yet."""
+    j = Journal(tmp_path, write_delay_s=60.0)
+    j.add_stream("d", {"data_id": "d"}, {"atlas": "x"}, "1:t")
+    for seq in (1, 2):
+        j.add_chunk(small_chunk(seq), ("atlas",))
+    j.delivered(1, "atlas")
+    j.delivered(2, "atlas")
+    j.add_chunk(small_chunk(3), ("atlas",))  # held back by write_delay_s: lost in a crash
+    j.add_chunk(small_chunk(4), ("atlas",))
+    j.delivered(4, "atlas")  # delivered, but after one a crash would lose
+    assert j.sync()
+    (stream,) = j.streams()
+    assert stream.last_chunk_index == 1  # chunk_index of seq 2
+    j.flush()
+    (stream,) = j.streams()
+    assert stream.last_chunk_index == 3
+    j.close()
+
+
+def test_a_journal_from_before_the_chunk_mark_opens_with_none_known(tmp_path: Path) -> None:
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / FILE_NAME)
+    db.execute(
+        "CREATE TABLE streams (data_id TEXT PRIMARY KEY, info TEXT NOT NULL, destinations TEXT "
+        "NOT NULL, created_at REAL NOT NULL, finalize_requested INTEGER NOT NULL DEFAULT 0, "
+        "closed TEXT NOT NULL DEFAULT '[]', owner TEXT NOT NULL)"
+    )
+    db.execute("INSERT INTO streams (data_id, info, destinations, created_at, owner) "
+               "VALUES ('d', '{}', '{}', 0, '1:t')")  # fmt: skip
+    db.commit()
+    db.close()
+    j = Journal(tmp_path)
+    (stream,) = j.streams()
+    assert stream.last_chunk_index == -1
+    j.close()

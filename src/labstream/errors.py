@@ -108,6 +108,7 @@ class DestinationError(LabstreamError):
     """A destination failed to do what was asked.
 
     Attributes:
+        message: what failed, without the destination, stream and chunk in front.
         destination: "atomscale" or "atlas".
         data_id: the stream concerned, when known.
         chunk_index: the chunk concerned, when the failure is about one chunk.
@@ -125,6 +126,7 @@ class DestinationError(LabstreamError):
         status: int | str | None = None,
         detail: str | None = None,
     ) -> None:
+        self.message = message
         self.destination = destination
         self.data_id = data_id
         self.chunk_index = chunk_index

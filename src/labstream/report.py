@@ -47,6 +47,8 @@ class DestinationReport:
     rejections: tuple[Rejection, ...] = ()
     markers_accepted: int = 0
     marker_rejections: tuple[str, ...] = ()
+    # Points sent again after a crash with no way to tell whether the destination had them.
+    points_maybe_duplicated: int = 0
     # Requests the destination may have in flight when the report was made (the adaptive window).
     window: int = 0
 
@@ -184,6 +186,11 @@ class StreamReport:
                 lines.append(f"  rejected chunk {r.chunk_index} ({r.status}): {r.reason}")
             for reason in d.marker_rejections:
                 lines.append(f"  marker not written: {reason}")
+            if d.points_maybe_duplicated:
+                lines.append(
+                    f"  maybe duplicated: {d.points_maybe_duplicated:,} point(s) in flight at a "
+                    "crash were sent again (the server had no reader to tell whether they landed)"
+                )
             if d.drop_reason:
                 lines.append(f"  dropped: {d.drop_reason}")
             left_open = (d.close_error or "").startswith("not closed yet")

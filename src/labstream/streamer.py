@@ -47,7 +47,7 @@ from ._core.journal import LIVE_OWNERS, MAX_UNWRITTEN_S, WRITER_WAIT_S, Journal,
 from ._core.timebase import seconds_to_ns_scalar
 from .destinations import atlas as atlas_destination
 from .destinations.atlas.config import Atlas
-from .destinations.atomscale.sink import AtomscaleSink
+from .destinations.atomscale.sink import CREATE_LATER, AtomscaleSink
 from .destinations.base import Marker, Sink, StreamInfo
 from .errors import (
     DeliveryError,
@@ -55,6 +55,7 @@ from .errors import (
     JournalError,
     JournalFull,
     StreamStateError,
+    TransientDestinationError,
 )
 from .report import StreamReport
 from .retry import RetryPolicy, Sleep
@@ -149,6 +150,8 @@ class _Stream:
     refused_points: int = 0
     refusal_reason: str | None = None
     recovered: bool = False
+    # Recovered, closed nowhere: the last chunk_index the dead process had safe (see below).
+    journaled_through: int | None = None
     closing: anyio.Event | None = None  # set once finalize is done; a second caller waits on it
     journal_waits: int = 0  # pushes that waited for the journal's commit
     journal_wait_s: float = 0.0
@@ -376,6 +379,7 @@ class AsyncTimeseriesStreamer:
             self._atomscale = AtomscaleSink(
                 self._api_key,
                 self.endpoint,
+                journal=self._journal,
                 policy=self._policy,
                 sleep=self._sleep,
                 transport=self._http_transport,
@@ -463,6 +467,8 @@ class AsyncTimeseriesStreamer:
             info = StreamInfo(**fields)
             stream = _Stream(info, recovered=True)
             stream.gaps = tuple(await anyio.to_thread.run_sync(journal.gaps, info.data_id))
+            if not stored.closed and not stored.finalize_requested:
+                stream.journaled_through = stored.last_chunk_index
             with self._lock:
                 self._streams[info.data_id] = stream
             for runner in todo:
@@ -550,9 +556,16 @@ class AsyncTimeseriesStreamer:
     ) -> str:
         """Create a stream on every destination; return its data_id.
 
+        The data_id is Atomscale's. With ATLAS configured too, an Atomscale that cannot be
+        reached (after the retry policy's attempts) does not stop the stream: it gets a data_id
+        of labstream's, ATLAS gets its data at once, and Atomscale's stream is created once
+        Atomscale answers (by this streamer, or by the one that takes the journal over); the
+        log names Atomscale's data_id then.
+
         Raises:
             TypeError: an argument of the wrong type.
-            DestinationError: Atomscale could not create or link the stream.
+            DestinationError: Atomscale refused to create or link the stream, or cannot be
+                reached and is the only destination.
         """
         _check_optional(stream_name, str, "stream_name")
         _check_optional(physical_sample, str, "physical_sample")
@@ -563,17 +576,32 @@ class AsyncTimeseriesStreamer:
             raise TypeError("synth_source_id must be an int or None")
         tag_list = _tag_list(tags)
         await self.start()
+        extra: dict[str, str] = {}
         if self._atomscale is not None:
             if self._clock.is_stale(CLOCK_MAX_AGE_S):
                 await self._clock.measure(self._atomscale.time_exchange)
-            data_id = await self._atomscale.create_stream(
-                stream_name=stream_name,
-                synth_source_id=synth_source_id,
-                points_per_chunk=self.points_per_chunk,
-                project_id=project_id,
-                physical_sample=physical_sample,
-                tags=tag_list,
-            )
+            try:
+                data_id = await self._atomscale.create_stream(
+                    stream_name=stream_name,
+                    synth_source_id=synth_source_id,
+                    points_per_chunk=self.points_per_chunk,
+                    project_id=project_id,
+                    physical_sample=physical_sample,
+                    tags=tag_list,
+                )
+            except TransientDestinationError as exc:
+                if len(self._runners) < 2:
+                    raise
+                # One destination down never stops the other: the stream goes on with ATLAS
+                # under a data_id of ours; Atomscale's is created once it answers.
+                data_id = str(uuid.uuid4())
+                extra[CREATE_LATER] = "1"
+                log.warning(
+                    "Atomscale cannot be reached (%s): stream %s goes on; its Atomscale stream "
+                    "is created once Atomscale answers, and its chunks wait until then",
+                    exc,
+                    data_id,
+                )
         else:  # ATLAS alone: the data_id is ours
             data_id = str(uuid.uuid4())
         info = StreamInfo(
@@ -585,6 +613,7 @@ class AsyncTimeseriesStreamer:
             project_id=project_id,
             tags=tuple(tag_list),
             created_at_ns=seconds_to_ns_scalar(time.time()) + self._clock.offset_ns,
+            extra=extra,
         )
         with self._lock:
             self._streams[data_id] = _Stream(info)
@@ -1127,6 +1156,14 @@ class AsyncTimeseriesStreamer:
         if self._journal is None:
             return set()
         return self._journal.chunk_indexes(data_id)
+
+    def journaled_through(self, data_id: str) -> int | None:
+        """For a stream taken over from a process that died before finalizing it anywhere: the
+        chunk_index up to which every chunk it pushed is delivered or in the journal (-1:
+        none), so that pushing goes on from the next one. None for any other stream."""
+        with self._lock:
+            s = self._streams.get(data_id)
+        return None if s is None or s.finalized else s.journaled_through
 
     @asynccontextmanager
     async def stream(

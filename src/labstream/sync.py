@@ -339,6 +339,15 @@ class TimeseriesStreamer:
         """See :meth:`AsyncTimeseriesStreamer.held_chunk_indexes`."""
         return self._core.held_chunk_indexes(data_id)
 
+    def journaled_through(self, data_id: str) -> int | None:
+        """For a stream taken over from a process that died (and not finalized): the
+        chunk_index up to which every chunk that process pushed is delivered or in the journal,
+        -1 when none is. Pushing chunks from the next index on continues the stream with nothing
+        missing and nothing twice (when chunks were pushed in index order). None for any other
+        stream.
+        """
+        return self._core.journaled_through(data_id)
+
     @contextmanager
     def stream(
         self,

@@ -316,6 +316,9 @@ class DeliveryRunner:
         late = getattr(self.sink, "marker_rejections", None)
         if late is not None:
             st.update(marker_rejections=(*st.base.marker_rejections, *late(data_id)))
+        again = getattr(self.sink, "maybe_duplicated", None)
+        if again is not None:
+            st.update(points_maybe_duplicated=again(data_id))
 
     def count_undelivered_as_dropped(self) -> None:
         """After the workers stopped: whatever was not delivered is dropped, counted, and logged.

@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS streams (
     created_at REAL NOT NULL,
     finalize_requested INTEGER NOT NULL DEFAULT 0,
     closed TEXT NOT NULL DEFAULT '[]',  -- destinations that confirmed the close
-    owner TEXT NOT NULL             -- "<pid>:<token>" of the streamer writing it
+    owner TEXT NOT NULL,            -- "<pid>:<token>" of the streamer writing it
+    last_chunk_index INTEGER NOT NULL DEFAULT -1  -- every chunk up to it is on disk or delivered
 );
 CREATE TABLE IF NOT EXISTS chunks (
     seq INTEGER PRIMARY KEY,
@@ -172,6 +173,9 @@ class StoredStream:
     finalize_requested: bool
     closed: tuple[str, ...]
     owner: str  # "<pid>:<token>" of the streamer that created it
+    # Every chunk of the stream up to this index was on disk or delivered everywhere when the
+    # streamer stopped (chunks pushed in index order: where a re-run takes over); -1: none.
+    last_chunk_index: int = -1
 
     @property
     def owner_alive(self) -> bool:
@@ -301,7 +305,10 @@ class Journal:
         # (committed or settled), written with the next transaction that writes anything.
         self._runs: dict[tuple[str, str], list[list[int]]] = {}
         self._runs_dirty: set[tuple[str, str]] = set()
+        # Writer thread only: chunks delivered or stored past a held one, for the stream marks.
+        self._unmarked: list[tuple[int, str, int]] = []
         self._taken_seq = self._stored_seq = self._next_seq - 1  # highest seq taken / on disk
+        self.first_seq = self._next_seq  # chunks below it were accepted by an earlier process
         self._committed = threading.Condition()
         self.committed_seq = self._next_seq - 1
         self._free_checked_at = 0.0
@@ -331,6 +338,11 @@ class Journal:
             self.directory.chmod(0o700)
         self._write = self._connect()
         self._write.executescript(_SCHEMA)
+        columns = {r[1] for r in self._write.execute("PRAGMA table_info(streams)")}
+        if "last_chunk_index" not in columns:  # a journal from before the column
+            self._write.execute(
+                "ALTER TABLE streams ADD COLUMN last_chunk_index INTEGER NOT NULL DEFAULT -1"
+            )
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(OSError):
                 Path(f"{self.path}{suffix}").chmod(0o600)
@@ -478,6 +490,10 @@ class Journal:
             ("stream", data_id, orjson.dumps(info), orjson.dumps(destinations), time.time(), owner)
         )
 
+    def update_stream_info(self, data_id: str, info: dict[str, Any]) -> None:
+        """Replace a stream's StreamInfo fields (a destination's own id learnt later)."""
+        self._put(("info", data_id, orjson.dumps(info)))
+
     def adopt(self, data_id: str, owner: str) -> None:
         """Take over a stream left by a streamer that is gone."""
         self._put(("adopt", data_id, owner))
@@ -622,6 +638,8 @@ class Journal:
         report says the journal is not durable)."""
         done = threading.Event()
         self._put(("barrier", done))
+        self._hurry.set()  # no pause to let a burst accumulate
+
         return done.wait(timeout)
 
     def _put(self, item: tuple[Any, ...]) -> None:
@@ -716,6 +734,8 @@ class Journal:
         memory = self._memory
         to_disk = self._free_ok
         held: deque[tuple[Chunk | ChunkToBuild, tuple[str, ...], float]] = deque()
+        # (seq, data_id, chunk_index) delivered or stored, with those a held chunk kept back
+        safe: list[tuple[int, str, int]] = self._unmarked
         # Held chunks are older than the queued ones: seq order is kept.
         chunks = [*self._held, *(i[1:] for i in batch if i[0] == "chunk")]
         for chunk, dests, added_at in chunks:
@@ -727,6 +747,7 @@ class Journal:
                 taken += size
                 top = chunk.seq
                 self._note_taken(chunk)
+                safe.append((chunk.seq, chunk.data_id, chunk.chunk_index))
                 continue
             if (
                 not write_all
@@ -747,6 +768,7 @@ class Journal:
                 continue
             self._note_taken(chunk)
             stored.append((chunk, owing))
+            safe.append((chunk.seq, chunk.data_id, chunk.chunk_index))
             chunk_rows.append(
                 (
                     chunk.seq,
@@ -805,6 +827,16 @@ class Journal:
                     owed.pop(item[1], None)
                 others.append(item)
         others.extend(atlas_states.values())
+        marks: dict[str, int] = {}
+        # Not past a chunk still held: a crash loses that one.
+        limit = self._held[0][0].seq if self._held else None
+        self._unmarked = []
+        for seq, data_id, index in safe:
+            if limit is None or seq < limit:
+                marks[data_id] = max(marks.get(data_id, -1), index)
+            else:
+                self._unmarked.append((seq, data_id, index))
+        others.extend(("mark", data_id, index) for data_id, index in marks.items())
         if chunk_rows or done_rows or dropped or unknown or others:
             try:
                 freed += self._write_to_disk(
@@ -912,6 +944,13 @@ class Journal:
                 )
             elif kind == "adopt":
                 db.execute("UPDATE streams SET owner=? WHERE data_id=?", (item[2], item[1]))
+            elif kind == "info":
+                db.execute("UPDATE streams SET info=? WHERE data_id=?", (item[2], item[1]))
+            elif kind == "mark":
+                db.execute(
+                    "UPDATE streams SET last_chunk_index=MAX(last_chunk_index, ?) WHERE data_id=?",
+                    (item[2], item[1]),
+                )
             elif kind == "finalize":
                 db.execute("UPDATE streams SET finalize_requested=1 WHERE data_id=?", item[1:2])
             elif kind == "closed":
@@ -1042,8 +1081,8 @@ class Journal:
 
     def streams(self) -> list[StoredStream]:
         rows = self._rows(
-            "SELECT data_id, info, destinations, created_at, finalize_requested, closed, owner "
-            "FROM streams ORDER BY created_at"
+            "SELECT data_id, info, destinations, created_at, finalize_requested, closed, owner, "
+            "last_chunk_index FROM streams ORDER BY created_at"
         )
         return [
             StoredStream(
@@ -1054,6 +1093,7 @@ class Journal:
                 finalize_requested=bool(r[4]),
                 closed=tuple(orjson.loads(r[5])),
                 owner=r[6],
+                last_chunk_index=int(r[7]),
             )
             for r in rows
         ]

@@ -634,8 +634,8 @@ def _explain_resume(state: PushState, first: int, log: LogFile) -> str:
         lines.append("  no row was confirmed by every destination: every row is sent again.")
     if first < state.total_chunks:
         lines.append(
-            f"  rows {first * ppc + 1:,}-{state.total_rows:,} go to a NEW stream: this version "
-            "of labstream cannot reopen a stream created by another run."
+            f"  rows {first * ppc + 1:,}-{state.total_rows:,} go to a NEW stream: the earlier "
+            "one takes no more (it was finalized, or labstream's journal does not hold it)."
         )
     for dest, mark in state.settled.items():
         if mark > first:
@@ -658,9 +658,8 @@ def _push_file(
     args: argparse.Namespace,
     identities: dict[str, str],
 ) -> int:
-    from ..errors import LabstreamError, StreamStateError
-    from .logfiles import LogFileError
-    from .progress import Part, ProgressView
+    from ..errors import LabstreamError
+    from .progress import Part
 
     log, scan = plan.log, plan.scan
     ppc = streamer.points_per_chunk
@@ -683,6 +682,14 @@ def _push_file(
         if args.json:
             _print_json({"file": str(log.path), "rows": 0, "exit_code": EXIT_OK})
         return EXIT_OK
+    through = streamer.journaled_through(state.parts[-1].data_id) if state.parts else None
+    if through is not None:
+        # The earlier run died (kill -9, power cut) before finalizing its stream anywhere: the
+        # journal knows up to which chunk it had everything safe; go on in that stream.
+        part = state.parts[-1]
+        return _push_rows(
+            streamer, plan, cfg, args, identities, state, part, through, continuing=True
+        )
     notes, adopted = _settle_adopted(
         streamer, state, min(10.0, float(cfg["push.finalize_timeout"]))
     )
@@ -724,8 +731,45 @@ def _push_file(
     part = Part(data_id, first, name, time.time())
     state.parts.append(part)
     state.save()
-    rows_now = scan.rows - first * ppc
-    totals = {d: rows_now * len(log.channels) for d in identities}
+    return _push_rows(streamer, plan, cfg, args, identities, state, part, -1, adopted)
+
+
+def _push_rows(
+    streamer: TimeseriesStreamer,
+    plan: _Planned,
+    cfg: Resolved,
+    args: argparse.Namespace,
+    identities: dict[str, str],
+    state: PushState,
+    part: Part,
+    through: int,
+    adopted: StreamReport | None = None,
+    *,
+    continuing: bool = False,
+) -> int:
+    """Push the file's chunks after ``part``'s chunk ``through`` into ``part``'s stream, finalize
+    it, and say what happened."""
+    from ..errors import StreamStateError
+    from .logfiles import LogFileError
+    from .progress import ProgressView
+
+    log, scan = plan.log, plan.scan
+    ppc = streamer.points_per_chunk
+    data_id = part.data_id
+    start = part.first_chunk + through + 1  # the first chunk of the file this run pushes
+    already = {d: 0 for d in identities}  # what the stream held before this run (recovered)
+    if continuing:
+        part.chunks_pushed = through + 1
+        held = streamer.report(data_id)
+        already = {d: held[d].points_accepted for d in identities if d in held.destinations}
+        _say(
+            f"{log.path}: continuing stream {data_id}, left unfinished by the earlier run: "
+            f"rows up to {min(start * ppc, state.total_rows):,} are delivered or in labstream's "
+            f"journal; rows from {start * ppc + 1:,} on follow in the same stream."
+        )
+        state.save()
+    rows_now = max(scan.rows - start * ppc, 0)
+    totals = {d: rows_now * len(log.channels) + already.get(d, 0) for d in identities}
     view = ProgressView(
         f"{log.path.name} ({data_id})",
         totals,
@@ -736,7 +780,7 @@ def _push_file(
     try:
         try:
             for index, batch in enumerate(log.batches(ppc)):
-                if index < first:
+                if index < start:
                     continue
                 payload = {
                     c.name: {"timestamps": batch.timestamps, "values": batch.values[c.name]}
@@ -744,7 +788,7 @@ def _push_file(
                     for c in log.channels
                 }
                 try:
-                    streamer.push_multi(data_id, index - first, payload)
+                    streamer.push_multi(data_id, index - part.first_chunk, payload)
                 except StreamStateError:
                     raise
                 except (ValueError, TypeError) as exc:
@@ -982,7 +1026,11 @@ class _Tracker:
         self.finalize_s = float(cfg["push.finalize_timeout"])
         now = time.monotonic()
         self.last_poll = now
-        self.polled_at_chunk = 0
+        self.polled_at_chunk = part.chunks_pushed
+        # A stream continued from a dead run holds only what the journal still had of the
+        # chunks pushed before: the rest was delivered.
+        held = streamer.report(data_id).destinations
+        self.carried = {n: part.chunks_pushed - r.chunks_accepted for n, r in held.items()}
         self.last_checkpoint = now
         self.last_save = now
         self.progress: dict[str, tuple[int, float]] = {}
@@ -1007,7 +1055,8 @@ class _Tracker:
         pushed = self.part.chunks_pushed
         moved = False
         for name, rep in report.destinations.items():
-            if rep.chunks_accepted == pushed and rep.chunks_pending == 0 and not rep.chunks_dropped:
+            accounted = rep.chunks_accepted + self.carried.get(name, 0)
+            if accounted == pushed and rep.chunks_pending == 0 and not rep.chunks_dropped:
                 rejected = [self.part.first_chunk + r.chunk_index for r in rep.rejections]
                 moved |= self.state.settle(name, self.part.first_chunk + pushed, rejected)
         return moved

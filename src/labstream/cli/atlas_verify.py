@@ -16,19 +16,13 @@ RPCs' order (``order_of_operations``) or the key generator's answers
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Final
 
-import grpc
-
-from .._proto.ma.streaming.api.v1 import api_pb2, api_pb2_grpc
-from ..errors import LabstreamError
+from ..destinations.atlas import reader
+from ..destinations.atlas.reader import ServerSession
+from ..errors import DestinationError, LabstreamError
 from ..testing.atlas_checker import (
-    DATA_TYPES,
-    MAIN_STREAM,
     FormatRecord,
     RecordedPacket,
     RecordedSession,
@@ -58,30 +52,6 @@ class VerifyError(LabstreamError):
 
 
 @dataclass(frozen=True, slots=True)
-class ServerSession:
-    """A session as ``GetSessionInfo`` describes it."""
-
-    key: str
-    data_source: str
-    identifier: str
-    is_complete: bool
-    created_ns: int
-    details: dict[str, str]
-    info: Any  # the GetSessionInfoResponse
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "session_key": self.key,
-            "data_source": self.data_source,
-            "identifier": self.identifier,
-            "complete": self.is_complete,
-            "created_ns": self.created_ns,
-            "details": dict(self.details),
-            "streams": list(self.info.streams),
-        }
-
-
-@dataclass(frozen=True, slots=True)
 class Verified:
     """The checker's report on what the server holds, and what was read."""
 
@@ -104,87 +74,14 @@ class Verified:
         }
 
 
-class _Server:
-    def __init__(self, address: str, timeout_s: float) -> None:
-        self.address = address
-        self.timeout_s = timeout_s
-        self.channel = grpc.insecure_channel(address)
-        self.sessions = api_pb2_grpc.SessionManagementServiceStub(self.channel)
-        self.connections = api_pb2_grpc.ConnectionManagerServiceStub(self.channel)
-        self.reader = api_pb2_grpc.PacketReaderServiceStub(self.channel)
-        self.formats = api_pb2_grpc.DataFormatManagerServiceStub(self.channel)
-
-    def call(self, what: str, rpc: Any, request: Any) -> Any:
-        try:
-            return rpc(request, timeout=self.timeout_s)
-        except grpc.RpcError as exc:
-            code = exc.code().name if hasattr(exc, "code") else "ERROR"
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            raise VerifyError(
-                f"{what} at {self.address} failed: {code} ({details}); is the Stream API running "
-                "there, and does it serve the reader services?"
-            ) from exc
-
-    def info(self, key: str) -> ServerSession | None:
-        info = self.call(
-            "GetSessionInfo",
-            self.sessions.GetSessionInfo,
-            api_pb2.GetSessionInfoRequest(session_key=key),
-        )
-        if not info.success:
-            return None
-        created = info.creation_time.ToNanoseconds() if info.HasField("creation_time") else 0
-        return ServerSession(
-            key,
-            info.data_source,
-            info.identifier,
-            info.is_complete,
-            created,
-            dict(info.details),
-            info,
-        )
-
-
 def list_sessions(
     address: str, data_source: str, *, timeout_s: float = 10.0
 ) -> list[ServerSession]:
     """Every session the server knows for `data_source`, oldest first."""
-    server = _Server(address, timeout_s)
     try:
-        return _list(server, data_source)
-    finally:
-        server.channel.close()
-
-
-def _list(server: _Server, data_source: str) -> list[ServerSession]:
-    answer = server.call(
-        "GetCurrentSessions",
-        server.sessions.GetCurrentSessions,
-        api_pb2.GetCurrentSessionsRequest(data_source=data_source),
-    )
-    if not answer.success:
-        raise VerifyError(f"GetCurrentSessions at {server.address} answered success=false")
-    found = [s for k in answer.session_keys if (s := server.info(k)) is not None]
-    return sorted(found, key=lambda s: s.created_ns)
-
-
-def _find(server: _Server, data_source: str, session: str | None) -> ServerSession:
-    """By key; else by identifier or labstream data_id among the data source's sessions; else
-    the newest one."""
-    if session:
-        direct = server.info(session)
-        if direct is not None:
-            return direct
-    known = _list(server, data_source)
-    if session:
-        known = [s for s in known if session in (s.identifier, s.details.get("labstream_data_id"))]
-    if not known:
-        which = f"session {session!r}" if session else "any session"
-        raise VerifyError(
-            f"{server.address} does not know {which} of data source {data_source!r} "
-            "(`labstream atlas sessions` lists what it has)"
-        )
-    return known[-1]
+        return reader.list_sessions(address, data_source, timeout_s=timeout_s)
+    except DestinationError as exc:
+        raise VerifyError(exc.message) from exc
 
 
 def read_session(
@@ -195,124 +92,48 @@ def read_session(
     idle_s: float = 2.0,
     timeout_s: float = 10.0,
 ) -> tuple[ServerSession, RecordedSession, int]:
-    """Read a session's packets back through the reader service.
+    """Read a session's packets back through the reader service
+    (:func:`labstream.destinations.atlas.reader.read_session`).
 
     Returns the session's info, its packets as the checker's `RecordedSession` (in the order the
-    server gave them), and the number of essentials read. Reading stops once every stream read has
-    ended (EndOfSession) and nothing more came for a moment, or after `idle_s` without a packet.
+    server gave them), and the number of essentials read.
     """
-    server = _Server(address, timeout_s)
     try:
-        found = _find(server, data_source, session)
-        info = found.info
-        streams = list(info.streams)
-        details = api_pb2.ConnectionDetails(
-            data_source=found.data_source,
-            session_key=found.key,
-            streams=streams,
-            stream_offsets=[
-                info.topic_partition_offsets.get(f"{found.data_source}.{s}:0", 0) for s in streams
-            ],
-            main_offset=info.main_offset,
-            essentials_offset=info.essentials_offset,
+        back = reader.read_session(
+            address, session, data_source=data_source, idle_s=idle_s, timeout_s=timeout_s
         )
-        conn = server.call(
-            "NewConnection",
-            server.connections.NewConnection,
-            api_pb2.NewConnectionRequest(details=details),
-        ).connection
-        try:
-            responses, essentials = _read(server, conn, idle_s)
-        finally:
-            server.call(
-                "CloseConnection",
-                server.connections.CloseConnection,
-                api_pb2.CloseConnectionRequest(connection=conn),
-            )
-        recorded = _as_recorded(server, found, responses)
-    finally:
-        server.channel.close()
-    return found, recorded, essentials
+    except DestinationError as exc:
+        raise VerifyError(exc.message) from exc
+    return back.session, _as_recorded(back), back.essentials
 
 
-def _read(server: _Server, conn: Any, idle_s: float) -> tuple[list[Any], int]:
-    got: queue.Queue[tuple[str, Any]] = queue.Queue()
-    request = api_pb2.ReadPacketsRequest(connection=conn)
-    calls = {
-        "packets": server.reader.ReadPackets(request),
-        "essentials": server.reader.ReadEssentials(api_pb2.ReadEssentialsRequest(connection=conn)),
-    }
-
-    def pump(name: str, call: Any) -> None:
-        try:
-            for message in call:
-                for r in message.response:
-                    got.put((name, r))
-        except grpc.RpcError as exc:
-            got.put(("error", (name, exc)))
-
-    threads = [
-        threading.Thread(target=pump, args=item, daemon=True, name=f"atlas-verify-{item[0]}")
-        for item in calls.items()
-    ]
-    for t in threads:
-        t.start()
-    responses: list[Any] = []
-    essentials = 0
-    ended: dict[str, bool] = {}
-    try:
-        while True:
-            # Once every stream has ended, a short quiet spell is enough (the essentials have no
-            # end marker); before that, wait the whole idle time for more.
-            done = MAIN_STREAM in ended and all(ended.values())
-            try:
-                name, r = got.get(timeout=min(idle_s, 0.25) if done else idle_s)
-            except queue.Empty:
-                break
-            if name == "error":
-                which, exc = r
-                if exc.code() == grpc.StatusCode.CANCELLED:
-                    continue
-                raise VerifyError(
-                    f"Read{which.capitalize()} at {server.address} failed: {exc.code().name} "
-                    f"({exc.details()})"
-                )
-            if name == "essentials":
-                essentials += 1
-                continue
-            responses.append(r)
-            ended[r.stream] = ended.get(r.stream, False) or r.packet.type == "EndOfSession"
-    finally:
-        for call in calls.values():
-            call.cancel()
-        for t in threads:
-            t.join(5)
-    return responses, essentials
-
-
-def _as_recorded(server: _Server, found: ServerSession, responses: list[Any]) -> RecordedSession:
+def _as_recorded(back: reader.ReadBack) -> RecordedSession:
+    found = back.session
     packets = []
-    wanted: set[tuple[str, int]] = set()
-    for seq, r in enumerate(responses, start=1):
-        content, problem = decode_content(r.packet.type, bytes(r.packet.content))
-        rec = RecordedPacket(
-            seq=seq,
-            rpc="ReadPackets",
-            call_id=0,
-            received_ns=r.submit_time.ToNanoseconds(),
-            data_source=found.data_source,
-            stream=r.stream,
-            # the reader's session-key filter let only records keyed by the session through
-            details_session_key=found.key,
-            packet=r.packet,
-            content=content,
-            content_error=problem,
+    for seq, p in enumerate(back.packets, start=1):
+        content, problem = decode_content(p.type, bytes(p.packet.content))
+        packets.append(
+            RecordedPacket(
+                seq=seq,
+                rpc="ReadPackets",
+                call_id=0,
+                received_ns=p.submit_time_ns,
+                data_source=found.data_source,
+                stream=p.stream,
+                # the reader's session-key filter let only records keyed by the session through
+                details_session_key=found.key,
+                packet=p.packet,
+                content=content,
+                content_error=problem,
+            )
         )
-        packets.append(rec)
-        fmt: Any = getattr(content, "data_format", None) if rec.type in DATA_TYPES else None
-        if fmt is not None and fmt.WhichOneof("format") == "data_format_identifier":
-            kind = "event" if rec.type == "Event" else "parameter"
-            wanted.add((kind, int(fmt.data_format_identifier)))
+    formats = [
+        FormatRecord(found.data_source, fid, "parameter", parameters=names)
+        for fid, names in back.parameter_formats.items()
+    ] + [
+        FormatRecord(found.data_source, fid, "event", event=event)
+        for fid, event in back.event_formats.items()
+    ]
     return RecordedSession(
         session_key=found.key,
         data_source=found.data_source,
@@ -321,33 +142,8 @@ def _as_recorded(server: _Server, found: ServerSession, responses: list[Any]) ->
         created_seq=0,  # the server knows the key: it was created, before any packet
         end_session_seqs=(len(packets) + 1,) if found.is_complete else (),
         packets=tuple(packets),
-        formats=tuple(_formats(server, found.data_source, wanted)),
+        formats=tuple(sorted(formats, key=lambda f: (f.kind, f.format_id))),
     )
-
-
-def _formats(
-    server: _Server, data_source: str, wanted: set[tuple[str, int]]
-) -> Iterator[FormatRecord]:
-    """The server's answer for every format id the packets use (an unknown id gives nothing)."""
-    for kind, fid in sorted(wanted):
-        if kind == "parameter":
-            names = server.call(
-                "GetParametersList",
-                server.formats.GetParametersList,
-                api_pb2.GetParametersListRequest(
-                    data_source=data_source, data_format_identifier=fid
-                ),
-            ).parameters
-            if names:
-                yield FormatRecord(data_source, fid, "parameter", parameters=tuple(names))
-        else:
-            event = server.call(
-                "GetEvent",
-                server.formats.GetEvent,
-                api_pb2.GetEventRequest(data_source=data_source, data_format_identifier=fid),
-            ).event
-            if event:
-                yield FormatRecord(data_source, fid, "event", event=event)
 
 
 def verify(

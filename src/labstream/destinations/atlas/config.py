@@ -62,6 +62,12 @@ class Atlas:
         rpc_timeout_s: deadline of each RPC.
         first_format_timeout_s: deadline of the first data-format call, which can stall seconds
             while a new data source loads on the server.
+        read_back: after a crash, read the session back through the server's reader service
+            (where it has one) so nothing written after the last journaled state is written
+            twice. Without a reader, or off, each batch is journaled before it is written (a
+            burst goes slower) and after a crash that batch is sent again, counted as maybe
+            duplicated.
+        read_back_idle_s: reading back stops once nothing more came for this long.
     """
 
     address: str = f"localhost:{STREAM_API_PORT}"
@@ -75,6 +81,8 @@ class Atlas:
     root_certificates: bytes | None = None
     rpc_timeout_s: float = 10.0
     first_format_timeout_s: float = 30.0
+    read_back: bool = True
+    read_back_idle_s: float = 1.0
 
     def __post_init__(self) -> None:
         host, port = _split_address(self.address, STREAM_API_PORT)
@@ -87,7 +95,11 @@ class Atlas:
                     f"Atlas {what}={value!r} must match [A-Za-z0-9_-]+ "
                     "(it becomes part of Kafka topic names)"
                 )
-        if self.rpc_timeout_s <= 0 or self.first_format_timeout_s <= 0:
+        if (
+            self.rpc_timeout_s <= 0
+            or self.first_format_timeout_s <= 0
+            or self.read_back_idle_s <= 0
+        ):
             raise ValueError("Atlas deadlines must be positive")
         for key, value in self.session_details.items():
             if not isinstance(key, str) or not isinstance(value, str):

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import anyio
@@ -31,12 +31,13 @@ from ..._core.journal import Journal
 from ..._core.timebase import seconds_to_ns_scalar
 from ...errors import DestinationError, RejectedError, TransientDestinationError
 from ..base import Marker, StreamInfo
-from . import rpc
+from . import reader, rpc
 from .config import Atlas
 from .events import (
     Action,
     Answer,
     CallFailed,
+    ChannelSeen,
     ChunkDone,
     ChunkReady,
     Closed,
@@ -56,6 +57,7 @@ from .events import (
     WritePacket,
 )
 from .machine import AtlasSession, SessionState
+from .options import MAIN_STREAM
 from .rpc import NAME
 
 log = logging.getLogger("labstream.destinations.atlas")
@@ -64,6 +66,8 @@ log = logging.getLogger("labstream.destinations.atlas")
 # after each write, so a crash between a write and that commit leaves ids in ATLAS the state does
 # not know of; ids must keep increasing (a million packets is far more than one commit's lag).
 RESUME_PACKET_ID_GAP = 1 << 20
+_INFLIGHT = "labstream_inflight_seqs"  # in a journaled state: the batch being written
+_CREATING = "labstream_creating"  # journaled before CreateSession, replaced by the state after
 _WRITE_PATH = "/ma.streaming.api.v1.PacketWriterService/WriteDataPacket"
 _MAX_WRITE_TIMEOUT_S = 120.0
 T = TypeVar("T")
@@ -86,6 +90,19 @@ class _Run:
     ending: bool = False  # Finalize was fed: nothing more can go into this session
     resumed_last_seq: int = 0  # chunks up to this seq were in ATLAS before a crash
     saved_seq: int = 0  # the last chunk the journaled state includes
+    # The batch a previous process journaled before writing it and never finished: some of its
+    # packets may be in ATLAS. `skip` is what the reader found there per channel (points, in
+    # push order); None when no reader could tell, and then the batch is sent whole, counted.
+    inflight: frozenset[int] = frozenset()
+    skip: dict[str, int] | None = None  # parameter identifier -> points still to skip
+    landed_configs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    replayed: dict[int, Chunk | None] = field(default_factory=dict)  # seq -> what is left
+    maybe_duplicated: int = 0  # points sent again without knowing whether they had landed
+    # A process died while creating the session: the key of the session it created, found by
+    # its details, and the streams its NewSession reached.
+    created_before: bool = False
+    adopt_key: str | None = None
+    new_session_landed: frozenset[str] = frozenset()
     # finalize() closes from its own task while the runner's worker may be mid-chunk: one at a time
     lock: anyio.Lock = field(default_factory=anyio.Lock)
 
@@ -132,6 +149,7 @@ class AtlasSink:
             response_deserializer=api_pb2.WriteDataPacketResponse.FromString,
         )
         self._runs: dict[str, _Run] = {}
+        self._reader: bool | None = None  # whether the server answers the reader (probed once)
         # A write's deadline: longer after each write that got no answer in time (see
         # _slower_writes), and never shorter again for this sink.
         self._write_timeout_s = settings.rpc_timeout_s
@@ -153,10 +171,19 @@ class AtlasSink:
     async def open_stream(self, stream: StreamInfo) -> None:
         run = self._runs.get(stream.data_id)
         if run is None and self._journal is not None:
-            run = self._resume(stream.data_id, self._journal)
+            run = await self._resume(stream.data_id, self._journal)
         run = run or self._run(stream.data_id)
         if run.opened:
             return
+        if "open" not in run.fed and self._journal is not None:
+            await self._has_reader()
+            if run.created_before:
+                await self._find_created(run, stream.data_id)
+            else:
+                # Before CreateSession: a process that dies before its key is journaled leaves
+                # the next one the word to look for the session by its data_id (details).
+                self._journal.save_atlas_state(stream.data_id, {_CREATING: True}, 0)
+                await anyio.to_thread.run_sync(self._journal.sync)
         await self._drive(run, stream.data_id, "open", lambda: self._opened(stream))
         run.opened = True
         if self._journal is not None and run.session.state.session_key is not None:
@@ -165,12 +192,17 @@ class AtlasSink:
             self._save_state(run, stream.data_id, 0)
             await anyio.to_thread.run_sync(self._journal.sync)
 
-    def _resume(self, data_id: str, journal: Journal) -> _Run | None:
+    async def _resume(self, data_id: str, journal: Journal) -> _Run | None:
         """Continue a session a previous process journaled: same key, ids and timelines."""
         saved = journal.atlas_state(data_id)
         if saved is None:
             return None
         state, last_seq = saved
+        if state.get(_CREATING):
+            run = self._run(data_id)
+            run.created_before = True
+            return run
+        inflight = frozenset(int(seq) for seq in state.pop(_INFLIGHT, ()))
         session = AtlasSession(self.settings.protocol_options, SessionState.from_dict(state))
         run = self._runs[data_id] = _Run(
             session, opened=True, resumed_last_seq=last_seq, saved_seq=last_seq
@@ -181,9 +213,198 @@ class AtlasSink:
             run.closed = Closed(ended=True)
             log.warning("ATLAS: session %s of %s was ended", session.state.session_key, data_id)
             return run
+        run.inflight = inflight
+        if await self._has_reader():
+            await self._find_landed(run, data_id)
+        elif inflight:
+            log.warning(
+                "ATLAS: %s: no reader to tell which packets of the batch in flight at the crash "
+                "are in session %s; that batch is sent again and counted as maybe duplicated",
+                data_id,
+                session.state.session_key,
+            )
         session.state.next_packet_id += RESUME_PACKET_ID_GAP
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
         return run
+
+    async def _find_created(self, run: _Run, data_id: str) -> None:
+        """A process died between CreateSession and journaling the key: find the session it
+        may have created (by the data_id in its details) and continue it instead of leaving it
+        empty and never ended. Its NewSession packets that landed are not written again."""
+        s = self.settings
+        found, why = await anyio.to_thread.run_sync(
+            functools.partial(
+                _created_session, s.address, s.data_source, data_id, s.read_back_idle_s, s.tls
+            )
+        )
+        if found is None:
+            log.warning(
+                "ATLAS: %s: the process before died while creating its session; %s",
+                data_id,
+                why,
+            )
+            return
+        run.adopt_key, run.new_session_landed = found
+        log.warning("ATLAS: %s: continuing session %s, created before a crash", data_id, found[0])
+
+    async def _has_reader(self) -> bool:
+        """Whether the server answers the reader service (probed once): then a crash is
+        recovered by reading the session back, and batches need no journal commit before
+        their writes."""
+        if self._reader is None:
+            if not self.settings.read_back or self.settings.tls:
+                self._reader = False
+            else:
+                from ..._proto.ma.streaming.api.v1 import api_pb2_grpc
+
+                stub = api_pb2_grpc.ConnectionManagerServiceStub(self._channel)
+                details = self._api.ConnectionDetails(data_source=self.settings.data_source)
+                try:
+                    t = self.settings.rpc_timeout_s
+                    answer = await stub.NewConnection(
+                        self._api.NewConnectionRequest(details=details), timeout=t
+                    )
+                    await stub.CloseConnection(
+                        self._api.CloseConnectionRequest(connection=answer.connection), timeout=t
+                    )
+                    self._reader = True
+                except grpc.aio.AioRpcError as exc:
+                    log.warning(
+                        "ATLAS: the Stream API at %s does not answer its reader service (%s): "
+                        "every batch is journaled before it is written, and after a crash the "
+                        "one in flight is sent again, counted as maybe duplicated",
+                        self.settings.address,
+                        exc.code().name,
+                    )
+                    self._reader = False
+        return self._reader
+
+    async def _find_landed(self, run: _Run, data_id: str) -> None:
+        """Read the session back to learn what landed after the journaled state: every
+        channel's points (they are skipped when the chunks come again), configurations, and
+        the last packet id."""
+        s = run.session.state
+        assert s.session_key is not None
+        landed, why = await anyio.to_thread.run_sync(
+            functools.partial(
+                _read_landed,
+                self.settings.address,
+                s.data_source,
+                s.session_key,
+                s.next_packet_id,
+                self.settings.read_back_idle_s,
+                (s.stream, MAIN_STREAM),
+            )
+        )
+        if landed is None:
+            log.error(
+                "ATLAS: %s: cannot read session %s back (%s): what was written after the last "
+                "journaled state may be sent again",
+                data_id,
+                s.session_key,
+                why,
+            )
+            return
+        run.skip = dict(landed.points)
+        run.landed_configs = landed.configs
+        for config_id, identifiers in landed.configs.items():
+            # Configured before the crash: a second Configuration would define them twice.
+            s.configs[config_id] = list(identifiers)
+            for ch in s.channels.values():
+                if ch.identifier in identifiers:
+                    ch.config_id = config_id
+        s.next_packet_id = max(s.next_packet_id, landed.last_id + 1)
+        for stream, content in landed.missing_configs:
+            run.pending.append(
+                WritePacket(
+                    s.data_source,
+                    stream,
+                    s.session_key,
+                    "Configuration",
+                    True,
+                    content,
+                    s.next_packet_id,
+                )
+            )
+            s.next_packet_id += 1
+        if landed.points:
+            log.warning(
+                "ATLAS: %s: %d point(s) were already in session %s; they are not sent again",
+                data_id,
+                sum(landed.points.values()),
+                s.session_key,
+            )
+
+    def _identifier(self, run: _Run, name: str, units: str | None) -> str | None:
+        """The parameter identifier of channel `name`. A channel the journaled state does not
+        know yet is named as the process before named it, and kept only where its configuration
+        landed (else its first chunk configures it, as usual)."""
+        s = run.session.state
+        known = s.channels.get(name)
+        if known is not None:
+            return known.identifier
+        if not run.session.idle:
+            return None
+        run.session.handle(ChannelSeen(name, units))
+        ch = s.channels[name]
+        for config_id, identifiers in run.landed_configs.items():
+            if ch.identifier in identifiers:
+                ch.config_id = config_id
+                return ch.identifier
+        del s.channels[name]
+        return ch.identifier
+
+    def _left_to_send(self, run: _Run, chunks: Sequence[Chunk]) -> list[Chunk]:
+        """After a crash: the chunks without the points the reader found in ATLAS (every
+        channel's first ones, in push order), or, without a reader, the batch in flight whole
+        (counted); the same answer on every retry."""
+        out = []
+        earlier = self._journal.first_seq if self._journal is not None else 0
+        for c in chunks:
+            if c.seq not in run.replayed:
+                if run.skip is not None and c.seq >= earlier:
+                    # Pushed by this process: maybe again what was written before the crash
+                    # and lost from the journal (a re-run sending its rows again); counted.
+                    for ch in c.channels:
+                        ident = self._identifier(run, ch.name, ch.units)
+                        n = min(run.skip.get(ident, 0), ch.size) if ident is not None else 0
+                        if n:
+                            run.skip[ident] -= n  # type: ignore[index]
+                            run.maybe_duplicated += n
+                    out.append(c)
+                    continue
+                if run.skip is not None:
+                    drop = {}
+                    for ch in c.channels:
+                        ident = self._identifier(run, ch.name, ch.units)
+                        n = min(run.skip.get(ident, 0), ch.size) if ident is not None else 0
+                        if n:
+                            run.skip[ident] -= n  # type: ignore[index]
+                            drop[ch.name] = n
+                    run.replayed[c.seq] = _without_first(c, drop)
+                elif c.seq in run.inflight:
+                    run.replayed[c.seq] = c
+                    run.maybe_duplicated += c.points
+                else:
+                    out.append(c)
+                    continue
+            kept = run.replayed[c.seq]
+            if kept is not None:
+                out.append(kept)
+        if run.skip is not None and not any(run.skip.values()):
+            run.skip = None  # all found again
+        return out
+
+    def _log_batch(self, run: _Run, data_id: str, chunks: Sequence[Chunk]) -> bool:
+        """Journal the batch before its first write (servers without a reader): a process
+        that dies mid-batch leaves the next one the chunks that may be in ATLAS already. True
+        when journaled."""
+        if self._journal is None or not run.session.idle:
+            return False
+        state = run.session.state.to_dict()
+        state[_INFLIGHT] = [c.seq for c in chunks]
+        self._journal.save_atlas_state(data_id, state, run.saved_seq)
+        return True
 
     async def send_chunk(self, chunk: Chunk) -> None:
         refused = await self.send_chunks((chunk,))
@@ -201,7 +422,10 @@ class AtlasSink:
         data_id = chunks[0].data_id
         run = self._runs[data_id]
         todo = [c for c in chunks if c.seq > run.resumed_last_seq]  # the rest was written before
+        if run.inflight or run.skip is not None:
+            todo = self._left_to_send(run, todo)
         if not todo:  # a crash; the journal had not heard yet that it was done
+            self._save_state(run, data_id, max(run.saved_seq, chunks[-1].seq))
             return {}
         if run.ending:
             raise RejectedError(
@@ -213,6 +437,14 @@ class AtlasSink:
             )
         groups = _by_format(todo)
         keys = [("chunks", g[0].seq, g[-1].seq) for g in groups]
+        # A retry of this batch resumes it: it was journaled before its first write.
+        if (
+            not run.fed.intersection(keys)
+            and not self._reader
+            and self._log_batch(run, data_id, todo)
+        ):
+            assert self._journal is not None
+            await anyio.to_thread.run_sync(self._journal.sync)
         for key, group in zip(keys, groups, strict=True):
             # A retry passes the same chunks: a group already fed is resumed, not fed again.
             await self._drive(run, data_id, key, functools.partial(_merged, group))
@@ -249,7 +481,7 @@ class AtlasSink:
     async def close_stream(self, stream: StreamInfo) -> None:
         run = self._runs.get(stream.data_id)
         if run is None and self._journal is not None:
-            run = self._resume(stream.data_id, self._journal)
+            run = await self._resume(stream.data_id, self._journal)
         run = run or self._run(stream.data_id)
         if run.closed is not None and run.closed.ended:
             return  # already ended (by this process, or one before it): never ended twice
@@ -271,6 +503,13 @@ class AtlasSink:
         # to_dict() is already a deep copy in plain values: no snapshot() copy first
         self._journal.save_atlas_state(data_id, run.session.state.to_dict(), last_seq)
         run.saved_seq = last_seq
+        run.inflight = frozenset(seq for seq in run.inflight if seq > last_seq)
+        run.replayed = {seq: c for seq, c in run.replayed.items() if seq > last_seq}
+
+    def maybe_duplicated(self, data_id: str) -> int:
+        """Points sent again after a crash without a reader to tell whether ATLAS had them."""
+        run = self._runs.get(data_id)
+        return run.maybe_duplicated if run else 0
 
     def marker_rejections(self, data_id: str) -> list[str]:
         run = self._runs.get(data_id)
@@ -329,6 +568,8 @@ class AtlasSink:
             TransientDestinationError: try again later (the action stays at the head).
         """
         if isinstance(action, WritePacket):
+            if action.packet_type == "NewSession" and action.stream in run.new_session_landed:
+                return None  # written by the process that created the session
             request = action.request_bytes()
             try:
                 await self._rpc(
@@ -385,6 +626,8 @@ class AtlasSink:
 
     async def _call(self, run: _Run, data_id: str, call: Any) -> Answer:
         api, s = self._api, self.settings
+        if isinstance(call, CreateSessionCall) and run.adopt_key is not None:
+            return SessionCreated(run.adopt_key)
         if isinstance(call, CreateSessionCall):
             request = api.CreateSessionRequest(
                 data_source=call.data_source,
@@ -444,6 +687,114 @@ class AtlasSink:
     ) -> T:
         """Run one RPC with a deadline (:func:`.rpc.call`: errors translated there)."""
         return await rpc.call(invoke, what, timeout or self.settings.rpc_timeout_s, data_id)
+
+
+@dataclass(frozen=True, slots=True)
+class _Landed:
+    """A session's packets from a given packet id on, as the reader gave them back."""
+
+    points: dict[str, int]  # parameter identifier -> points
+    configs: dict[str, tuple[str, ...]]  # config_id -> parameter identifiers
+    last_id: int
+    # (stream, content) of each configuration that reached some of the streams but not this one
+    missing_configs: list[tuple[str, bytes]]
+
+
+def _read_landed(
+    address: str,
+    data_source: str,
+    session_key: str,
+    first_id: int,
+    idle_s: float,
+    streams: tuple[str, ...],
+) -> tuple[_Landed | None, str]:
+    """What the session holds from packet ``first_id`` on, through the server's reader service;
+    None (and why) when the server has none or cannot be asked."""
+    try:
+        back = reader.read_session(address, session_key, data_source=data_source, idle_s=idle_s)
+    except DestinationError as exc:
+        return None, str(exc)
+    formats = back.parameter_formats
+    points: dict[str, int] = {}
+    configs: dict[str, tuple[str, ...]] = {}
+    config_streams: dict[str, set[str]] = {}
+    config_content: dict[str, bytes] = {}
+    last_id = 0
+    for p in back.packets:
+        packet: Any = p.packet
+        pid = int(packet.id)
+        last_id = max(last_id, pid)
+        if pid < first_id or p.content is None:
+            continue
+        content: Any = p.content
+        if p.type == "Configuration":
+            configs[content.config_id] = tuple(d.identifier for d in content.parameter_definitions)
+            config_streams.setdefault(content.config_id, set()).add(p.stream)
+            config_content[content.config_id] = bytes(packet.content)
+            continue
+        if p.type == "PeriodicData":
+            n = len(content.columns[0].double_samples.samples) if content.columns else 0
+        elif p.type == "RowData":
+            n = len(content.timestamps)
+        else:
+            continue
+        fmt = content.data_format
+        for ident in formats.get(int(fmt.data_format_identifier), ()):
+            points[ident] = points.get(ident, 0) + n
+    # ATLAS reads each stream on its own: a configuration the crash left on one stream only is
+    # completed with the same content on the others.
+    missing = [
+        (stream, config_content[cid])
+        for cid in configs
+        for stream in streams
+        if stream not in config_streams[cid]
+    ]
+    return _Landed(points, configs, last_id, missing), ""
+
+
+def _created_session(
+    address: str, data_source: str, data_id: str, idle_s: float, tls: bool
+) -> tuple[tuple[str, frozenset[str]] | None, str]:
+    """The newest session not ended whose details name `data_id`, and the streams holding its
+    NewSession; None (and what that means) when there is none or the server cannot tell."""
+    if tls:
+        return None, "the session list is not read over TLS: a new session is created"
+    try:
+        known = reader.list_sessions(address, data_source)
+    except DestinationError as exc:
+        return None, (
+            f"the server could not list its sessions ({exc}): a new session is created, and the "
+            "one it may have created stays empty and never ended"
+        )
+    ours = [x for x in known if x.details.get("labstream_data_id") == data_id and not x.is_complete]
+    if not ours:
+        return None, "it had not created one: a new session is created"
+    key = ours[-1].key
+    try:
+        back = reader.read_session(address, key, data_source=data_source, idle_s=idle_s)
+    except DestinationError:
+        return (key, frozenset()), ""  # no reader: NewSession may then be written twice
+    return (key, frozenset(p.stream for p in back.packets if p.type == "NewSession")), ""
+
+
+def _without_first(chunk: Chunk, drop: dict[str, int]) -> Chunk | None:
+    """``chunk`` without each channel's first ``drop[name]`` points; None when nothing is left."""
+    channels = []
+    for ch in chunk.channels:
+        n = drop.get(ch.name, 0)
+        if n == 0:
+            channels.append(ch)
+        elif n < ch.size:
+            channels.append(replace(ch, timestamps_ns=ch.timestamps_ns[n:], values=ch.values[n:]))
+    if not channels:
+        return None
+    if len(channels) == len(chunk.channels) and all(
+        a is b for a, b in zip(channels, chunk.channels, strict=True)
+    ):
+        return chunk
+    return Chunk(
+        chunk.data_id, chunk.chunk_index, tuple(channels), chunk.multi, chunk.offset_ns, chunk.seq
+    )
 
 
 def _merged(chunks: list[Chunk]) -> ChunkReady:

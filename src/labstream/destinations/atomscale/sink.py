@@ -5,13 +5,17 @@ log line and error.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Generator, Sequence
 from typing import TYPE_CHECKING, Any
 
+import anyio
+
 from ..._core.chunk import Chunk
 from ..._core.clock import TimeSample
+from ..._core.journal import Journal
 from ...errors import DestinationError
 from ...retry import RetryPolicy, Sleep
 from ..base import StreamInfo
@@ -23,9 +27,14 @@ from .protocol import DEFAULT_ENDPOINT, NAME, Request
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["DEFAULT_ENDPOINT", "AtomscaleSink"]
+__all__ = ["ATOMSCALE_DATA_ID", "CREATE_LATER", "DEFAULT_ENDPOINT", "AtomscaleSink"]
 
 log = logging.getLogger("labstream.atomscale")
+
+# StreamInfo.extra keys: Atomscale could not create the stream at initialize (it is created when
+# the runner opens it), and the data_id Atomscale gave it then.
+CREATE_LATER = "atomscale_create_later"
+ATOMSCALE_DATA_ID = "atomscale_data_id"
 
 
 def _within_descriptors(wanted: int) -> int:
@@ -74,8 +83,12 @@ class AtomscaleSink:
         timeout_s: float = 30.0,
         now: Callable[[], float] = time.time,
         proxy: str = "",
+        journal: Journal | None = None,
     ) -> None:
         self._api_key = api_key
+        self._journal = journal
+        # labstream data_id -> Atomscale's, for streams Atomscale could not create at initialize
+        self._remote: dict[str, str] = {}
         self.endpoint = endpoint.rstrip("/")
         self._policy = policy or RetryPolicy()
         self._sleep = sleep
@@ -186,14 +199,48 @@ class AtomscaleSink:
         return data_id
 
     async def open_stream(self, stream: StreamInfo) -> None:
-        """Nothing to do: the stream was created by :meth:`create_stream` in ``initialize``."""
+        """Create the stream now when Atomscale could not be reached at ``initialize`` (the
+        stream went on under a data_id of labstream's); else nothing: it was created then.
+
+        Atomscale's data_id is journaled at once, so a process that takes the stream over
+        uses it instead of creating a second stream.
+        """
+        if CREATE_LATER not in stream.extra or stream.data_id in self._remote:
+            return
+        remote = stream.extra.get(ATOMSCALE_DATA_ID)
+        if remote is None:
+            remote = await self.create_stream(
+                stream_name=stream.stream_name,
+                synth_source_id=stream.synth_source_id,
+                points_per_chunk=stream.points_per_chunk,
+                project_id=stream.project_id,
+                physical_sample=stream.physical_sample,
+                tags=list(stream.tags),
+            )
+            if self._journal is not None:
+                info = dataclasses.asdict(stream)
+                info["extra"] = {**stream.extra, ATOMSCALE_DATA_ID: remote}
+                self._journal.update_stream_info(stream.data_id, info)
+                await anyio.to_thread.run_sync(self._journal.sync)
+            log.warning(
+                "Atomscale answers: created its stream %s for labstream stream %s",
+                remote,
+                stream.data_id,
+            )
+        self._remote[stream.data_id] = remote
+
+    def atomscale_id(self, data_id: str) -> str:
+        """Atomscale's data_id of a stream (itself, unless created after ``initialize``)."""
+        return self._remote.get(data_id, data_id)
 
     async def send_chunk(self, chunk: Chunk) -> None:
+        remote = self._remote.get(chunk.data_id)
+        sent = chunk if remote is None else dataclasses.replace(chunk, data_id=remote)
         await self._request(
             Request(
                 "POST",
-                protocol.chunk_path(chunk),
-                body=protocol.chunk_body(chunk),
+                protocol.chunk_path(sent),
+                body=protocol.chunk_body(sent),
                 data_id=chunk.data_id,
                 chunk_index=chunk.chunk_index,
             )
@@ -204,7 +251,10 @@ class AtomscaleSink:
         return self._resent.get(data_id, 0)
 
     async def close_stream(self, stream: StreamInfo) -> None:
-        await self._request(protocol.finalize_request(stream.data_id))
+        remote = self.atomscale_id(stream.data_id)
+        await self._request(
+            Request("POST", f"/tool-state/stream/{remote}/finalize", data_id=stream.data_id)
+        )
 
     async def time_exchange(self) -> TimeSample:
         """One NTP-style exchange with ``GET /gateway/time`` (seconds)."""
