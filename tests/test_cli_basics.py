@@ -50,6 +50,28 @@ def test_every_option_and_argument_has_help() -> None:
     assert missing == []
 
 
+# Run where the emulators' dependencies (the testing and atlas extras) cannot be imported: every
+# command module is loaded to build the parser, so none may import them before its command runs.
+_HELP_WITHOUT_EXTRAS = """
+import sys
+for name in ("grpc", "google.protobuf", "aiohttp"):
+    sys.modules[name] = None
+from labstream.cli import main
+main(["push", "--help"])
+"""
+
+
+def test_the_command_starts_without_the_emulators_dependencies() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", _HELP_WITHOUT_EXTRAS],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("usage: labstream push")
+
+
 # -- --json for lab automation, and the small things a new user met ------------------------------
 
 

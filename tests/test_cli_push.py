@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from labstream import cli
-from labstream.cli import app as _cli_app  # noqa: F401 - makes cli.app an attribute
+from labstream.cli import push as _cli_push  # noqa: F401 - makes cli.push an attribute
 from labstream.cli.config import ENV_VARS
 from labstream.testing.atlas import AtlasEmulator
 from labstream.testing.atlas import run_in_thread as atlas_thread
@@ -340,7 +340,7 @@ def test_a_row_appended_during_the_push_stops_it_and_is_not_sent(
             with log.open("a") as f:
                 f.write(f"{T0 + 5000 * 0.5},9999,1e-9,ann\n")
 
-    monkeypatch.setattr(cli.app, "AFTER_CHUNK", append_once)
+    monkeypatch.setattr(cli.push, "AFTER_CHUNK", append_once)
     assert push(str(log), "--points-per-chunk", "100", "--no-progress") == 2
     err = capsys.readouterr().err
     assert f"{log}: the file changed while labstream was reading it" in err
@@ -363,7 +363,7 @@ def test_interrupt_then_rerun_resumes_without_duplicates(
         if pushed == 20:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.app, "AFTER_CHUNK", interrupt_after_20)
+    monkeypatch.setattr(cli.push, "AFTER_CHUNK", interrupt_after_20)
     assert push(str(log), "--points-per-chunk", str(ppc), "--no-progress") == 130
     (first_id,) = new.ids()
     assert new.atomscale.streams[first_id].finalized  # Ctrl-C finalizes
@@ -371,7 +371,7 @@ def test_interrupt_then_rerun_resumes_without_duplicates(
     err = capsys.readouterr().err
     assert "interrupted: finalizing" in err and "Run the same command again" in err
 
-    monkeypatch.setattr(cli.app, "AFTER_CHUNK", None)
+    monkeypatch.setattr(cli.push, "AFTER_CHUNK", None)
     assert push(str(log), "--points-per-chunk", str(ppc), "--no-progress") == 0
     err = capsys.readouterr().err
     assert "rows 1-200 were confirmed by every destination" in err
@@ -539,12 +539,12 @@ def test_ctrl_c_of_a_restart_push_says_to_run_it_without_restart(
         if pushed == 3:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli.app, "AFTER_CHUNK", interrupt_after_3)
+    monkeypatch.setattr(cli.push, "AFTER_CHUNK", interrupt_after_3)
     args = (str(log), "--points-per-chunk", str(ppc), "--no-progress")
     assert push(*args, "--restart") == 130
     err = capsys.readouterr().err
     assert "Run the same command without --restart to resume where this run stopped." in err
-    monkeypatch.setattr(cli.app, "AFTER_CHUNK", None)
+    monkeypatch.setattr(cli.push, "AFTER_CHUNK", None)
     assert push(*args) == 0  # as told: the restarted push goes on from row 31
     ts, _ = new.points("pressure")
     assert sorted(ts) == sorted([T0 + i * 0.5 for i in range(rows)] * 2)  # two pushes, no more
@@ -581,7 +581,7 @@ def test_atlas_verify_compares_what_the_server_holds_with_the_pushed_log(
 
 KILLED_PUSH = """
 import os, signal, sys, time
-from labstream.cli import app
+from labstream.cli import main, push
 kill_after, settle_s = int(sys.argv[1]), float(sys.argv[2])
 
 def die(pushed: int) -> None:
@@ -589,8 +589,8 @@ def die(pushed: int) -> None:
         time.sleep(settle_s)  # the destinations confirm what was pushed; the mark is not saved
         os.kill(os.getpid(), signal.SIGKILL)
 
-app.AFTER_CHUNK = die
-sys.exit(app.main(sys.argv[3:]))
+push.AFTER_CHUNK = die
+sys.exit(main(sys.argv[3:]))
 """
 
 
@@ -657,10 +657,10 @@ def test_sigterm_during_a_push_then_the_same_command_sends_each_row_once(
         if pushed == 15:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    monkeypatch.setattr(cli.app, "AFTER_CHUNK", terminate_after_15)
+    monkeypatch.setattr(cli.push, "AFTER_CHUNK", terminate_after_15)
     assert push(*args) == 143
     assert "Run the same command again" in capsys.readouterr().err
-    monkeypatch.setattr(cli.app, "AFTER_CHUNK", None)
+    monkeypatch.setattr(cli.push, "AFTER_CHUNK", None)
     assert push(*args) == 0
     ts, _ = new.points("pressure")
     assert sorted(ts) == [T0 + i * 0.5 for i in range(rows)]  # every row once, none twice

@@ -1,7 +1,8 @@
-"""``labstream atlas verify`` and ``labstream atlas sessions``: ask a Stream API what it holds.
+"""``labstream atlas``: ``serve`` runs the local Stream API, ``report`` checks the sessions of
+its ``--record`` file, and ``verify`` and ``sessions`` ask a Stream API what it holds.
 
-Only the argument parsing lives here (imported whenever the CLI starts); the reading and checking
-are in :mod:`labstream.cli.atlas_verify`, imported when one of these commands runs.
+Only the argument parsing is imported whenever the CLI starts; the emulator, the checker and the
+reading (:mod:`labstream.cli.atlas_verify`) are imported when one of these commands runs.
 """
 
 from __future__ import annotations
@@ -11,12 +12,96 @@ import json
 import sys
 from typing import Any
 
+from .common import require_plot
+
 __all__ = ["add_commands"]
 
 _SERVER_HELP = "Stream API HOST:PORT (default localhost:13579, the emulator's)"
 
 
-def add_commands(atlas_sub: Any) -> None:
+def add_commands(sub: Any) -> None:
+    """Register ``atlas serve``, ``report``, ``verify`` and ``sessions``."""
+    atlas = sub.add_parser("atlas", help="the local ATLAS Stream API and its protocol checker")
+    atlas_sub = atlas.add_subparsers(dest="action", required=True)
+    aserve = atlas_sub.add_parser(
+        "serve", help="run a Stream API + key generator; print protocol reports on Ctrl-C"
+    )
+    aserve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    aserve.add_argument("--port", type=int, default=13579, help="Stream API port (default 13579)")
+    aserve.add_argument(
+        "--key-generator-port", type=int, default=15379, help="key generator port (default 15379)"
+    )
+    aserve.add_argument(
+        "--record", default=None, metavar="FILE", help="append every packet to this JSONL file"
+    )
+    aserve.add_argument(
+        "--unavailable-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of RPCs answered UNAVAILABLE, 0 to 1",
+    )
+    aserve.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds added per RPC"
+    )
+    aserve.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed fails the same RPCs"
+    )
+    aserve.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON line when ready (addresses, ports) and one on exit (each session's checks "
+        "and samples) instead of the text reports",
+    )
+    aserve.set_defaults(func=_atlas_serve)
+    areport = atlas_sub.add_parser("report", help="check the sessions of a --record file")
+    areport.add_argument("file", help="a file written by `labstream atlas serve --record`")
+    areport.add_argument("--json", action="store_true", help="machine-readable report")
+    areport.add_argument("--verbose", action="store_true", help="also list passed checks")
+    areport.add_argument("--plot", metavar="FILE", help="draw the data each session received")
+    areport.set_defaults(func=_atlas_report)
+    _add_reading(atlas_sub)
+
+
+def _atlas_serve(args: argparse.Namespace) -> int:
+    from ..testing.atlas import AtlasFaultPlan, serve
+
+    faults = AtlasFaultPlan(
+        unavailable_fraction=args.unavailable_fraction, latency_s=args.latency, seed=args.seed
+    )
+    serve(
+        args.host,
+        args.port,
+        args.key_generator_port,
+        args.record,
+        faults=faults,
+        json_lines=args.json,
+    )
+    return 0
+
+
+def _atlas_report(args: argparse.Namespace) -> int:
+    import json
+
+    from ..testing.atlas import load_record
+    from ..testing.atlas_checker import check_sessions, format_report
+
+    require_plot(args.plot)
+    reports = check_sessions(load_record(args.file))
+    if args.json:
+        print(json.dumps([r.to_json() for r in reports], indent=2))
+    else:
+        print(format_report(reports, verbose=args.verbose))
+    if args.plot:
+        from .plot import plot_atlas_record
+
+        print(f"plot written to {plot_atlas_record(args.file, args.plot, reports=reports)}")
+    return 0 if all(r.ok for r in reports) else 1
+
+
+def _add_reading(atlas_sub: Any) -> None:
     """Register ``verify`` and ``sessions`` under ``labstream atlas``."""
     verify = atlas_sub.add_parser(
         "verify",

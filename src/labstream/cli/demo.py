@@ -9,6 +9,7 @@ what was pushed next to what each destination stored, and exits non-zero if anyt
 
 from __future__ import annotations
 
+import argparse
 import math
 import time
 from collections.abc import Callable
@@ -23,9 +24,7 @@ from ..destinations.atlas.config import Atlas
 from ..report import StreamReport
 from ..retry import RetryPolicy
 from ..sync import TimeseriesStreamer
-from ..testing import atlas as atlas_emulator
-from ..testing.atlas_checker import check_session, format_report
-from ..testing.atomscale import FaultPlan, run_in_thread
+from .common import destinations_json, print_json, require_plot, say
 
 FloatArray = npt.NDArray[np.float64]
 DEMO_KEY = "demo-key"  # the emulator accepts any key; this one is not a secret
@@ -105,6 +104,12 @@ def run_demo(
 
     ``result``, when given, is filled with what the run did.
     """
+    # Imported here: the command's parser is built whenever the CLI starts, and the emulators
+    # need the testing extra (grpc, aiohttp).
+    from ..testing import atlas as atlas_emulator
+    from ..testing.atlas_checker import check_session, format_report
+    from ..testing.atomscale import FaultPlan, run_in_thread
+
     result = result if result is not None else DemoResult()
     result.points_per_chunk = points_per_chunk
     faults = FaultPlan(
@@ -265,3 +270,82 @@ def _faults(counts: dict[str, int]) -> str:
     """``{"fail_fraction": 3, "drop": 1}`` as a sentence."""
     parts = [f"{n:,} {_FAULT_WORDS.get(kind, kind)}" for kind, n in counts.items() if n]
     return ", ".join(parts) if parts else "none"
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``demo``."""
+    demo = sub.add_parser(
+        "demo", help="stream a simulated MBE growth to the local emulator, with faults"
+    )
+    demo.add_argument(
+        "--seconds", type=float, default=300.0, help="simulated growth length (default 300)"
+    )
+    demo.add_argument(
+        "--rate", type=float, default=10.0, help="samples per second per channel (default 10)"
+    )
+    demo.add_argument(
+        "--points-per-chunk", type=int, default=100, help="points per chunk (default 100)"
+    )
+    demo.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.25,
+        help="share of chunk uploads the emulators fail (default 0.25)",
+    )
+    demo.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.05,
+        help="share of connections the Atomscale emulator drops (default 0.05)",
+    )
+    demo.add_argument(
+        "--pace", type=float, default=0.01, help="seconds between chunks (default 0.01)"
+    )
+    demo.add_argument("--plot", metavar="FILE", help="draw what each destination received")
+    demo.add_argument(
+        "--json",
+        action="store_true",
+        help="the result as one JSON object on stdout (the running account goes to stderr)",
+    )
+    demo.set_defaults(func=_demo)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    require_plot(args.plot)
+    result = DemoResult()
+    ok = run_demo(
+        seconds=args.seconds,
+        rate_hz=args.rate,
+        points_per_chunk=args.points_per_chunk,
+        fail_fraction=args.fail_fraction,
+        drop_fraction=args.drop_fraction,
+        pace_s=args.pace,
+        plot=args.plot,
+        out=say if args.json else print,  # with --json, the sentences go to stderr
+        result=result,
+    )
+    code = 0 if ok else 1
+    if args.json:
+        assert result.report is not None
+        print_json(
+            {
+                "ok": ok,
+                "exit_code": code,
+                "data_id": result.data_id,
+                "points_per_chunk": result.points_per_chunk,
+                "chunks": result.chunks,
+                "elapsed_s": round(result.elapsed_s, 3),
+                "clock_offset_s": result.clock_offset_s,
+                "channels": result.channels,
+                "destinations": destinations_json(result.report),
+                "faults_injected": result.faults,
+                "atlas_session_clean": result.atlas_session_clean,
+                "finalized": result.finalized,
+                "plot": result.plot,
+            }
+        )
+    return code

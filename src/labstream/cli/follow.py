@@ -22,6 +22,7 @@ to send are in the log itself, so memory stays flat: at most one chunk of rows a
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import csv
 import functools
@@ -37,12 +38,38 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ..errors import LabstreamError, StreamStateError
+from .common import (
+    EXIT_INCOMPLETE,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+    UsageError,
+    add_destination_args,
+    add_read_args,
+    add_run_args,
+    add_stream_args,
+    destination_identities,
+    make_streamer,
+    read_options,
+    resolve_config,
+    say,
+    select_destinations,
+)
 from .logfiles import CsvRows, LogFile, LogFileError, open_log
 
 if TYPE_CHECKING:
     from .. import StreamReport, TimeseriesStreamer
 
-__all__ = ["Checkpoint", "FollowError", "FollowSettings", "Follower", "Mark", "Tail"]
+__all__ = [
+    "Checkpoint",
+    "FollowError",
+    "FollowSettings",
+    "Follower",
+    "Mark",
+    "Tail",
+    "add_commands",
+]
 
 CHECKPOINT_VERSION = 1
 READ_BYTES = 1 << 20  # one read of a log; also the longest line accepted
@@ -234,7 +261,7 @@ class Checkpoint:
             raise FollowError(
                 f"the checkpoint {path} cannot be read ({exc}); move it away to start over "
                 "(rows already sent would then be sent again)"
-            ) from None
+            ) from exc
 
     def save(self) -> None:
         data = asdict(self)
@@ -261,7 +288,7 @@ class Checkpoint:
         try:
             try:
                 _lock(handle)
-            except OSError:
+            except OSError as exc:
                 holder = "another process"
                 with contextlib.suppress(OSError):
                     handle.seek(0)
@@ -269,7 +296,7 @@ class Checkpoint:
                 raise FollowError(
                     f"{self.target} is already followed (by process {holder}) with these "
                     "destinations and options; stop that one first"
-                ) from None
+                ) from exc
             handle.seek(0)
             handle.truncate()
             handle.write(str(os.getpid()))
@@ -485,7 +512,7 @@ class Follower:
                 raise LogFileError(tail.path, "follow reads text logs (CSV); push Parquet files")
         except LogFileError as exc:
             if not self.directory:
-                raise FollowError(str(exc)) from None
+                raise FollowError(str(exc)) from exc
             # One unreadable log must not stop a directory's service: say why, go on.
             self.emit({"event": "bad_log", "file": str(tail.path), "message": str(exc)})
             self._finish(take_rest=False, reason="cannot be read")
@@ -624,7 +651,7 @@ class Follower:
         except (ValueError, TypeError) as exc:
             raise FollowError(
                 f"{log.path}, lines {batch.first_line}-{batch.last_line}: cannot be sent: {exc}"
-            ) from None
+            ) from exc
         self.sent += 1
 
     def _replay_chunk(self) -> None:
@@ -1064,3 +1091,204 @@ def _find_current(directory: Path, cp: Checkpoint) -> Path | None:
                 if entry.is_file() and cp.is_current(Path(entry.path)):
                     return Path(entry.path)
     return None
+
+
+# --------------------------------------------------------------------------------------------------
+# The command
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``follow``."""
+    follow = sub.add_parser(
+        "follow",
+        help="stream a growing CSV/text log (or each new log in a directory) live",
+        description="Stream a log that an instrument is still writing: new rows are sent as "
+        "they are written, across rotation and truncation. With a directory, each new log "
+        "becomes a new stream. A restart continues where the last run stopped.",
+    )
+    follow.add_argument("target", metavar="FILE|DIR", help="the log, or a directory of logs")
+    add_read_args(follow)
+    add_stream_args(follow)
+    group = follow.add_argument_group("follow")
+    group.add_argument(
+        "--glob",
+        default="*",
+        metavar="PATTERN",
+        help="with a directory: the logs to follow, e.g. '*.csv' (default: every file)",
+    )
+    group.add_argument(
+        "--idle",
+        type=float,
+        metavar="S",
+        help="a log that has not grown for S seconds is finished: its stream is finalized "
+        "(default: only when a newer log appears, or on rotation)",
+    )
+    group.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once the log is finished by --idle (for one run's log)",
+    )
+    group.add_argument(
+        "--flush",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="send rows at the latest S seconds after they were written, in a chunk smaller "
+        "than --points-per-chunk if need be (default 1)",
+    )
+    group.add_argument(
+        "--poll", type=float, default=0.2, metavar="S", help="look for new rows every S s (0.2)"
+    )
+    group.add_argument(
+        "--status-interval",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="print a status line every S seconds (default 30)",
+    )
+    group.add_argument(
+        "--on-bad-row",
+        choices=("skip", "stop"),
+        default="skip",
+        help="a row that cannot be read is reported (file, line, column) and skipped, or stops "
+        "the stream (default skip)",
+    )
+    group.add_argument(
+        "--json", action="store_true", help="events and status as JSON lines on stdout"
+    )
+    add_run_args(follow.add_argument_group("run"))
+    add_destination_args(follow)
+    follow.set_defaults(func=_follow)
+
+
+def _event_text(event: dict[str, Any]) -> str:
+    """One follow event as a sentence."""
+    kind = event["event"]
+    if kind == "log":
+        return (
+            f"{event['file']}: time column {event['time_column']!r} ({event['time_format']}), "
+            f"channels: {', '.join(event['channels'])}"
+        )
+    if kind == "stream":
+        return f"{event['file']}: streaming to {event['name']!r} ({event['data_id']})"
+    if kind == "bad_row":
+        where = [event["file"], f"line {event['line']:,}"]
+        if event["column"]:
+            where.append(f"column {event['column']!r}")
+        action = "skipped" if event["action"] == "skip" else "stopping"
+        return f"bad row: {', '.join(where)}: {event['message']} ({action})"
+    if kind == "status":
+        dests = "; ".join(
+            f"{n}: {d['pending_chunks']:,} chunk(s) pending"
+            + (f" (last error: {d['last_error']})" if d["last_error"] else "")
+            for n, d in event["destinations"].items()
+        )
+        return (
+            f"{event['file'] or 'waiting for a log'}: line {event['line']:,}, "
+            f"{event['rows_sent']:,} rows sent, {event['rows_confirmed']:,} confirmed, "
+            f"{event['bad_rows']:,} bad" + (f"; {dests}" if dests else "")
+        )
+    if kind == "finished":
+        return f"{event['file']}: finished ({event['reason']})"
+    if kind == "finalized":
+        parts = [
+            f"{n}: {d['delivered_points']:,} points delivered"
+            + (f", {d['rejected_points']:,} rejected" if d["rejected_points"] else "")
+            + (f", {d['pending_points']:,} still pending" if d["pending_points"] else "")
+            + (f", {d['dropped_points']:,} dropped" if d["dropped_points"] else "")
+            for n, d in event["destinations"].items()
+        ]
+        return f"stream {event['data_id']} finalized: {event['rows']:,} rows; " + "; ".join(parts)
+    if kind == "truncated":
+        return f"{event['file']}: truncated; reading it again from its start as a new stream"
+    if kind == "resumed":
+        return (
+            f"{event['file']}: continuing after line {event['line']:,} "
+            f"({event['rows']:,} rows sent before)"
+        )
+    message = str(event.get("message", event))
+    file = event.get("file")
+    return message if not file or message.startswith(str(file)) else f"{file}: {message}"
+
+
+def _follow(args: argparse.Namespace) -> int:
+    from ..settings import default_spool_dir
+
+    cfg = resolve_config(args)
+    options = read_options(args, cfg)
+    target = Path(args.target)
+    if not target.exists():
+        raise UsageError(f"{target}: no such file or directory")
+    for flag, value in (("--flush", args.flush), ("--poll", args.poll), ("--idle", args.idle)):
+        if value is not None and not value > 0:
+            raise UsageError(f"{flag} must be a positive number of seconds")
+    if args.exit_when_idle and args.idle is None:
+        raise UsageError("--exit-when-idle needs --idle S")
+    dests = select_destinations(args, cfg)
+    identities = destination_identities(cfg, dests)
+    streamer = make_streamer(cfg, dests)
+    identity = {
+        "target": str(target.resolve()),
+        "destinations": sorted(f"{k}={v}" for k, v in identities.items()),
+        "read": [
+            options.time_column,
+            options.time_format,
+            options.time_unit,
+            str(options.timezone),
+            options.start,
+            list(options.channels),
+            options.delimiter,
+            options.encoding,
+        ],
+        "points_per_chunk": streamer.points_per_chunk,
+        "glob": args.glob,
+    }
+    settings = FollowSettings(
+        target=target,
+        options=options,
+        stream_name=args.stream_name,
+        physical_sample=cfg["push.physical_sample"],
+        project=cfg["push.project"],
+        tags=tuple(cfg["push.tags"] or ()),
+        pattern=args.glob,
+        idle_s=args.idle,
+        exit_when_idle=args.exit_when_idle,
+        flush_s=args.flush,
+        poll_s=args.poll,
+        status_s=args.status_interval,
+        on_bad_row=args.on_bad_row,
+        max_pending_chunks=int(cfg["push.max_pending_chunks"]),
+        finalize_timeout=float(cfg["push.finalize_timeout"]),
+    )
+
+    def emit(event: dict[str, Any]) -> None:
+        if args.json:
+            print(json.dumps(event), flush=True)
+        else:
+            say(_event_text(event))
+
+    code = EXIT_OK
+    try:
+        location = Checkpoint.location(default_spool_dir() / "follow", identity)
+        checkpoint = Checkpoint(location, identity["target"])
+        with checkpoint.locked():
+            follower = Follower(
+                streamer, settings, Checkpoint.load(location, checkpoint.target), emit
+            )
+            try:
+                follower.run()
+            except (KeyboardInterrupt, SystemExit) as exc:
+                code = EXIT_INTERRUPTED if isinstance(exc, KeyboardInterrupt) else EXIT_TERMINATED
+        if code == EXIT_OK and not follower.all_ok:
+            code = EXIT_INCOMPLETE
+    except FollowError as exc:
+        say(f"error: {exc}")
+        code = EXIT_USAGE
+    except LabstreamError as exc:
+        say(f"error: {exc}")
+        code = EXIT_INCOMPLETE
+    finally:
+        streamer.close(timeout=cfg["push.finalize_timeout"])
+    if code in (EXIT_INTERRUPTED, EXIT_TERMINATED):
+        say("stopped; run the same command again to continue where it stopped")
+    return code

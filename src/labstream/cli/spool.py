@@ -7,17 +7,21 @@ an outage, delivering it without starting an acquisition script, and dropping a 
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import os
 import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .._core.journal import Journal, SpoolStatus
 from ..report import StreamReport
 from ..settings import API_KEY_ENV, default_spool_dir, without_destinations
 from ..sync import TimeseriesStreamer
+from .common import say
 from .progress import ProgressView
 
 Out = Callable[[str], None]
@@ -191,3 +195,81 @@ def purge(directory: Path, data_id: str) -> int:
         return journal.purge(data_id)
     finally:
         journal.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# The commands
+
+
+def add_commands(sub: Any) -> None:
+    """Register ``spool status``, ``spool resume`` and ``spool purge``."""
+    spool_parser = sub.add_parser("spool", help="the durable journal of undelivered data")
+    spool_sub = spool_parser.add_subparsers(dest="action", required=True)
+    for name, func, text in (
+        ("status", _spool_status, "per stream and destination: what is still held"),
+        ("resume", _spool_resume, "deliver and finalize what a stopped process left"),
+        ("purge", _spool_purge, "forget a stream and everything held for it"),
+    ):
+        cmd = spool_sub.add_parser(name, help=text)
+        cmd.add_argument("--spool-dir", default=None, help="default: LABSTREAM_SPOOL_DIR or cache")
+        cmd.set_defaults(func=func)
+        cmd.add_argument("--json", action="store_true", help="machine-readable output")
+        if name == "resume":
+            cmd.add_argument("--api-key", default=None, help="default: AS_API_KEY (never stored)")
+            cmd.add_argument("--timeout", type=float, default=300.0, help="seconds per stream")
+        if name == "purge":
+            cmd.add_argument("data_id", help="the stream to forget (see spool status)")
+            cmd.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+
+
+def _spool_status(args: argparse.Namespace) -> int:
+    directory = spool_dir(args.spool_dir)
+    rows = status(directory)
+    if args.json:
+        import dataclasses
+        import json
+
+        streams = [dataclasses.asdict(r) for r in rows]
+        print(json.dumps({"spool_dir": str(directory), "streams": streams}, indent=1))
+    else:
+        print(format_status(rows, directory))
+    return 0
+
+
+def _spool_resume(args: argparse.Namespace) -> int:
+    # With --json whatever resume says for people (progress, reports) goes to stderr, and only
+    # the result to stdout.
+    says = contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext()
+    try:
+        with says:
+            done = resume(spool_dir(args.spool_dir), api_key=args.api_key, timeout_s=args.timeout)
+    except ValueError as exc:
+        say(f"labstream spool resume: {exc}", sys.stderr)
+        return 2
+    if args.json:
+        import dataclasses
+        import json
+
+        streams = [{**dataclasses.asdict(r), "ok": r.ok} for r in done.reports]
+        print(json.dumps({"ok": done.ok, "streams": streams, "busy": done.busy}, indent=1))
+    return 0 if done.ok else 1
+
+
+def _spool_purge(args: argparse.Namespace) -> int:
+    directory = spool_dir(args.spool_dir)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            say("labstream spool purge: confirm with --yes (no terminal to ask)", sys.stderr)
+            return 2
+        answer = input(f"Forget {args.data_id} and every undelivered point of it? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            say("nothing purged")
+            return 1
+    removed = purge(directory, args.data_id)
+    if args.json:
+        import json
+
+        print(json.dumps({"data_id": args.data_id, "chunks_removed": removed}))
+    else:
+        print(f"purged {args.data_id}: {removed} chunk(s) removed from {directory}")
+    return 0

@@ -1,6 +1,7 @@
-"""``labstream atomscale show``: what a running ``labstream atomscale serve`` has stored.
+"""``labstream atomscale serve`` runs the local Atomscale emulator; ``labstream atomscale show``
+says what a running one has stored.
 
-It reads the emulator's ``/_emulator/streams`` readback endpoints (no key needed), never the
+``show`` reads the emulator's ``/_emulator/streams`` readback endpoints (no key needed), never the
 points themselves, so it answers at once however much the emulator holds.
 """
 
@@ -29,7 +30,95 @@ class ShowError(LabstreamError):
     """The emulator could not be asked, or does not hold what was asked for."""
 
 
-def add_commands(atomscale_sub: Any) -> None:
+def add_commands(sub: Any) -> None:
+    """Register ``atomscale serve`` and ``atomscale show``."""
+    atomscale = sub.add_parser("atomscale", help="the local Atomscale emulator")
+    atomscale_sub = atomscale.add_subparsers(dest="action", required=True)
+    serve = atomscale_sub.add_parser("serve", help="run the emulator until Ctrl-C")
+    serve.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    serve.add_argument("--port", type=int, default=8790, help="port (default 8790)")
+    serve.add_argument("--api-key", default=None, help="accept only this key (default: any)")
+    serve.add_argument(
+        "--fail-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of chunk uploads answered 503 (or 429 with --retry-after), 0 to 1",
+    )
+    serve.add_argument(
+        "--fail-every", type=int, default=0, metavar="N", help="fail every N-th chunk upload"
+    )
+    serve.add_argument(
+        "--retry-after",
+        type=float,
+        default=None,
+        metavar="S",
+        help="answer failures 429 with Retry-After: S",
+    )
+    serve.add_argument(
+        "--latency", type=float, default=0.0, metavar="S", help="seconds added per request"
+    )
+    serve.add_argument(
+        "--drop-fraction",
+        type=float,
+        default=0.0,
+        metavar="F",
+        help="share of chunk uploads whose connection is closed without an answer, 0 to 1",
+    )
+    serve.add_argument(
+        "--seed", type=int, default=0, help="random seed: the same seed fails the same requests"
+    )
+    serve.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        metavar="N",
+        help="handle at most N chunk requests at once; answer the rest 429 + Retry-After",
+    )
+    serve.add_argument(
+        "--request-log",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="keep the last N requests (and at most 64 MiB of their bodies) for "
+        "/_emulator/requests; older ones are dropped and counted (default 10000). Chunk data "
+        "is kept in a temporary file, not in memory",
+    )
+    serve.add_argument(
+        "--json",
+        action="store_true",
+        help="a JSON line when ready (url, port) and one on exit (what the emulator holds)",
+    )
+    serve.set_defaults(func=_atomscale_serve)
+    _add_show(atomscale_sub)
+
+
+def _atomscale_serve(args: argparse.Namespace) -> int:
+    from ..testing.atomscale import FaultPlan, serve
+
+    faults = FaultPlan(
+        fail_fraction=args.fail_fraction,
+        fail_every=args.fail_every,
+        retry_after_s=args.retry_after,
+        latency_s=args.latency,
+        capacity=args.capacity,
+        drop_connection_fraction=args.drop_fraction,
+        seed=args.seed,
+    )
+    serve(
+        args.host,
+        args.port,
+        faults,
+        api_key=args.api_key,
+        request_log=args.request_log,
+        json_lines=args.json,
+    )
+    return 0
+
+
+def _add_show(atomscale_sub: Any) -> None:
     """Register ``show`` under ``labstream atomscale``."""
     show = atomscale_sub.add_parser("show", help="what a running emulator has stored")
     show.add_argument("data_id", nargs="?", default=None, help="one stream (default: every stream)")
