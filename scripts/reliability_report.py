@@ -31,7 +31,6 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "src")]
 
 from tests.test_reliability import (  # noqa: E402 - needs the paths above
-    CRASH_DUPLICATE_CHECKS,
     DATA_DEPENDENT_CHECKS,
     KILL_SEED,
     SCENARIOS,
@@ -333,20 +332,16 @@ def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> 
         "",
         "## What a crash costs on ATLAS",
         "",
-        "The Stream API acknowledges every packet. labstream then records that ATLAS has the "
-        "chunk, and where its session stands (packet ids, timelines), in the journal's next "
-        "group commit. After a `kill -9` the next process continues the "
-        "same session from the last recorded state. A chunk ATLAS acknowledged after that state "
-        "was committed is written again, with the same packet ids and timestamps. These repeats "
-        "can fail the following checks, and no others: "
-        + ", ".join(f"`{c}`" for c in sorted(CRASH_DUPLICATE_CHECKS))
-        + ". Scenario 4 counts the duplicates and allows only these failures; it does not "
-        "bound them yet (in a burst they exceed one write), until the resume reads the "
-        "session's tail back from the Stream API (issue 19). "
-        "The session key is committed once the session is created, before any data goes "
-        "into it, so a kill before the first chunk reached ATLAS is continued in the same "
-        "session too (tests/test_crash_recovery.py); only a kill between CreateSession's "
-        "answer and that commit leaves an empty session that is never ended.",
+        "The Stream API acknowledges every packet; labstream journals where the session "
+        "stands (packet ids, timelines) after each batch. After a `kill -9` the next process "
+        "continues the same session. Where the Stream API has a reader service (the emulator "
+        "does), it first reads the session back from the last journaled state and skips every "
+        "point that landed: scenario 4 requires 0 duplicates, one session per stream, ended "
+        "once, and every protocol check passing. Without a reader, the batch in flight is "
+        "journaled before its first write and is the only thing sent again, counted in the "
+        "report as `points_maybe_duplicated` (tests/test_atlas_resume.py). The intent to create "
+        "a session is journaled before CreateSession, so a kill between its answer and the "
+        "commit of its key is continued in that session, found by its data_id.",
         "",
         "Atomscale has no such problem: it stores a re-sent chunk in place of the first copy.",
         "",

@@ -39,6 +39,7 @@ from labstream.destinations.atlas.events import (
     KeyGenerated,
     MarkerAdded,
     Opened,
+    Recovered,
     Rejected,
     SessionCreated,
     SessionEnded,
@@ -856,6 +857,39 @@ def test_state_is_json_serialisable_and_resumes_exactly(od: ModuleType) -> None:
     assert after.start_time == before.start_time + 20 * before.interval
     assert [r.marker_label for r in resumed.of(Rejected)] == ["held"]
     assert resumed.of(Closed) == [Closed(ended=True)]
+
+
+def test_a_resumed_session_goes_on_after_what_the_server_holds() -> None:
+    """What a reader found beyond the snapshot (Recovered): ids continue after it, a landed
+    Configuration is not written again, and an EndOfSession that landed is not written twice."""
+    d = started()
+    ts = grid(T0, 40, 10.0)
+    d.feed(one(0, ts[:20]))
+    saved = d.session.snapshot()
+    # After the snapshot the crashed process configured channel P (cfg-9) and ended the data
+    # stream; the resumed process learns it from the reader.
+    resumed = Driver(state=saved, keys=["cfg-new"])
+    last = d.writes()[-1].packet_id + 5
+    resumed.feed(
+        Recovered(
+            last_packet_id=last,
+            configs={"cfg-9": ("P:labstream",)},
+            missing_configs=((MAIN_STREAM, b"landed-on-one-stream-only"),),
+            ended_streams=frozenset({STREAM}),
+        )
+    )
+    (completed,) = resumed.writes("Configuration")
+    assert (completed.stream, completed.content, completed.packet_id) == (
+        MAIN_STREAM,
+        b"landed-on-one-stream-only",
+        last + 1,
+    )
+    resumed.feed(one(1, ts[20:], name="P"), Finalize(2 * 10**18))
+    assert len(resumed.writes("Configuration")) == 1  # P was configured before the crash
+    assert [w.stream for w in resumed.writes("EndOfSession")] == [MAIN_STREAM]
+    assert resumed.of(Closed) == [Closed(ended=True)]
+    ids = [w.packet_id for w in resumed.writes()]
+    assert ids == sorted(ids) and ids[0] > last
 
 
 def test_snapshot_needs_an_idle_session() -> None:

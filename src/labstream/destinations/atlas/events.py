@@ -5,7 +5,7 @@ outcomes). Plain frozen values, so a test can build any sequence of them."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..._core.chunk import Chunk
 from . import encoding as enc
@@ -29,6 +29,7 @@ __all__ = [
     "KeyGenerated",
     "MarkerAdded",
     "Opened",
+    "Recovered",
     "Rejected",
     "SessionCreated",
     "SessionEnded",
@@ -91,6 +92,26 @@ class Finalize:
     """No more events: end the session."""
 
     termination_time_ns: int
+
+
+@dataclass(frozen=True, slots=True)
+class Recovered:
+    """A session resumed from a snapshot, and what the Stream API holds beyond it: fed once,
+    right after resuming, before any other event.
+
+    Attributes:
+        last_packet_id: packet ids go on after this one (ATLAS needs them increasing).
+        configs: config_id -> parameter identifiers of Configurations that landed after the
+            snapshot; their channels are not configured again.
+        missing_configs: (stream, Configuration content) a crash left on one stream only; they
+            are written to complete it.
+        ended_streams: streams whose EndOfSession landed; Finalize does not write it again.
+    """
+
+    last_packet_id: int
+    configs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    missing_configs: tuple[tuple[str, bytes], ...] = ()
+    ended_streams: frozenset[str] = frozenset()
 
 
 Event = Opened | ChannelSeen | ChunkReady | MarkerAdded | Finalize

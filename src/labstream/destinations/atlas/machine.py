@@ -17,6 +17,10 @@ How a sink drives it::
     actions = session.handle(MarkerAdded(...))
     actions = session.handle(Finalize(now_ns))      # EndOfSession x2 + EndSessionCall, then Closed
 
+A session resumed from a snapshot (``AtlasSession(options, state=...)``) is first told what the
+Stream API holds beyond it, ``Recovered(...)``: packet ids go on after what landed, landed
+Configurations are not written again, and an EndOfSession that landed is not written twice.
+
 Events fed while a call is outstanding are queued and processed in order once it is answered, so at
 most one call is ever in flight and packets come out in the order they must be written. Every chunk
 ends in exactly one ``ChunkDone`` (all its packets precede it) or one ``Rejected``; every marker is
@@ -67,6 +71,7 @@ from .events import (
     KeyGenerated,
     MarkerAdded,
     Opened,
+    Recovered,
     Rejected,
     SessionCreated,
     SessionEnded,
@@ -164,6 +169,7 @@ class SessionState:
     data_first_ns: int | None = None
     data_last_ns: int | None = None
     held_markers: list[HeldMarker] = field(default_factory=list)
+    ended_streams: list[str] = field(default_factory=list)  # EndOfSession landed there
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dicts/lists/str/int, ready for ``json.dumps``."""
@@ -271,7 +277,7 @@ class AtlasSession:
 
     # -- the one entry point -----------------------------------------------------------------
 
-    def handle(self, event: Event | Answer) -> list[Action]:
+    def handle(self, event: Event | Recovered | Answer) -> list[Action]:
         """Feed an event or an answer; return the actions to perform, in order.
 
         Raises:
@@ -287,6 +293,8 @@ class AtlasSession:
             self._answer(event, out)
         elif isinstance(event, Opened):
             self._open(event, out)
+        elif isinstance(event, Recovered):
+            self._recover(event, out)
         else:
             if self._finalize_queued:
                 raise AtlasProtocolError(f"{type(event).__name__} after Finalize")
@@ -331,6 +339,20 @@ class AtlasSession:
             ),
             out,
         )
+
+    def _recover(self, ev: Recovered, out: list[Action]) -> None:
+        s = self._state
+        if s.phase is not Phase.OPEN or not self.idle:
+            raise AtlasProtocolError(f"Recovered in session phase {s.phase} (resume first)")
+        for config_id, identifiers in ev.configs.items():
+            s.configs[config_id] = list(identifiers)
+            for ch in s.channels.values():
+                if ch.identifier in identifiers:
+                    ch.config_id = config_id
+        s.next_packet_id = max(s.next_packet_id, ev.last_packet_id + 1)
+        for stream, content in ev.missing_configs:
+            self._write(stream, "Configuration", True, content, out)
+        s.ended_streams = sorted({*s.ended_streams, *ev.ended_streams})
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -480,6 +502,22 @@ class AtlasSession:
         if ch is not None:
             return ch
         opts = self._channel_options(name)
+        ident = self.identifier_of(name)
+        units_final = opts.units if opts.units is not None else (units or "")
+        ch = ChannelState(identifier=ident, units=units_final)
+        # A Configuration a resumed session found landed (Recovered) already defines it.
+        ch.config_id = next((c for c, ids in s.configs.items() if ident in ids), None)
+        s.channels[name] = ch
+        return ch
+
+    def identifier_of(self, name: str) -> str:
+        """The ATLAS parameter identifier of channel ``name``: its own, or the one it gets when
+        first seen (nothing changes)."""
+        s = self._state
+        known = s.channels.get(name)
+        if known is not None:
+            return known.identifier
+        opts = self._channel_options(name)
         if opts.identifier is not None:
             ident = opts.identifier
         else:
@@ -492,10 +530,7 @@ class AtlasSession:
             ident = next(
                 f"{stem}_{i}{app}" for i in range(2, 10**6) if f"{stem}_{i}{app}" not in taken
             )
-        units_final = opts.units if opts.units is not None else (units or "")
-        ch = ChannelState(identifier=ident, units=units_final)
-        s.channels[name] = ch
-        return ch
+        return ident
 
     def _write_configuration(self, config_id: str, out: list[Action]) -> None:
         s = self._state
@@ -691,7 +726,9 @@ class AtlasSession:
             out.append(Closed(ended=False, reason=f"nothing to end: no session key ({why})"))
             return
         content = enc.encode_end_of_session(s.data_source, ev.termination_time_ns)
-        self._write_both("EndOfSession", False, content, out)
+        for stream in (s.stream, MAIN_STREAM):
+            if stream not in s.ended_streams:  # a process before this one ended it there
+                self._write(stream, "EndOfSession", False, content, out)
         self._enter(Phase.ENDING)
         self._call(EndSessionCall(s.data_source, s.session_key, ev.termination_time_ns), out)
 

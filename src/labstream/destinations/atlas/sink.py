@@ -37,7 +37,6 @@ from .events import (
     Action,
     Answer,
     CallFailed,
-    ChannelSeen,
     ChunkDone,
     ChunkReady,
     Closed,
@@ -51,12 +50,13 @@ from .events import (
     KeyGenerated,
     MarkerAdded,
     Opened,
+    Recovered,
     Rejected,
     SessionCreated,
     SessionEnded,
     WritePacket,
 )
-from .machine import AtlasSession, SessionState
+from .machine import AtlasSession, Phase, SessionState
 from .options import MAIN_STREAM
 from .rpc import NAME
 
@@ -95,7 +95,6 @@ class _Run:
     # push order); None when no reader could tell, and then the batch is sent whole, counted.
     inflight: frozenset[int] = frozenset()
     skip: dict[str, int] | None = None  # parameter identifier -> points still to skip
-    landed_configs: dict[str, tuple[str, ...]] = field(default_factory=dict)
     replayed: dict[int, Chunk | None] = field(default_factory=dict)  # seq -> what is left
     maybe_duplicated: int = 0  # points sent again without knowing whether they had landed
     # A process died while creating the session: the key of the session it created, found by
@@ -214,16 +213,27 @@ class AtlasSink:
             log.warning("ATLAS: session %s of %s was ended", session.state.session_key, data_id)
             return run
         run.inflight = inflight
-        if await self._has_reader():
-            await self._find_landed(run, data_id)
-        elif inflight:
+        landed = await self._find_landed(run, data_id) if await self._has_reader() else None
+        if landed is None and inflight:
             log.warning(
                 "ATLAS: %s: no reader to tell which packets of the batch in flight at the crash "
                 "are in session %s; that batch is sent again and counted as maybe duplicated",
                 data_id,
                 session.state.session_key,
             )
-        session.state.next_packet_id += RESUME_PACKET_ID_GAP
+        if session.state.phase is Phase.OPEN:
+            last = session.state.next_packet_id - 1
+            run.pending.extend(
+                session.handle(
+                    Recovered(
+                        last_packet_id=max(last, landed.last_id if landed else 0)
+                        + RESUME_PACKET_ID_GAP,
+                        configs=landed.configs if landed else {},
+                        missing_configs=landed.missing_configs if landed else (),
+                        ended_streams=landed.ended_streams if landed else frozenset(),
+                    )
+                )
+            )
         log.warning("ATLAS: resuming session %s of %s", session.state.session_key, data_id)
         return run
 
@@ -279,10 +289,10 @@ class AtlasSink:
                     self._reader = False
         return self._reader
 
-    async def _find_landed(self, run: _Run, data_id: str) -> None:
+    async def _find_landed(self, run: _Run, data_id: str) -> _Landed | None:
         """Read the session back to learn what landed after the journaled state: every
-        channel's points (they are skipped when the chunks come again), configurations, and
-        the last packet id."""
+        channel's points (they are skipped when the chunks come again), configurations, ended
+        streams and the last packet id."""
         s = run.session.state
         assert s.session_key is not None
         landed, why = await anyio.to_thread.run_sync(
@@ -304,29 +314,8 @@ class AtlasSink:
                 s.session_key,
                 why,
             )
-            return
+            return None
         run.skip = dict(landed.points)
-        run.landed_configs = landed.configs
-        for config_id, identifiers in landed.configs.items():
-            # Configured before the crash: a second Configuration would define them twice.
-            s.configs[config_id] = list(identifiers)
-            for ch in s.channels.values():
-                if ch.identifier in identifiers:
-                    ch.config_id = config_id
-        s.next_packet_id = max(s.next_packet_id, landed.last_id + 1)
-        for stream, content in landed.missing_configs:
-            run.pending.append(
-                WritePacket(
-                    s.data_source,
-                    stream,
-                    s.session_key,
-                    "Configuration",
-                    True,
-                    content,
-                    s.next_packet_id,
-                )
-            )
-            s.next_packet_id += 1
         if landed.points:
             log.warning(
                 "ATLAS: %s: %d point(s) were already in session %s; they are not sent again",
@@ -334,25 +323,7 @@ class AtlasSink:
                 sum(landed.points.values()),
                 s.session_key,
             )
-
-    def _identifier(self, run: _Run, name: str, units: str | None) -> str | None:
-        """The parameter identifier of channel `name`. A channel the journaled state does not
-        know yet is named as the process before named it, and kept only where its configuration
-        landed (else its first chunk configures it, as usual)."""
-        s = run.session.state
-        known = s.channels.get(name)
-        if known is not None:
-            return known.identifier
-        if not run.session.idle:
-            return None
-        run.session.handle(ChannelSeen(name, units))
-        ch = s.channels[name]
-        for config_id, identifiers in run.landed_configs.items():
-            if ch.identifier in identifiers:
-                ch.config_id = config_id
-                return ch.identifier
-        del s.channels[name]
-        return ch.identifier
+        return landed
 
     def _left_to_send(self, run: _Run, chunks: Sequence[Chunk]) -> list[Chunk]:
         """After a crash: the chunks without the points the reader found in ATLAS (every
@@ -366,20 +337,20 @@ class AtlasSink:
                     # Pushed by this process: maybe again what was written before the crash
                     # and lost from the journal (a re-run sending its rows again); counted.
                     for ch in c.channels:
-                        ident = self._identifier(run, ch.name, ch.units)
-                        n = min(run.skip.get(ident, 0), ch.size) if ident is not None else 0
+                        ident = run.session.identifier_of(ch.name)
+                        n = min(run.skip.get(ident, 0), ch.size)
                         if n:
-                            run.skip[ident] -= n  # type: ignore[index]
+                            run.skip[ident] -= n
                             run.maybe_duplicated += n
                     out.append(c)
                     continue
                 if run.skip is not None:
                     drop = {}
                     for ch in c.channels:
-                        ident = self._identifier(run, ch.name, ch.units)
-                        n = min(run.skip.get(ident, 0), ch.size) if ident is not None else 0
+                        ident = run.session.identifier_of(ch.name)
+                        n = min(run.skip.get(ident, 0), ch.size)
                         if n:
-                            run.skip[ident] -= n  # type: ignore[index]
+                            run.skip[ident] -= n
                             drop[ch.name] = n
                     run.replayed[c.seq] = _without_first(c, drop)
                 elif c.seq in run.inflight:
@@ -697,7 +668,8 @@ class _Landed:
     configs: dict[str, tuple[str, ...]]  # config_id -> parameter identifiers
     last_id: int
     # (stream, content) of each configuration that reached some of the streams but not this one
-    missing_configs: list[tuple[str, bytes]]
+    missing_configs: tuple[tuple[str, bytes], ...]
+    ended_streams: frozenset[str]  # where EndOfSession landed
 
 
 def _read_landed(
@@ -720,10 +692,13 @@ def _read_landed(
     config_streams: dict[str, set[str]] = {}
     config_content: dict[str, bytes] = {}
     last_id = 0
+    ended: set[str] = set()
     for p in back.packets:
         packet: Any = p.packet
         pid = int(packet.id)
         last_id = max(last_id, pid)
+        if p.type == "EndOfSession":
+            ended.add(p.stream)
         if pid < first_id or p.content is None:
             continue
         content: Any = p.content
@@ -743,13 +718,13 @@ def _read_landed(
             points[ident] = points.get(ident, 0) + n
     # ATLAS reads each stream on its own: a configuration the crash left on one stream only is
     # completed with the same content on the others.
-    missing = [
+    missing = tuple(
         (stream, config_content[cid])
         for cid in configs
         for stream in streams
         if stream not in config_streams[cid]
-    ]
-    return _Landed(points, configs, last_id, missing), ""
+    )
+    return _Landed(points, configs, last_id, missing, frozenset(ended)), ""
 
 
 def _created_session(
