@@ -111,3 +111,29 @@ def test_a_gateway_answering_zero_does_not_move_the_data(
     status = streamer.clock_status()
     assert not status.synced and status.offset_s == 0.0
     assert any("cannot be true" in r.getMessage() for r in caplog.records)
+
+
+def test_a_stream_keeps_the_correction_of_its_initialize_when_a_later_one_measures_another(
+    streamer_factory: Callable[..., TimeseriesStreamer],
+    fake: FakeAtomscale,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before: every push took the correction in effect at the time, so a re-measure for another
+    stream moved this one's timestamps by the difference, and on ATLAS its periodic packets
+    overlapped or left a gap where they changed (found by benchmarks/follow_soak.py, whose
+    restarted process measured the clock again)."""
+    monkeypatch.setattr("labstream.streamer.CLOCK_MAX_AGE_S", 0.0)  # measure at every initialize
+    fake.clock_offset_s = 2.0
+    streamer = streamer_factory(clock_sync=True)
+    first = streamer.initialize("first")
+    fake.clock_offset_s = 3.0
+    second = streamer.initialize("second")
+    assert streamer.clock_status().offset_s == pytest.approx(3.0, abs=0.05)
+    ts = [NOW + i for i in range(3)]
+    streamer.push(first, 0, "T", ts, [1.0, 2.0, 3.0])
+    streamer.push(second, 0, "T", ts, [1.0, 2.0, 3.0])
+    streamer.mark(first, "step", NOW + 1)
+    assert streamer.finalize(first).ok and streamer.finalize(second).ok
+    stored = {r.body["data_id"]: r.body["timestamps"] for r in fake.chunk_requests()}
+    assert stored[first] == pytest.approx([t + 2.0 for t in ts], abs=0.05)
+    assert stored[second] == pytest.approx([t + 3.0 for t in ts], abs=0.05)

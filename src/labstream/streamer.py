@@ -613,6 +613,7 @@ class AsyncTimeseriesStreamer:
             project_id=project_id,
             tags=tuple(tag_list),
             created_at_ns=seconds_to_ns_scalar(time.time()) + self._clock.offset_ns,
+            clock_offset_ns=self._clock.offset_ns,
             extra=extra,
         )
         with self._lock:
@@ -747,7 +748,8 @@ class AsyncTimeseriesStreamer:
                 digests[(raw.name, index)] = raw.digest
             while len(digests) > DIGEST_WINDOW:
                 del digests[next(iter(digests))]  # the oldest (dicts keep insertion order)
-            accepted = Accepted(data_id, index, raws, multi, self._clock.offset_ns, seq, points)
+            offset = stream.info.clock_offset_ns
+            accepted = Accepted(data_id, index, raws, multi, offset, seq, points)
             if journal is not None:
                 # Straight to the journal, not through the event loop: the loop may be far
                 # behind in a burst, and the chunk must be on disk within a commit or two.
@@ -824,7 +826,7 @@ class AsyncTimeseriesStreamer:
             ValueError: empty label, times outside 1990..2100, end_time before timestamp.
             StreamStateError: unknown or finalized stream.
         """
-        self._open_stream(data_id)
+        stream = self._open_stream(data_id)
         ctx = f"data_id={data_id} marker={label!r}"
         for what, value in (("label", label), ("type", type), ("description", description)):
             if not isinstance(value, str):
@@ -840,7 +842,7 @@ class AsyncTimeseriesStreamer:
                 raise ValueError(f"{ctx}: {t!r} is not Unix epoch seconds between 1990 and 2100")
         if end_time is not None and end_time < start:
             raise ValueError(f"{ctx}: end_time {end_time!r} is before timestamp {start!r}")
-        offset = self._clock.offset_ns
+        offset = stream.info.clock_offset_ns
         return Marker(
             data_id,
             label,

@@ -41,8 +41,9 @@ class ClockStatus:
     Attributes:
         enabled: False when turned off (``ATOMSCALE_SKIP_CLOCK_SYNC`` or no reference available).
         synced: a measurement succeeded; ``offset_s`` is then reference clock minus host clock.
-        offset_s: seconds added to every pushed timestamp (0.0 when not synced): exactly the
-            correction applied, to the nanosecond.
+        offset_s: seconds added to every timestamp of the streams initialized from now on (0.0
+            when not synced): exactly the correction applied, to the nanosecond. A stream keeps
+            the correction of its ``initialize()``.
         delay_s: round-trip delay of the sample used.
         samples: how many exchanges the last round used (failed and refused ones left out).
         synced_at: host epoch time of the last successful round.

@@ -39,6 +39,9 @@ class StreamInfo:
     project_id: str | None = None
     tags: tuple[str, ...] = ()
     created_at_ns: int = 0
+    # The clock correction measured when the stream was initialized: every timestamp of the
+    # stream gets it, in this process and in one that takes the stream over after a crash.
+    clock_offset_ns: int = 0
     extra: dict[str, str] = field(default_factory=dict)
 
 
