@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+__all__ = ["DestinationReport", "Rejection", "StreamReport"]
+
 
 @dataclass(frozen=True, slots=True)
 class Rejection:

@@ -61,6 +61,14 @@ from .report import StreamReport
 from .retry import RetryPolicy, Sleep
 from .settings import NOT_GIVEN, NotGiven, resolve
 
+__all__ = [
+    "Accepted",
+    "AsyncStreamHandle",
+    "AsyncTimeseriesStreamer",
+    "configure_verbosity",
+    "split_run_item",
+]
+
 if TYPE_CHECKING:
     import httpx
 

@@ -35,6 +35,8 @@ from .retry import RetryPolicy, Sleep
 from .settings import NOT_GIVEN, NotGiven
 from .streamer import AsyncTimeseriesStreamer, split_run_item
 
+__all__ = ["StreamHandle", "TimeseriesStreamer"]
+
 if TYPE_CHECKING:
     import httpx
 

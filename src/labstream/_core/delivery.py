@@ -35,6 +35,8 @@ from .chunk import Chunk
 from .journal import Journal
 from .window import AdaptiveWindow, Slot
 
+__all__ = ["DeliveryRunner"]
+
 log = logging.getLogger("labstream._core.delivery")
 
 # How long past finalize's deadline its close request may take: finalize(timeout=T) returns

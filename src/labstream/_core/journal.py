@@ -41,6 +41,20 @@ from ..errors import JournalError, JournalFull
 from .chunk import ChannelSeries, Chunk
 from .process import process_alive
 
+__all__ = [
+    "FILE_NAME",
+    "LIVE_OWNERS",
+    "MAX_UNWRITTEN_S",
+    "WRITER_WAIT_S",
+    "ChunkToBuild",
+    "Journal",
+    "SpoolStatus",
+    "StoredStream",
+    "chunk_size",
+    "decode_body",
+    "encode_body",
+]
+
 log = logging.getLogger("labstream._core.journal")
 
 # Chunk data queued for the writer before push() waits for it: bounds memory when pushes outrun

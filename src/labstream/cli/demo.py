@@ -26,6 +26,8 @@ from ..retry import RetryPolicy
 from ..sync import TimeseriesStreamer
 from .common import destinations_json, print_json, require_plot, say
 
+__all__ = ["DemoResult", "Growth", "add_commands", "run_demo", "simulate_growth"]
+
 FloatArray = npt.NDArray[np.float64]
 DEMO_KEY = "demo-key"  # the emulator accepts any key; this one is not a secret
 

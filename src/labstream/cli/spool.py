@@ -24,6 +24,8 @@ from ..sync import TimeseriesStreamer
 from .common import say
 from .progress import ProgressView
 
+__all__ = ["Resumed", "add_commands", "format_status", "purge", "resume", "spool_dir", "status"]
+
 Out = Callable[[str], None]
 
 

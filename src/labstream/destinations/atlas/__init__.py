@@ -12,6 +12,8 @@ import importlib.util
 
 from ...errors import MissingExtraError
 
+__all__ = ["require_extra"]
+
 
 def require_extra() -> None:
     """Raise :class:`~labstream.errors.MissingExtraError` unless grpc and protobuf are installed,

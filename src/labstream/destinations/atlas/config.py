@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from .options import AtlasOptions, ChannelOptions
 
+__all__ = ["Atlas"]
+
 STREAM_API_PORT = 13579
 KEY_GENERATOR_PORT = 15379
 

@@ -60,6 +60,8 @@ from .machine import AtlasSession, Phase, SessionState
 from .options import MAIN_STREAM
 from .rpc import NAME
 
+__all__ = ["AtlasSink"]
+
 log = logging.getLogger("labstream.destinations.atlas")
 
 # A resumed session's packet ids start this far past the saved state's. The state is journaled
