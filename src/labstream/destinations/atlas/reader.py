@@ -28,7 +28,6 @@ __all__ = [
     "ReadBack",
     "ReadPacket",
     "ServerSession",
-    "find_session",
     "list_sessions",
     "read_session",
 ]
@@ -174,23 +173,8 @@ def _list(server: _Server, data_source: str) -> list[ServerSession]:
     return sorted(found, key=lambda s: s.created_ns)
 
 
-def find_session(
-    address: str, data_source: str, session: str | None, *, timeout_s: float = 10.0
-) -> ServerSession:
-    """By key; else by identifier or labstream data_id among the data source's sessions; else
-    the newest one.
-
-    Raises:
-        DestinationError: the server could not be asked, or has no such session.
-    """
-    server = _Server(address, timeout_s)
-    try:
-        return _find(server, data_source, session)
-    finally:
-        server.channel.close()
-
-
 def _find(server: _Server, data_source: str, session: str | None) -> ServerSession:
+    """By key; else by identifier or labstream data_id; else the newest session."""
     if session:
         direct = server.info(session)
         if direct is not None:
@@ -216,9 +200,10 @@ def read_session(
     idle_s: float = 2.0,
     timeout_s: float = 10.0,
 ) -> ReadBack:
-    """Read a session's packets back through the reader service (see :func:`find_session` for
-    how ``session`` is found). Reading stops once every stream read has ended (EndOfSession) and
-    nothing more came for a moment, or after ``idle_s`` without a packet.
+    """Read a session's packets back through the reader service. ``session`` is a session key,
+    else an identifier or labstream data_id among the data source's sessions; None: the newest.
+    Reading stops once every stream read has ended (EndOfSession) and nothing more came for a
+    moment, or after ``idle_s`` without a packet.
 
     Raises:
         DestinationError: the server could not be asked, or has no such session.
