@@ -146,9 +146,14 @@ def main() -> None:
     for data_id in streams:
         stored = httpx.get(f"{a_ready['url']}/_emulator/streams/{data_id}", timeout=60).json()
         atomscale_rows.update(int(v) for v in stored["channels"]["temp"]["values"])
-    for server in (atlas, atomscale):  # each prints a summary on stdout as it stops
-        server.send_signal(signal.SIGINT)
-        server.communicate(timeout=60)
+    for server in (atlas, atomscale):  # the ATLAS record is on disk already
+        server.terminate()
+        try:
+            server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            print(f"{server.args[3]} serve did not stop within 30 s of SIGTERM; killed")
+            server.kill()
+            server.communicate()
 
     from labstream.testing.atlas import load_record
     from labstream.testing.atlas_checker import check_session

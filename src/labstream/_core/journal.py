@@ -70,7 +70,7 @@ WRITE_DELAY_S = 0.03
 MAX_UNWRITTEN_S = 0.05
 # More chunks than this waiting for the writer is a burst: few of them are confirmed within the
 # write delay, and holding them would make one commit too long to fit in the window.
-MAX_HELD = 128
+MAX_HELD = 32
 # Uncommitted chunk data past which a push waits for the writer: what one commit must take
 # within the window when a burst stops (or the process is killed) right after it.
 MAX_UNWRITTEN_BYTES = 4 * 1024**2
