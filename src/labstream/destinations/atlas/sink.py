@@ -68,6 +68,7 @@ log = logging.getLogger("labstream.destinations.atlas")
 # after each write, so a crash between a write and that commit leaves ids in ATLAS the state does
 # not know of; ids must keep increasing (a million packets is far more than one commit's lag).
 RESUME_PACKET_ID_GAP = 1 << 20
+_MAX_READS = 4  # reading back after a crash: until two reads agree, at most this many
 _INFLIGHT = "labstream_inflight_seqs"  # in a journaled state: the batch being written
 _CREATING = "labstream_creating"  # journaled before CreateSession, replaced by the state after
 _WRITE_PATH = "/ma.streaming.api.v1.PacketWriterService/WriteDataPacket"
@@ -683,11 +684,24 @@ def _read_landed(
     streams: tuple[str, ...],
 ) -> tuple[_Landed | None, str]:
     """What the session holds from packet ``first_id`` on, through the server's reader service;
-    None (and why) when the server has none or cannot be asked."""
-    try:
-        back = reader.read_session(address, session_key, data_source=data_source, idle_s=idle_s)
-    except DestinationError as exc:
-        return None, str(exc)
+    None (and why) when the server has none or cannot be asked.
+
+    Read until two reads ``idle_s`` apart agree: a write the dead process still had in flight
+    can be stored by the server after the first read, and would then be sent again.
+    """
+    back = None
+    for _ in range(_MAX_READS):
+        try:
+            again = reader.read_session(
+                address, session_key, data_source=data_source, idle_s=idle_s
+            )
+        except DestinationError as exc:
+            return None, str(exc)
+        if back is not None and len(again.packets) == len(back.packets):
+            break
+        back = again
+        time.sleep(idle_s)
+    assert back is not None
     formats = back.parameter_formats
     points: dict[str, int] = {}
     configs: dict[str, tuple[str, ...]] = {}
