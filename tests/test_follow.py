@@ -478,6 +478,7 @@ def all_rows_stored(stored: Stored, rows: int) -> None:
             and set(stored.atlas_rows()) >= set(range(rows))
         ),
         f"{rows} rows in both emulators",
+        timeout=60.0,  # each restart reads its ATLAS session back first (seconds)
     )
 
 

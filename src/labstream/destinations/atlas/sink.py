@@ -686,8 +686,9 @@ def _read_landed(
     """What the session holds from packet ``first_id`` on, through the server's reader service;
     None (and why) when the server has none or cannot be asked.
 
-    Read until two reads ``idle_s`` apart agree: a write the dead process still had in flight
-    can be stored by the server after the first read, and would then be sent again.
+    Read until two reads agree (each lasts at least ``idle_s``): a write the dead process still
+    had in flight can be stored by the server after the first read, and would then be sent
+    again.
     """
     back = None
     for _ in range(_MAX_READS):
@@ -700,7 +701,6 @@ def _read_landed(
         if back is not None and len(again.packets) == len(back.packets):
             break
         back = again
-        time.sleep(idle_s)
     assert back is not None
     formats = back.parameter_formats
     points: dict[str, int] = {}
