@@ -339,8 +339,8 @@ def render(results: list[tuple[Outcome, str | None, float]], total_s: float) -> 
         "A write the killed process still had in flight can be stored by the server after "
         "that read; so the read is repeated until two reads agree, each lasting at least the "
         "read-back idle time (1 s). Before that, a loaded machine repeated one write in 2 of 3 "
-        "runs (100 and 1,700 points). Scenario 4 still allows that one write's points twice, and then only the "
-        "checks a repeat breaks: "
+        "runs (100 and 1,700 points). Scenario 4 still allows that one write's points twice, "
+        "and then only the checks a repeat breaks: "
         + ", ".join(f"`{c}`" for c in sorted(CRASH_DUPLICATE_CHECKS))
         + ". "
         "Without a reader, the batch in flight is "
