@@ -892,6 +892,31 @@ def test_a_resumed_session_goes_on_after_what_the_server_holds() -> None:
     assert ids == sorted(ids) and ids[0] > last
 
 
+def test_a_resumed_session_does_not_write_again_what_it_holds(od: ModuleType) -> None:
+    """A log read again after a crash hands the resumed session chunks it wrote before: each
+    channel's points up to its latest written sample are left out and counted; later ones go on.
+    A channel the process before wrote after the snapshot is known from the reader (last_ns)."""
+    d = started()
+    ts = grid(T0, 40, 10.0)
+    d.feed(one(0, ts[:20]))
+    resumed = Driver(state=d.session.snapshot(), keys=["cfg-new"])
+    p_landed = ns(T0 + 5)
+    resumed.feed(
+        Recovered(last_packet_id=d.writes()[-1].packet_id, last_ns={"P:labstream": p_landed})
+    )
+
+    resumed.feed(one(0, ts[:20]))  # all of it is there already
+    resumed.feed(one(1, ts[10:30]))  # half of it is
+    resumed.feed(one(2, grid(T0, 100, 10.0), name="P"))  # P up to T0 + 5 s landed
+    done = resumed.of(ChunkDone)
+    assert [(c.chunk_index, c.skipped_points) for c in done] == [(0, 20), (1, 10), (2, 51)]
+    assert done[0].packets == 0
+    written = [decode(od, w) for w in resumed.writes("PeriodicData")]
+    before = decode(od, d.writes("PeriodicData")[-1])
+    assert written[0].start_time == before.start_time + 20 * before.interval  # T goes on
+    assert p_landed < written[-1].start_time < ns(T0 + 5.1) + 1_000  # P: after what landed
+
+
 def test_snapshot_needs_an_idle_session() -> None:
     d = Driver()
     d.auto = False

@@ -106,12 +106,15 @@ class Recovered:
         missing_configs: (stream, Configuration content) a crash left on one stream only; they
             are written to complete it.
         ended_streams: streams whose EndOfSession landed; Finalize does not write it again.
+        last_ns: parameter identifier -> its latest sample that landed; the session writes no
+            point of that channel at or before it again.
     """
 
     last_packet_id: int
     configs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     missing_configs: tuple[tuple[str, bytes], ...] = ()
     ended_streams: frozenset[str] = frozenset()
+    last_ns: Mapping[str, int] = field(default_factory=dict)
 
 
 Event = Opened | ChannelSeen | ChunkReady | MarkerAdded | Finalize
@@ -248,6 +251,9 @@ class ChunkDone:
 
     chunk_index: int
     packets: int
+    # A resumed session: points at or before what the session already holds for their
+    # channel, so not written again (a process before this one had written them).
+    skipped_points: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -88,7 +88,15 @@ from .options import (
 )
 from .timeline import Timeline, choose_layout
 
-__all__ = ["TRANSITIONS", "AtlasSession", "ChannelState", "HeldMarker", "Phase", "SessionState"]
+__all__ = [
+    "TRANSITIONS",
+    "AtlasSession",
+    "ChannelState",
+    "HeldMarker",
+    "Phase",
+    "SessionState",
+    "without_first",
+]
 
 _MAX_KEY_ATTEMPTS = 3
 
@@ -103,6 +111,7 @@ class ChannelState:
     identifier: str
     units: str
     config_id: str | None = None
+    last_ns: int | None = None  # the latest sample written
 
 
 @dataclass
@@ -214,8 +223,36 @@ class _Group:
 
 @dataclass(slots=True)
 class _Plan:
-    chunk: Chunk
+    chunk: Chunk  # what is written: the chunk handed in, less what the session holds already
     groups: list[_Group]
+    original: Chunk | None = None  # the chunk handed in
+    skipped: int = 0  # its points left out
+
+
+def _latest(a: int | None, b: int | None) -> int | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def without_first(chunk: Chunk, drop: Mapping[str, int]) -> Chunk | None:
+    """``chunk`` without each channel's first ``drop[name]`` points; None when nothing is left."""
+    channels = []
+    for ch in chunk.channels:
+        n = drop.get(ch.name, 0)
+        if n == 0:
+            channels.append(ch)
+        elif n < ch.size:
+            channels.append(
+                dataclasses.replace(ch, timestamps_ns=ch.timestamps_ns[n:], values=ch.values[n:])
+            )
+    if not channels:
+        return None
+    if len(channels) == len(chunk.channels) and all(
+        a is b for a, b in zip(channels, chunk.channels, strict=True)
+    ):
+        return chunk
+    return Chunk(
+        chunk.data_id, chunk.chunk_index, tuple(channels), chunk.multi, chunk.offset_ns, chunk.seq
+    )
 
 
 class AtlasSession:
@@ -238,6 +275,9 @@ class AtlasSession:
         self._plan: _Plan | None = None
         self._key_attempts = 0
         self._finalize_queued = self._state.phase is Phase.CLOSED
+        self._resumed = state is not None
+        # Recovered: identifier -> latest sample landed, for channels not seen yet in this process
+        self._landed_last: dict[str, int] = {}
 
     # -- inspection ------------------------------------------------------------------------
 
@@ -353,6 +393,9 @@ class AtlasSession:
         for stream, content in ev.missing_configs:
             self._write(stream, "Configuration", True, content, out)
         s.ended_streams = sorted({*s.ended_streams, *ev.ended_streams})
+        self._landed_last.update(ev.last_ns)
+        for ch in s.channels.values():
+            ch.last_ns = _latest(ch.last_ns, ev.last_ns.get(ch.identifier))
 
     # -- answers -----------------------------------------------------------------------------
 
@@ -507,6 +550,7 @@ class AtlasSession:
         ch = ChannelState(identifier=ident, units=units_final)
         # A Configuration a resumed session found landed (Recovered) already defines it.
         ch.config_id = next((c for c, ids in s.configs.items() if ident in ids), None)
+        ch.last_ns = self._landed_last.get(ident)
         s.channels[name] = ch
         return ch
 
@@ -585,8 +629,13 @@ class AtlasSession:
         if s.phase is Phase.FAILED:
             out.append(Rejected(f"no ATLAS session: {s.failure}", chunk_index=chunk.chunk_index))
             return True
-        if self._plan is None or self._plan.chunk is not chunk:
-            self._plan = self._make_plan(chunk)
+        if self._plan is None or self._plan.original is not chunk:
+            fresh, skipped = self._not_written(chunk) if self._resumed else (chunk, 0)
+            if fresh is None:
+                out.append(ChunkDone(chunk.chunk_index, 0, skipped))
+                return True
+            self._plan = self._make_plan(fresh)
+            self._plan.original, self._plan.skipped = chunk, skipped
         plan = self._plan
         unconfigured = [c.identifier for c in s.channels.values() if c.config_id is None]
         if unconfigured:
@@ -601,8 +650,26 @@ class AtlasSession:
             packets += self._emit_group(g, chunk.chunk_index, out)
         self._plan = None
         self._release_markers(out)
-        out.append(ChunkDone(chunk.chunk_index, packets))
+        out.append(ChunkDone(chunk.chunk_index, packets, plan.skipped))
         return True
+
+    def _not_written(self, chunk: Chunk) -> tuple[Chunk | None, int]:
+        """A resumed session may be handed again what a process before it wrote (a log read
+        again after a crash): each channel's points up to the latest it holds are left out,
+        as ATLAS needs every channel's time to increase anyway. Returns what is left (None:
+        nothing) and how many points were left out."""
+        drop: dict[str, int] = {}
+        for c in chunk.channels:
+            known = self._state.channels.get(c.name)
+            last = (
+                known.last_ns
+                if known is not None
+                else self._landed_last.get(self.identifier_of(c.name))
+            )
+            if last is not None:
+                drop[c.name] = int(np.searchsorted(c.timestamps_ns, last, side="right"))
+        skipped = sum(drop.values())
+        return (without_first(chunk, drop), skipped) if skipped else (chunk, 0)
 
     def _make_plan(self, chunk: Chunk) -> _Plan:
         for c in chunk.channels:
@@ -646,6 +713,10 @@ class AtlasSession:
         else:
             pkts = enc.encode_row_packets(fmt, g.timestamps, g.columns, budget)
             s.timelines.pop(g.key, None)  # a row packet ends any arithmetic continuation
+        last = int(g.timestamps[-1])
+        for name in g.names:
+            ch = s.channels[name]
+            ch.last_ns = _latest(ch.last_ns, last)
         for p in pkts:
             self._write(s.stream, p.packet_type, False, p.content, out, chunk_index)
             s.data_first_ns = (

@@ -19,7 +19,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Hashable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import anyio
@@ -56,7 +56,7 @@ from .events import (
     SessionEnded,
     WritePacket,
 )
-from .machine import AtlasSession, Phase, SessionState
+from .machine import AtlasSession, Phase, SessionState, without_first
 from .options import MAIN_STREAM
 from .rpc import NAME
 
@@ -234,6 +234,7 @@ class AtlasSink:
                         configs=landed.configs if landed else {},
                         missing_configs=landed.missing_configs if landed else (),
                         ended_streams=landed.ended_streams if landed else frozenset(),
+                        last_ns=landed.last_ns if landed else {},
                     )
                 )
             )
@@ -355,7 +356,7 @@ class AtlasSink:
                         if n:
                             run.skip[ident] -= n
                             drop[ch.name] = n
-                    run.replayed[c.seq] = _without_first(c, drop)
+                    run.replayed[c.seq] = without_first(c, drop)
                 elif c.seq in run.inflight:
                     run.replayed[c.seq] = c
                     run.maybe_duplicated += c.points
@@ -577,7 +578,16 @@ class AtlasSink:
                 run.marker_rejections.append(f"marker {action.marker_label!r}: {action.reason}")
         elif isinstance(action, Closed):
             run.closed = action
-        elif not isinstance(action, ChunkDone):  # pragma: no cover - exhaustive above
+        elif isinstance(action, ChunkDone):
+            if action.skipped_points:
+                log.warning(
+                    "ATLAS: %s chunk %d: %d point(s) the session already holds were not written "
+                    "again",
+                    data_id,
+                    action.chunk_index,
+                    action.skipped_points,
+                )
+        else:  # pragma: no cover - exhaustive above
             raise AssertionError(f"unknown action {action!r}")
         return None
 
@@ -673,6 +683,7 @@ class _Landed:
     # (stream, content) of each configuration that reached some of the streams but not this one
     missing_configs: tuple[tuple[str, bytes], ...]
     ended_streams: frozenset[str]  # where EndOfSession landed
+    last_ns: dict[str, int]  # parameter identifier -> its latest sample that landed
 
 
 def _read_landed(
@@ -709,6 +720,7 @@ def _read_landed(
     config_content: dict[str, bytes] = {}
     last_id = 0
     ended: set[str] = set()
+    last_ns: dict[str, int] = {}
     for p in back.packets:
         packet: Any = p.packet
         pid = int(packet.id)
@@ -725,13 +737,17 @@ def _read_landed(
             continue
         if p.type == "PeriodicData":
             n = len(content.columns[0].double_samples.samples) if content.columns else 0
+            last = int(content.start_time) + int(content.interval) * (n - 1)
         elif p.type == "RowData":
             n = len(content.timestamps)
+            last = max((int(t) for t in content.timestamps), default=0)
         else:
             continue
         fmt = content.data_format
         for ident in formats.get(int(fmt.data_format_identifier), ()):
             points[ident] = points.get(ident, 0) + n
+            if n:
+                last_ns[ident] = max(last_ns.get(ident, last), last)
     # ATLAS reads each stream on its own: a configuration the crash left on one stream only is
     # completed with the same content on the others.
     missing = tuple(
@@ -740,7 +756,7 @@ def _read_landed(
         for stream in streams
         if stream not in config_streams[cid]
     )
-    return _Landed(points, configs, last_id, missing, frozenset(ended)), ""
+    return _Landed(points, configs, last_id, missing, frozenset(ended), last_ns), ""
 
 
 def _created_session(
@@ -766,26 +782,6 @@ def _created_session(
     except DestinationError:
         return (key, frozenset()), ""  # no reader: NewSession may then be written twice
     return (key, frozenset(p.stream for p in back.packets if p.type == "NewSession")), ""
-
-
-def _without_first(chunk: Chunk, drop: dict[str, int]) -> Chunk | None:
-    """``chunk`` without each channel's first ``drop[name]`` points; None when nothing is left."""
-    channels = []
-    for ch in chunk.channels:
-        n = drop.get(ch.name, 0)
-        if n == 0:
-            channels.append(ch)
-        elif n < ch.size:
-            channels.append(replace(ch, timestamps_ns=ch.timestamps_ns[n:], values=ch.values[n:]))
-    if not channels:
-        return None
-    if len(channels) == len(chunk.channels) and all(
-        a is b for a, b in zip(channels, chunk.channels, strict=True)
-    ):
-        return chunk
-    return Chunk(
-        chunk.data_id, chunk.chunk_index, tuple(channels), chunk.multi, chunk.offset_ns, chunk.seq
-    )
 
 
 def _merged(chunks: list[Chunk]) -> ChunkReady:
