@@ -162,6 +162,8 @@ class SessionState:
         timelines: same key as ``format_ids`` -> periodic timeline of that channel (group).
         data_first_ns, data_last_ns: time range of the data written so far.
         held_markers: markers waiting for data to cover them.
+        ended_streams: streams whose EndOfSession is in the session (a resumed session learns
+            it from the server).
     """
 
     phase: Phase = Phase.NEW
@@ -324,7 +326,7 @@ class AtlasSession:
             ValueError: invalid Opened names/details or marker fields (nothing changed).
             TypeError: details that are not strings.
             AtlasProtocolError: an answer with no matching call, events before Opened or after
-                Finalize, Opened twice.
+                Finalize, Opened twice, Recovered other than first in a resumed open session.
         """
         out: list[Action] = []
         if isinstance(
