@@ -339,13 +339,14 @@ class AtlasSink:
             if c.seq not in run.replayed:
                 if run.skip is not None and c.seq >= earlier:
                     # Pushed by this process: maybe again what was written before the crash
-                    # and lost from the journal (a re-run sending its rows again); counted.
+                    # and lost from the journal (a log read again). The session leaves out what
+                    # it holds by time (Recovered.last_ns); here only the count goes down, so
+                    # that the journal's chunks are not cut for these points too.
                     for ch in c.channels:
                         ident = run.session.identifier_of(ch.name)
                         n = min(run.skip.get(ident, 0), ch.size)
                         if n:
                             run.skip[ident] -= n
-                            run.maybe_duplicated += n
                     out.append(c)
                     continue
                 if run.skip is not None:
